@@ -1,0 +1,200 @@
+"""Pydantic models for everything a run is made of: the architecture, the recipe, the search space.
+
+`ArchSpec` fully determines a network (see `model.py`); `Recipe` fully determines how it is trained;
+`Experiment` is what one YAML file under `experiments/` holds. Every model is strict
+(`extra='forbid'`), so a typo in a YAML file is an error, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+INPUT_SIZE = 28  # MNIST images are 28x28 pixels, one channel
+NUM_CLASSES = 10
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchSpec(_Strict):
+    """One network of the seed documents' family.
+
+    stages:      widths of the 3x3 convolutions, one tuple per stage; each conv is followed by
+                 ReLU, then BatchNorm (if `batchnorm`), then Dropout(`dropout`) when it is > 0.
+    transitions: between consecutive stages, a 2x2 max-pool then a 1x1 conv to this width.
+    padding:     pad the 3x3 convs by 1 (keep the spatial size) or not (shrink it by 2).
+    head:        a 1x1 conv to 10 classes, then either global average pooling ("gap") or a
+                 k x k conv over the whole remaining feature map ("conv", the seed's 7x7).
+    """
+
+    stages: tuple[tuple[PositiveInt, ...], ...] = Field(min_length=1)
+    transitions: tuple[PositiveInt, ...] = ()
+    padding: bool = False
+    batchnorm: bool = True
+    dropout: Probability = 0.0
+    head: Literal["gap", "conv"] = "gap"
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ArchSpec:
+        if any(len(stage) == 0 for stage in self.stages):
+            raise ValueError("every stage needs at least one conv width")
+        if len(self.transitions) != len(self.stages) - 1:
+            raise ValueError(
+                f"transitions: need {len(self.stages) - 1} (one between each pair of stages), "
+                f"got {len(self.transitions)}"
+            )
+        size = INPUT_SIZE
+        for index, stage in enumerate(self.stages):
+            if index > 0:
+                size //= 2
+            size -= 0 if self.padding else 2 * len(stage)
+            if size < 1:
+                raise ValueError(
+                    f"stages: the feature map shrinks below 1x1 in stage {index + 1} "
+                    "(too many unpadded convs or transitions for a 28x28 input)"
+                )
+        return self
+
+
+class Recipe(_Strict):
+    """How a spec is trained. Units in comments; defaults are the seed documents' recipe."""
+
+    epochs: PositiveInt = 15
+    batch_size: PositiveInt = 128  # images per optimiser step
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.01  # peak learning rate (OneCycle) or start rate (step)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # SGD only
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    schedule: Literal["none", "onecycle", "step"] = "none"
+    step_epochs: PositiveInt = 8  # "step": multiply the rate by step_gamma every step_epochs
+    step_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    rotation: Annotated[float, Field(ge=0, le=45)] = 0.0  # degrees, uniform in [-r, r]
+    translate: Annotated[float, Field(ge=0, le=0.3)] = 0.0  # fraction of the image side
+    scale: Annotated[float, Field(ge=0, le=0.3)] = 0.0  # zoom uniform in [1-s, 1+s]
+    val_size: Annotated[int, Field(ge=0, lt=60_000)] = 10_000  # held out of the 60k for decisions
+
+
+class IntRange(_Strict):
+    low: PositiveInt
+    high: PositiveInt
+    step: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"min > max ({self.low} > {self.high})")
+        return self
+
+
+class FloatRange(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"min > max ({self.low} > {self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SearchSpace(_Strict):
+    """What a study may vary. Widths are sampled per conv; everything else is optional."""
+
+    stages: tuple[tuple[IntRange, ...], ...] = Field(min_length=1)
+    transitions: tuple[IntRange, ...] = ()
+    dropout: FloatRange = FloatRange(low=0.0, high=0.0)
+    padding: tuple[bool, ...] = (False,)
+    batchnorm: tuple[bool, ...] = (True,)
+    head: tuple[Literal["gap", "conv"], ...] = ("gap",)
+    lr: FloatRange | None = None  # when set, the recipe's lr is searched too
+    weight_decay: FloatRange | None = None
+    rotation: FloatRange | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        if not 0.0 <= self.dropout.low <= self.dropout.high < 1.0:
+            raise ValueError("dropout: must lie in [0, 1)")
+        if len(self.transitions) != len(self.stages) - 1:
+            raise ValueError(
+                f"transitions: need {len(self.stages) - 1} ranges, got {len(self.transitions)}"
+            )
+        for name in ("padding", "batchnorm", "head"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: needs at least one choice")
+        return self
+
+
+class Pruner(_Strict):
+    kind: Literal["median", "hyperband", "none"] = "median"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2  # median: never prune before this epoch
+
+
+class Experiment(_Strict):
+    """One YAML file: either a fixed `spec` to train, or a `search` space (or both)."""
+
+    name: str | None = None
+    description: str = ""
+    spec: ArchSpec | None = None
+    search: SearchSpace | None = None
+    recipe: Recipe = Recipe()
+    pruner: Pruner = Pruner()
+
+    @model_validator(mode="after")
+    def _has_something(self) -> Experiment:
+        if self.spec is None and self.search is None:
+            raise ValueError("an experiment needs a `spec` or a `search` section")
+        return self
+
+
+class ConfigError(Exception):
+    """A file or value the user gave is wrong; the message is one line meant for them."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {msg}{more}"
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML file (safe loader only); errors are ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read experiment file ({exc.__class__.__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of experiment fields at the top level")
+    raw.setdefault("name", path.stem)
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+
+
+def spec_to_yaml(spec: ArchSpec) -> str:
+    """The spec as YAML that `load_experiment` reads back (under a `spec:` key)."""
+    data = spec.model_dump(mode="json")
+    return yaml.safe_dump({"spec": data}, sort_keys=False)

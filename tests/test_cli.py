@@ -1,0 +1,102 @@
+"""The CLI as a user meets it: summary, train into MLflow over HTTP, and clear errors."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from mnist_search.cli import app
+
+from .conftest import EXPERIMENTS
+
+runner = CliRunner()
+
+
+def test_summary_prints_the_seed_table_and_budget_verdict():
+    result = runner.invoke(app, ["summary", str(EXPERIMENTS / "seed-model-1.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "Total params: 14,620" in result.output
+    assert "Conv2d-19" in result.output and "[-1, 10, 1, 1]" in result.output
+    assert "28x28" in result.output  # final receptive field
+    assert "Mult-adds per image: 2,687,476" in result.output
+    assert "OVER the budget of 8,000" in result.output
+    ok = runner.invoke(app, ["summary", str(EXPERIMENTS / "seed-model-3.yaml"), "--budget", "4000"])
+    assert "3,928 — under the budget of 4,000" in ok.output
+
+
+def test_train_logs_metrics_tables_and_model_to_a_real_tracking_server(mlflow_server, data_dir, tmp_path):
+    args = [
+        "train", str(EXPERIMENTS / "seed-model-2.yaml"), "--epochs", "2", "--limit-train", "3000",
+        "--data-dir", str(data_dir), "--tracking-uri", mlflow_server, "--experiment-name", "cli-train",
+        "--device", "cpu",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("cli-train")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["spec.stages"] == "[[8, 16, 24], [16, 24]]"
+    assert run.data.params["recipe.lr"] == "0.01"
+    assert run.data.tags["params"] == "14796" and run.data.tags["target"] == "0.994"
+    assert run.data.tags["target_met"] == "false"  # 2 epochs cannot hold 99.4 % for 3 epochs
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert [m.step for m in history] == [1, 2]
+    assert all(0.6 < m.value <= 1.0 for m in history), history  # chance is 0.1
+    for key in ("train/loss", "train/acc", "test/loss", "test/acc", "lr", "epoch_seconds"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/summary/layers.txt")
+    assert "Total params: 14,796" in text
+    rf = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/summary/receptive_field.txt")
+    assert "r_out" in rf
+    mlflow.set_tracking_uri(mlflow_server)
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert len(models) == 1 and models[0].source_run_id == run.info.run_id
+    loaded = mlflow.pytorch.load_model(models[0].model_uri)
+    import torch
+
+    assert loaded(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
+
+
+def test_train_defaults_to_the_local_store_under_mlruns(store, data_dir):
+    args = ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "1", "--limit-train", "500",
+            "--data-dir", str(data_dir)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (store / "mlflow.db").is_file()
+    assert list((store / "artifacts").rglob("layers.txt"))
+
+
+BAD_YAML = {
+    "malformed.yaml": ("spec: [1, 2\n", "malformed YAML"),
+    "unknown.yaml": ("spec:\n  stages: [[8]]\n  widht: 3\n", "spec.widht: Extra inputs are not permitted"),
+    "zero.yaml": ("spec:\n  stages: [[8, 0]]\n", "spec.stages.0.1: Input should be greater than 0"),
+    "negative.yaml": ("spec:\n  stages: [[-4]]\n", "spec.stages.0.0: Input should be greater than 0"),
+    "dropout.yaml": ("spec:\n  stages: [[8]]\n  dropout: 1.0\n", "spec.dropout: Input should be less than 1"),
+    "epochs.yaml": ("spec:\n  stages: [[8]]\nrecipe:\n  epochs: 0\n", "recipe.epochs: Input should be greater than 0"),
+    "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_YAML))
+@pytest.mark.parametrize("command", ["summary", "train"])
+def test_bad_experiment_files_exit_2_with_one_line(name, command, tmp_path, store):
+    text, message = BAD_YAML[name]
+    path = tmp_path / name
+    path.write_text(text)
+    result = runner.invoke(app, [command, str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not store.exists()  # nothing written to the store
+
+
+def test_missing_file_and_bad_device_exit_2(tmp_path, store):
+    result = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "nope.yaml: experiment file not found" in result.stderr
+    result = runner.invoke(app, ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--device", "tpu"])
+    assert result.exit_code == 2 and "--device tpu: unknown device" in result.stderr
+    assert not store.exists()

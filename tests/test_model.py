@@ -1,0 +1,118 @@
+"""Specs -> networks: exact parameter counts, shapes, receptive fields and mult-adds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mnist_search.config import ArchSpec, load_experiment
+from mnist_search.model import (
+    build_model,
+    count_params,
+    layer_plan,
+    layer_table,
+    mult_adds,
+    receptive_field,
+)
+
+from .conftest import EXPERIMENTS
+
+
+@pytest.mark.parametrize(
+    "name, params", [("seed-model-1", 14_620), ("seed-model-2", 14_796), ("seed-model-3", 3_928)]
+)
+def test_seed_models_have_the_seed_documents_parameter_counts(name, params):
+    spec = load_experiment(EXPERIMENTS / f"{name}.yaml").spec
+    model = build_model(spec)
+    assert count_params(spec) == params
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == params
+    assert f"Total params: {params:,}" in layer_table(spec)
+
+
+@pytest.mark.parametrize("name", ["seed-model-1", "seed-model-2"])
+def test_seed_models_1_and_2_have_the_seed_output_sizes(name):
+    spec = load_experiment(EXPERIMENTS / f"{name}.yaml").spec
+    convs_and_pools = [l.out_size for l in layer_plan(spec) if l.kind in ("Conv2d", "MaxPool2d")]
+    assert convs_and_pools == [26, 24, 22, 11, 11, 9, 7, 7, 1]
+    assert build_model(spec)(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def random_spec(rng: random.Random) -> ArchSpec:
+    """A random valid spec (draws that shrink the map below 1x1 are redrawn)."""
+    while True:
+        try:
+            return _draw(rng)
+        except ValueError:
+            continue
+
+
+def _draw(rng: random.Random) -> ArchSpec:
+    n_stages = rng.randint(1, 3)
+    padding = rng.random() < 0.5
+    stages = [[rng.randint(1, 40) for _ in range(rng.randint(1, 2 if not padding else 3))] for _ in range(n_stages)]
+    return ArchSpec(
+        stages=stages,
+        transitions=[rng.randint(1, 32) for _ in range(n_stages - 1)],
+        padding=padding,
+        batchnorm=rng.random() < 0.5,
+        dropout=rng.choice([0.0, 0.05, 0.2]),
+        head=rng.choice(["gap", "conv"]),
+    )
+
+
+def test_count_params_equals_the_built_network_for_many_random_specs():
+    rng = random.Random(1234)
+    checked = 0
+    for _ in range(300):
+        spec = random_spec(rng)
+        model = build_model(spec)
+        assert count_params(spec) == sum(p.numel() for p in model.parameters()), spec
+        checked += 1
+    assert checked == 300
+
+
+def test_layer_plan_shapes_match_a_real_forward_pass():
+    rng = random.Random(7)
+    for _ in range(40):
+        spec = random_spec(rng)
+        model = build_model(spec).eval()
+        shapes = []
+        hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((type(m).__name__, tuple(o.shape)))) for m in model.layers]
+        model(torch.zeros(2, 1, 28, 28))
+        for h in hooks:
+            h.remove()
+        planned = [(l.kind, (2, l.out_channels, l.out_size, l.out_size)) for l in layer_plan(spec)]
+        assert shapes == planned, spec
+
+
+def test_receptive_field_of_seed_model_1_follows_the_recurrence():
+    # Hand-computed: r_out = r_in + (k-1)*j_in, j_out = j_in*stride, starting r=1, j=1.
+    # The seed documents print 14 after the max-pool; the recurrence gives 8 (their final 28 agrees).
+    spec = load_experiment(EXPERIMENTS / "seed-model-1.yaml").spec
+    rows = receptive_field(spec)
+    assert [r.r_out for r in rows] == [3, 5, 7, 8, 8, 12, 16, 16, 28]
+    assert [r.j_out for r in rows] == [1, 1, 1, 2, 2, 2, 2, 2, 2]
+    assert [(r.n_in, r.n_out) for r in rows][:4] == [(28, 26), (26, 24), (24, 22), (22, 11)]
+
+
+def test_receptive_field_with_padding_and_gap_head():
+    # 3 padded 3x3 convs (28->28): r 3,5,7; pool: r 8, j 2; 1x1: 8; 2 convs: 12, 16; 1x1: 16;
+    # GAP over the 14x14 map acts as a 14x14 kernel: 16 + 13*2 = 42.
+    spec = ArchSpec(stages=[[4, 4, 4], [4, 4]], transitions=[4], padding=True, head="gap")
+    rows = receptive_field(spec)
+    assert [r.r_out for r in rows] == [3, 5, 7, 8, 8, 12, 16, 16, 42]
+    assert rows[-1].n_in == 14 and rows[-1].n_out == 1
+
+
+def test_mult_adds_hand_computed():
+    # conv 1->4 3x3 on 26x26 out: 9*1*4*676 = 24,336; 1x1 4->10 on 26x26: 40*676 = 27,040.
+    spec = ArchSpec(stages=[[4]], head="gap", batchnorm=False)
+    assert mult_adds(spec) == 24_336 + 27_040
+    assert count_params(spec) == 36 + 40
+
+
+def test_spec_rejects_maps_that_shrink_below_one_pixel():
+    with pytest.raises(ValueError, match="shrinks below 1x1"):
+        ArchSpec(stages=[[8] * 7, [8] * 4], transitions=[8])
