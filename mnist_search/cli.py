@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -13,8 +14,12 @@ from . import tracking
 from .config import ArchSpec, ConfigError, Experiment, load_experiment
 from .data import DataError, load_mnist
 from .model import build_model, count_params, layer_table, mult_adds, receptive_field_table
-from .progress import EpochProgress
+from .progress import EpochProgress, StudyProgress
 from .train import NonFiniteLoss, configure_threads, fit, resolve_device
+
+# No internet here, and scripts read our output: no telemetry, no artifact progress bars.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -138,6 +143,253 @@ def train(
         f"({last.epoch_seconds:.1f} s/epoch on {dev.type})",
         highlight=False,
     )
+
+
+StudyName = Annotated[
+    str | None, typer.Option("--study-name", "--study", help="Study name (default: the experiment name + budget).")
+]
+Storage = Annotated[
+    str | None,
+    typer.Option(help="Optuna storage: a journal file path (default mlruns/optuna-journal.log), sqlite:// or postgresql://."),
+]
+
+
+def _open_storage(url: str | None):
+    from .storage import StorageError, default_storage_url, open_storage
+
+    try:
+        return open_storage(url), url or default_storage_url()
+    except StorageError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def study(
+    budget: Budget = tracking.DEFAULT_BUDGET,
+    experiment: Annotated[
+        Path | None, typer.Option(help="Search experiment YAML (default: experiments/budget-8k.yaml).")
+    ] = None,
+    trials: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="The study's TOTAL of trained trials (all runs and workers together): running the "
+            "same command again resumes the study up to this total; raise it to add trials. "
+            "Over-budget proposals are rejected untrained and do not count.",
+        ),
+    ] = 20,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per trial (default: the recipe's).")] = None,
+    study_name: StudyName = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+    device: Device = "auto",
+    seed: Annotated[int, typer.Option(help="Sampler seed; trial n trains with seed + n.")] = 0,
+    data_dir: DataDir = None,
+    limit_train: LimitTrain = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")] = False,
+) -> None:
+    """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
+    import optuna
+
+    from .search import BudgetError, Objective, check_budget, feasible_share, leaderboard
+    from .studies import StudyMismatch, TotalReached, open_study, trials_done
+
+    from .search import DEFAULT_STUDY_EXPERIMENT
+
+    path = experiment or DEFAULT_STUDY_EXPERIMENT
+    exp = _experiment(path)
+    if exp.search is None:
+        fail(f"{path}: no `search` section (use `mnist-search train` for a fixed spec)")
+    try:
+        check_budget(exp.search, budget)
+        dev = resolve_device(device)
+    except (BudgetError, ValueError) as exc:
+        fail(str(exc))
+    epochs = epochs or exp.recipe.epochs
+    configure_threads()
+    store, storage_url = _open_storage(storage)
+    name = study_name or f"{exp.name}-b{budget}"
+    try:
+        exp_id = tracking.setup(tracking_uri, "mnist-search-studies")
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+    try:
+        data = load_mnist(data_dir, val_size=exp.recipe.val_size, limit_train=limit_train).to(dev)
+    except DataError as exc:
+        fail(str(exc))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        st = open_study(store, name, exp, budget, epochs, seed, str(path))
+    except StudyMismatch as exc:
+        fail(str(exc))
+    done = trials_done(st)
+    if done >= trials:
+        out.print(f"study {name} already has {done} trained trials (--trials {trials}); raise --trials to add more")
+        return
+    stopper = TotalReached(trials)
+    tracker = tracking.StudyTracker(st, storage_url, budget, exp_id, str(path))
+    progress = StudyProgress(out, trials, done, quiet=quiet)
+
+    class Hooks:
+        def trial_started(self, *a):
+            tracker.trial_started(*a)
+            progress.trial_started(*a)
+
+        def epoch_ended(self, *a):
+            tracker.epoch_ended(*a)
+            progress.epoch_ended(*a)
+
+        def trial_ended(self, *a):
+            tracker.trial_ended(*a)
+            progress.trial_ended(*a)
+
+    objective = Objective(
+        exp.search, exp.recipe, budget, data, dev, Hooks(), epochs=epochs, seed=seed, should_stop=stopper.claimed
+    )
+    out.print(
+        f"study {name}: {done}/{trials} trials done; storage {tracking.mask_url(storage_url)}; "
+        f"tracking {tracking.mask_url(tracking.resolve_tracking_uri(tracking_uri))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    status = "FINISHED"
+    try:
+        with progress:
+            st.optimize(
+                objective,
+                timeout=timeout,
+                callbacks=[stopper],
+                catch=(NonFiniteLoss, _cuda_oom()),
+                gc_after_trial=False,
+            )
+    except KeyboardInterrupt:
+        status = "KILLED"
+    finally:
+        tracker.finish(status)
+    rows = leaderboard(st)
+    feasible, proposed = feasible_share(st)
+    share = f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
+    best = next((r for r in rows if r["state"] == "COMPLETE"), None)
+    summary_line = f"study {name}: {trials_done(st)}/{trials} trials trained; {share}"
+    if best:
+        summary_line += (
+            f"; best trial {best['trial']}: {best['params']:,} params, val {best['val_acc']:.4f}, "
+            f"test min(last 3) {best['test_acc_min_last3']:.4f}"
+        )
+    out.print(summary_line, highlight=False, soft_wrap=True)
+    if status == "KILLED":
+        err.print("interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False)
+        raise typer.Exit(130)
+
+
+def _raise_interrupt(signum, frame) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _cuda_oom() -> type[BaseException]:
+    import torch
+
+    return torch.cuda.OutOfMemoryError
+
+
+def _load_study(study_name: str | None, storage: str | None):
+    import optuna
+
+    store, url = _open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)] if study_name is None else None
+    if study_name is None:
+        if len(names) != 1:
+            fail(f"--study: choose one of {', '.join(names) or '(no studies in ' + tracking.mask_url(url) + ')'}")
+        study_name = names[0]
+    try:
+        return optuna.load_study(study_name=study_name, storage=store)
+    except KeyError:
+        fail(f"--study {study_name}: no such study in {tracking.mask_url(url)}")
+
+
+@app.command()
+def report(
+    study_name: StudyName = None,
+    storage: Storage = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Leaderboard of a study (ranked by validation) and its Pareto front of params vs accuracy."""
+    import json
+
+    from rich.table import Table
+
+    from .search import feasible_share, leaderboard, pareto_front
+
+    st = _load_study(study_name, storage)
+    rows = leaderboard(st)
+    front = pareto_front(rows)
+    feasible, proposed = feasible_share(st)
+    if as_json:
+        payload = {
+            "study": st.study_name,
+            "budget": st.user_attrs.get("budget"),
+            "proposals": proposed,
+            "feasible": feasible,
+            "trials": rows,
+            "pareto_front": [r["trial"] for r in front],
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"study {st.study_name} — budget {st.user_attrs.get('budget')}")
+    # Short headers: the table must fit 80 columns when piped.
+    for col in ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s"):
+        table.add_column(col, justify="right")
+
+    def f(v, fmt="{:.4f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for r in rows:
+        table.add_row(
+            str(r["rank"]), str(r["trial"]), f(r["params"], "{:,}"), f(r["mult_adds"], "{:,}"),
+            f(r["val_acc"]), f(r["test_acc_min_last3"]), "yes" if r["target_met"] else "no",
+            str(r["epochs_run"]), r["state"][:8], f(r["seconds"], "{:.0f}"),
+        )  # fmt: skip
+    out.print(table)
+    out.print("Pareto front (smallest model per validation-accuracy level):", highlight=False)
+    for r in front:
+        out.print(f"  trial {r['trial']}: {r['params']:,} params, val {r['val_acc']:.4f}, "
+                  f"test min(last 3) {f(r['test_acc_min_last3'])}", highlight=False)  # fmt: skip
+    out.print(f"{feasible}/{proposed} proposals were under the budget.", highlight=False)
+
+
+@app.command()
+def export(
+    study_name: StudyName = None,
+    trial: Annotated[str, typer.Option(help="'best' (by validation) or a trial number.")] = "best",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the export into.")] = Path("export"),
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Write a trial's model as a torch.export program (model.pt2), its state_dict, spec and tables."""
+    from .export import ExportError, export_trial
+    from .search import leaderboard
+
+    st = _load_study(study_name, storage)
+    rows = {r["trial"]: r for r in leaderboard(st)}
+    if trial == "best":
+        done = [r for r in rows.values() if r["state"] == "COMPLETE"]
+        if not done:
+            fail(f"study {st.study_name}: no completed trial to export")
+        row = min(done, key=lambda r: r["rank"])
+    else:
+        if not trial.isdigit() or int(trial) not in rows or rows[int(trial)]["state"] != "COMPLETE":
+            fail(f"--trial {trial}: not a completed trial of study {st.study_name}")
+        row = rows[int(trial)]
+    try:
+        tracking.setup(tracking_uri, "mnist-search-studies")
+        written = export_trial(row, out_dir)
+    except (tracking.TrackingError, ExportError) as exc:
+        fail(str(exc))
+    out.print(f"trial {row['trial']} ({row['params']:,} params) exported to {out_dir}: {', '.join(written)}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -133,6 +133,15 @@ class SearchSpace(_Strict):
         for name in ("padding", "batchnorm", "head"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: needs at least one choice")
+        for padding in self.padding:  # widths do not change spatial sizes: check the layout once
+            try:
+                ArchSpec(
+                    stages=tuple(tuple(r.low for r in stage) for stage in self.stages),
+                    transitions=tuple(r.low for r in self.transitions),
+                    padding=padding,
+                )
+            except ValidationError as exc:
+                raise ValueError(_first_error(exc)) from None
         return self
 
 

@@ -48,3 +48,71 @@ class EpochProgress:
         if self.progress is not None:
             status = f"val {r.val_acc:.4f}  test {r.test_acc:.4f}  loss {r.train_loss:.4f}"
             self.progress.update(self.task, completed=r.epoch, status=status)
+
+
+class StudyProgress:
+    """Trials done / planned, pruned, failed, best so far, elapsed and ETA.
+
+    A live rich display on a terminal; plain log lines (one per finished trial) when output is
+    not a terminal or with --quiet.
+    """
+
+    def __init__(self, console: Console, total: int, already: int, quiet: bool = False):
+        self.console = console
+        self.live = console.is_terminal and not quiet
+        self.total, self.done = total, already
+        self.pruned = self.failed = 0
+        self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
+        self.progress = make_progress(console) if self.live else None
+        self.task = None
+
+    def __enter__(self) -> StudyProgress:
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task("trials", total=self.total, completed=self.done, status="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def _status(self) -> str:
+        best = "-"
+        if self.best:
+            val, params, test, trial = self.best
+            best = f"#{trial} {params:,} params val {val:.4f} test {test:.4f}"
+        return f"pruned {self.pruned} failed {self.failed} | best {best}"
+
+    # TrialHooks
+    def trial_started(self, trial, spec, recipe) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=f"trial {trial.number}")
+
+    def epoch_ended(self, trial, r) -> None:
+        if self.progress is not None:
+            self.progress.update(
+                self.task, status=f"epoch {r.epoch} val {r.val_acc:.4f} | {self._status()}"
+            )
+
+    def trial_ended(self, record, model) -> None:
+        if record.reason == "interrupted":
+            return
+        self.done += 1
+        self.pruned += record.state == "PRUNED"
+        self.failed += record.state == "FAIL"
+        res = record.result
+        if record.state == "COMPLETE" and (self.best is None or res.val_score > self.best[0]):
+            self.best = (res.val_score, record.params, res.test_min_last3, record.number)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done, status=self._status())
+        else:
+            last = res.epochs[-1] if res.epochs else None
+            figures = f"val {last.val_acc:.4f} test {last.test_acc:.4f} " if last else ""
+            self.console.print(
+                f"trial {record.number} {record.state} {record.params:,} params {figures}"
+                f"({record.seconds:.0f} s) [{self.done}/{self.total}] {self._status()}"
+                + (f" — {record.reason}" if record.reason else ""),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -155,3 +156,170 @@ def _log_pytorch_model(model, signature, example) -> None:
         # Naming the requirement skips MLflow's import-scanning subprocess (seconds per model).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
+
+
+# --- studies: one parent run per study, one nested child run per trained trial -------------------
+
+PARENT_ATTR = "mlflow_parent_run_id"
+END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class StudyTracker:
+    """MLflow logging of a study, written by hand (optuna-integration's MLflowCallback is
+    deprecated and logs only final values).
+
+    One parent run per study, whatever the number of invocations or workers: its id is kept in
+    the study's user attributes, so a resumed study (or a second worker) nests its trials under the
+    same parent. Each trained trial gets a child run (tag mlflow.parentRunId) that ends FINISHED,
+    KILLED (pruned) or FAILED; over-budget proposals are never trained and get no run.
+    """
+
+    def __init__(self, study, storage_url: str, budget: int, experiment_id: str, experiment_file: str):
+        self.study, self.budget = study, budget
+        self.storage = mask_url(storage_url)
+        self.experiment_id, self.experiment_file = experiment_id, experiment_file
+        self.client = mlflow.MlflowClient()
+        self.children: dict[int, str] = {}
+        self.parent_id = self._parent()
+
+    def _parent(self) -> str:
+        known = self.study.user_attrs.get(PARENT_ATTR)
+        if known:
+            try:
+                run = self.client.get_run(known)
+                if run.info.lifecycle_stage == "active":
+                    self.client.update_run(known, status="RUNNING")
+                    return known
+            except mlflow.exceptions.MlflowException:
+                pass  # the run was deleted or lives in another tracking store: start a new one
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.study.study_name,
+            tags={
+                "kind": "study",
+                "study_name": self.study.study_name,
+                "storage": self.storage,
+                "budget": str(self.budget),
+                "target": str(TARGET),
+                "experiment_file": self.experiment_file,
+                "git_commit": git_commit(),
+            },
+        )
+        self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        # Two workers may race to create the parent: the one recorded in the storage wins.
+        winner = self.study.user_attrs.get(PARENT_ATTR, run.info.run_id)
+        if winner != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return winner
+
+    # TrialHooks -----------------------------------------------------------------------------
+    def trial_started(self, trial, spec: ArchSpec, recipe: Recipe) -> None:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{self.study.study_name}-trial-{trial.number}",
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                "kind": "trial",
+                "trial_number": str(trial.number),
+                "study_name": self.study.study_name,
+                "storage": self.storage,
+                "state": "RUNNING",
+            }
+            | run_tags(spec, self.budget, self.experiment_file),
+        )
+        run_id = run.info.run_id
+        self.children[trial.number] = run_id
+        trial.set_user_attr("mlflow_run_id", run_id)
+        params = spec_params(spec, recipe) | {"trial_number": str(trial.number)}
+        self.client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+        self.client.log_text(run_id, layer_table(spec), "summary/layers.txt")
+        self.client.log_text(run_id, receptive_field_table(spec), "summary/receptive_field.txt")
+
+    def epoch_ended(self, trial, r: EpochResult) -> None:
+        stamp = int(time.time() * 1000)
+        metrics = [mlflow.entities.Metric(k, v, stamp, r.epoch) for k, v in r.metrics().items()]
+        self.client.log_batch(self.children[trial.number], metrics=metrics)
+
+    def trial_ended(self, record, model) -> None:
+        run_id = self.children.pop(record.number)
+        self.client.set_tag(run_id, "state", record.state)
+        if record.reason:
+            self.client.set_tag(run_id, "failure" if record.state == "FAIL" else "pruned_reason", record.reason)
+        fit_result = record.result
+        if fit_result.epochs:
+            self.client.set_tag(run_id, "target_met", str(fit_result.target_met(TARGET)).lower())
+            self.client.log_batch(
+                run_id,
+                metrics=[
+                    mlflow.entities.Metric("final/val_acc_last3", fit_result.val_score, 0, 0),
+                    mlflow.entities.Metric("final/test_acc_min_last3", fit_result.test_min_last3, 0, 0),
+                    mlflow.entities.Metric("final/seconds", record.seconds, 0, 0),
+                ],
+            )
+        if model is not None:
+            with mlflow.start_run(run_id=run_id):
+                log_checkpoint(model)
+                log_model(model)
+        self.client.set_terminated(run_id, END_STATUS[record.state])
+
+    # End of an invocation -------------------------------------------------------------------
+    def close_open_children(self, status: str = "KILLED") -> None:
+        for run_id in self.children.values():
+            self.client.set_tag(run_id, "state", "FAIL")
+            self.client.set_terminated(run_id, status)
+        self.children.clear()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Summarise the whole study (all invocations) on the parent run and close it."""
+        from .plots import study_figures
+        from .search import feasible_share, leaderboard
+
+        self.close_open_children()
+        rows = leaderboard(self.study)
+        feasible, proposed = feasible_share(self.study)
+        done = [r for r in rows if r["state"] == "COMPLETE"]
+        metrics = {
+            "study/trials_trained": len(rows),
+            "study/trials_completed": len(done),
+            "study/trials_pruned": sum(r["state"] == "PRUNED" for r in rows),
+            "study/trials_failed": sum(r["state"] == "FAIL" for r in rows),
+            "study/trials_target_met": sum(bool(r["target_met"]) for r in rows),
+            "study/proposals": proposed,
+            "study/feasible_share": feasible / proposed if proposed else 0.0,
+        }
+        if done:
+            best = done[0]
+            metrics |= {
+                "best/val_acc": best["val_acc"],
+                "best/params": best["params"],
+                "best/trial": best["trial"],
+            }
+            if best["test_acc_min_last3"] is not None:
+                metrics["best/test_acc_min_last3"] = best["test_acc_min_last3"]
+            self.client.set_tag(self.parent_id, "best_trial", str(best["trial"]))
+            self.client.set_tag(self.parent_id, "best_spec", str(best["spec"]))
+            if best.get("mlflow_run_id"):
+                self.client.set_tag(self.parent_id, "best_run_id", best["mlflow_run_id"])
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(
+            self.parent_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        )
+        for path, fig in study_figures(self.study, self.budget).items():
+            self.client.log_figure(self.parent_id, fig, path)
+            fig.clear()
+        self.client.set_terminated(self.parent_id, status)
+
+
+def log_checkpoint(model: torch.nn.Module) -> None:
+    """state_dict + spec YAML in the active run, so `export` can rebuild the exact network."""
+    import io
+    import tempfile
+
+    from .config import spec_to_yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        (Path(tmp) / "state_dict.pt").write_bytes(buf.getvalue())
+        (Path(tmp) / "spec.yaml").write_text(spec_to_yaml(model.spec))
+        mlflow.log_artifacts(tmp, "checkpoint")

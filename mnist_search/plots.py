@@ -1,0 +1,80 @@
+"""Study plots for the parent MLflow run: optimisation history, params vs accuracy, importances."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
+import optuna
+from matplotlib.figure import Figure
+
+from .search import leaderboard, pareto_front
+
+TARGET_LINE = 0.994
+
+
+def history(rows: list[dict]) -> Figure:
+    done = sorted((r for r in rows if r["val_acc"] is not None), key=lambda r: r["trial"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if done:
+        xs = [r["trial"] for r in done]
+        ys = [r["val_acc"] for r in done]
+        best = [max(ys[: i + 1]) for i in range(len(ys))]
+        ax.scatter(xs, ys, s=18, label="val acc (mean of last 3 epochs)")
+        ax.step(xs, best, where="post", color="C1", label="best so far")
+    ax.axhline(TARGET_LINE, color="grey", ls="--", lw=1, label="99.4 % target")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Optimisation history (completed, under-budget trials)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def params_vs_accuracy(rows: list[dict], budget: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, color, label in (("val_acc", "C0", "val acc"), ("test_acc_min_last3", "C2", "test acc (min of last 3)")):
+        pts = [r for r in rows if r["state"] == "COMPLETE" and r.get(key) is not None]
+        ax.scatter([r["params"] for r in pts], [r[key] for r in pts], s=18, color=color, label=label)
+        front = pareto_front(rows, key)
+        ax.step([r["params"] for r in front], [r[key] for r in front], where="post", color=color, lw=1)
+    ax.axhline(TARGET_LINE, color="grey", ls="--", lw=1)
+    ax.axvline(budget, color="red", ls=":", lw=1, label=f"budget {budget:,}")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Parameters vs accuracy (lines: Pareto fronts)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def importances(study: optuna.Study) -> Figure | None:
+    """fANOVA-style importances over completed feasible trials; None when too few to say."""
+    try:
+        done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+                if t.user_attrs.get("feasible")]  # fmt: skip
+        if len(done) < 3:
+            return None
+        # Infeasible proposals carry a placeholder value: rank importances on trained trials only.
+        trained = optuna.create_study(direction="maximize")
+        trained.add_trials(done)
+        scores = optuna.importance.get_param_importances(trained)
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(scores)[::-1]
+    ax.barh(names, [scores[n] for n in names])
+    ax.set_xlabel("importance for validation accuracy")
+    ax.set_title("Hyperparameter importances")
+    fig.tight_layout()
+    return fig
+
+
+def study_figures(study: optuna.Study, budget: int) -> dict[str, Figure]:
+    rows = leaderboard(study)
+    figs = {"plots/optimization_history.png": history(rows), "plots/params_vs_accuracy.png": params_vs_accuracy(rows, budget)}
+    imp = importances(study)
+    if imp is not None:
+        figs["plots/param_importances.png"] = imp
+    return figs

@@ -1,0 +1,81 @@
+"""Creating, resuming and counting studies; `--trials` is the study's total of trained trials."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import Experiment
+from .search import feasible, make_pruner
+
+
+class StudyMismatch(ValueError):
+    """An existing study was created with another budget or experiment."""
+
+
+def open_study(
+    storage, name: str, experiment: Experiment, budget: int, epochs: int, seed: int, experiment_file: str
+) -> optuna.Study:
+    """Create the study, or load it (load_if_exists) when the same command runs again."""
+    sampler = optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=8,
+        constant_liar=True,  # parallel workers: pretend running trials ended badly, spread out
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=make_pruner(experiment, epochs),
+        load_if_exists=True,
+    )
+    attrs = study.user_attrs
+    if "budget" not in attrs:
+        study.set_user_attr("budget", budget)
+        study.set_user_attr("experiment_file", experiment_file)
+        study.set_user_attr("epochs", epochs)
+    elif attrs["budget"] != budget:
+        raise StudyMismatch(
+            f"--budget {budget}: study '{name}' was created with budget {attrs['budget']}; "
+            "use that budget or another --study-name"
+        )
+    return study
+
+
+def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trained trials that ended on their own: completed, pruned, or failed for a reason of
+    their own (NaN loss, out of memory). Interrupted trials and trials of killed workers do not
+    count, so running the command again replaces them."""
+    if not feasible(trial) or trial.user_attrs.get("surplus"):
+        return False
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        reason = trial.user_attrs.get("fail_reason")
+        return bool(reason) and reason != "interrupted"
+    return False
+
+
+def trials_done(study: optuna.Study) -> int:
+    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
+
+
+def trials_running(study: optuna.Study, exclude: int | None = None) -> int:
+    running = study.get_trials(deepcopy=False, states=[TrialState.RUNNING])
+    return sum(feasible(t) and t.number != exclude and not t.user_attrs.get("surplus") for t in running)
+
+
+class TotalReached:
+    """Stops `optimize` once the study holds `total` trained trials (all workers together)."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def claimed(self, study: optuna.Study, trial_number: int) -> bool:
+        """True when finished + other running trials already make the total (this one is surplus)."""
+        return trials_done(study) + trials_running(study, exclude=trial_number) >= self.total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trials_done(study) >= self.total:
+            study.stop()

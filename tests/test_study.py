@@ -1,0 +1,135 @@
+"""A real, tiny study on real MNIST with a temporary local store: budget, MLflow, resume, report, export."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mnist_search.cli import app
+from mnist_search.config import load_experiment
+from mnist_search.data import normalise
+from mnist_search.model import build_model, count_params
+from mnist_search.search import check_budget, sample_spec, smallest_spec
+from mnist_search.storage import open_storage
+
+from .conftest import EXPERIMENTS
+
+runner = CliRunner()
+BUDGET_8K = EXPERIMENTS / "budget-8k.yaml"
+
+
+def study_args(data_dir, trials):
+    return ["study", "--budget", "8000", "--trials", str(trials), "--epochs", "1",
+            "--limit-train", "3000", "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+def test_sampling_is_separate_from_building_and_respects_the_space():
+    space = load_experiment(BUDGET_8K).search
+    fixed = {"s1c1": 8, "s1c2": 12, "s1c3": 16, "s2c1": 10, "s2c2": 12, "s2c3": 14, "t1": 8,
+             "dropout": 0.02, "lr": 0.1}  # fmt: skip
+    spec = sample_spec(optuna.trial.FixedTrial(fixed), space)
+    assert spec.stages == ((8, 12, 16), (10, 12, 14)) and spec.transitions == (8,)
+    assert spec.head == "gap" and spec.batchnorm and spec.dropout == 0.02
+    assert count_params(spec) == sum(p.numel() for p in build_model(spec).parameters())
+
+
+def test_impossible_budget_is_rejected_with_the_smallest_size():
+    space = load_experiment(BUDGET_8K).search
+    _, smallest = smallest_spec(space)
+    with pytest.raises(ValueError, match=f"smallest has {smallest:,} parameters"):
+        check_budget(space, smallest)
+    assert check_budget(space, smallest + 1) == smallest
+
+
+def test_budget_50_exits_2_before_anything_is_written(store, data_dir):
+    result = runner.invoke(app, ["study", "--budget", "50", "--data-dir", str(data_dir)])
+    assert result.exit_code == 2
+    assert "--budget 50: no architecture in the search space fits; the smallest has 2,700" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not store.exists()
+
+
+@pytest.mark.slow
+def test_a_real_study_tracks_resumes_reports_and_exports(store, data_dir, tmp_path):
+    result = runner.invoke(app, study_args(data_dir, 4))
+    assert result.exit_code == 0, result.output
+    assert "4/4 trials trained" in result.output
+
+    study = optuna.load_study(study_name="budget-8k-b8000", storage=open_storage(None))
+    trained = [t for t in study.trials if t.user_attrs.get("feasible")]
+    rejected = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    assert len(trained) == 4
+    assert all(t.user_attrs["params"] < 8000 for t in trained)  # nothing over budget was trained
+    assert all(t.user_attrs["params"] >= 8000 for t in rejected)
+    assert all("mlflow_run_id" not in t.user_attrs for t in rejected)  # ... nor tracked
+    assert all(0.0 < t.value <= 1.0 for t in trained if t.state.name == "COMPLETE")
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("mnist-search-studies")
+
+    def runs():
+        all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+        parents = [r for r in all_runs if r.data.tags.get("kind") == "study"]
+        children = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
+        return parents, children
+
+    parents, children = runs()
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {int(c.data.tags["trial_number"]) for c in children} == {t.number for t in trained}
+    for child in children:
+        assert child.info.status in ("FINISHED", "KILLED")  # never left RUNNING
+        assert child.data.tags["state"] in ("COMPLETE", "PRUNED")
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]
+        assert child.data.tags["study_name"] == "budget-8k-b8000"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/params_vs_accuracy.png"} <= artifacts
+    assert parent.data.metrics["study/trials_trained"] == 4
+
+    # The same command with a larger total resumes the same study under the same parent.
+    result = runner.invoke(app, study_args(data_dir, 6))
+    assert result.exit_code == 0, result.output
+    assert "4/6 trials done" in result.output and "6/6 trials trained" in result.output
+    parents, children = runs()
+    assert len(parents) == 1 and len(children) == 6
+    again = runner.invoke(app, study_args(data_dir, 6))
+    assert again.exit_code == 0 and "already has 6 trained trials" in again.output
+
+    # report --json agrees with the storage.
+    result = runner.invoke(app, ["report", "--study", "budget-8k-b8000", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    study = optuna.load_study(study_name="budget-8k-b8000", storage=open_storage(None))
+    by_number = {t.number: t for t in study.trials}
+    assert len(report["trials"]) == 6
+    for row in report["trials"]:
+        t = by_number[row["trial"]]
+        assert row["params"] == t.user_attrs["params"] and row["state"] == t.state.name
+        if t.state.name == "COMPLETE":
+            assert row["val_acc"] == t.value
+    assert report["feasible"] == len([t for t in study.trials if t.user_attrs.get("feasible")])
+    best = max((r for r in report["trials"] if r["state"] == "COMPLETE"), key=lambda r: r["val_acc"])
+    assert report["trials"][0]["trial"] == best["trial"]
+
+    # export: a torch.export program over raw [0, 1] pixels that predicts like the trained net.
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", "--study", "budget-8k-b8000", "--trial", "best", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    program = torch.export.load(out / "model.pt2")
+    spec = load_experiment(out / "spec.yaml").spec
+    net = build_model(spec)
+    net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
+    net.eval()
+    pixels = torch.rand(7, 1, 28, 28)
+    logits = program.module()(pixels)
+    assert logits.shape == (7, 10)
+    assert torch.allclose(logits, net(normalise(pixels)), atol=1e-4)
+    assert "Total params" in (out / "layers.txt").read_text()
