@@ -340,20 +340,19 @@ def report(
         print(json.dumps(payload, indent=2))
         return
     table = Table(title=f"study {st.study_name} — budget {st.user_attrs.get('budget')}")
-    # Short headers: the table must fit 80 columns when piped.
     for col in ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
 
     def f(v, fmt="{:.4f}"):
         return "-" if v is None else fmt.format(v)
 
     for r in rows:
         table.add_row(
-            str(r["rank"]), str(r["trial"]), f(r["params"], "{:,}"), f(r["mult_adds"], "{:,}"),
+            str(r["rank"]), str(r["trial"]), f(r["params"], "{:,}"), f(r["mult_adds"] and r["mult_adds"] / 1e3, "{:,.0f}k"),
             f(r["val_acc"]), f(r["test_acc_min_last3"]), "yes" if r["target_met"] else "no",
             str(r["epochs_run"]), r["state"][:8], f(r["seconds"], "{:.0f}"),
         )  # fmt: skip
-    out.print(table)
+    (out if out.is_terminal else Console(width=120)).print(table)  # piped: don't squeeze to 80 columns
     out.print("Pareto front (smallest model per validation-accuracy level):", highlight=False)
     for r in front:
         out.print(f"  trial {r['trial']}: {r['params']:,} params, val {r['val_acc']:.4f}, "
@@ -392,9 +391,23 @@ def export(
     out.print(f"trial {row['trial']} ({row['params']:,} params) exported to {out_dir}: {', '.join(written)}", highlight=False)
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
+def main() -> None:
+    """Console entry point: like `app()`, but usage errors (bad option values, unknown options)
+    become one line on stderr with exit code 2 instead of Typer's multi-line box."""
+    from typer.exceptions import TyperException  # base of Typer's (vendored click) usage errors
+
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:
+        if not hasattr(exc, "format_message"):
+            raise
+        err.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -80,7 +80,7 @@ class StudyProgress:
         best = "-"
         if self.best:
             val, params, test, trial = self.best
-            best = f"#{trial} {params:,} params val {val:.4f} test {test:.4f}"
+            best = f"#{trial} {params:,} params, val(mean last 3) {val:.4f}, test(min last 3) {test:.4f}"
         return f"pruned {self.pruned} failed {self.failed} | best {best}"
 
     # TrialHooks

@@ -100,3 +100,26 @@ def test_missing_file_and_bad_device_exit_2(tmp_path, store):
     result = runner.invoke(app, ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--device", "tpu"])
     assert result.exit_code == 2 and "--device tpu: unknown device" in result.stderr
     assert not store.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["study", "--budget", "0"], "error: Invalid value for '--budget': Input should be greater than or equal to 1"),
+        (["study", "--budget", "-5"], "error: Invalid value for '--budget': Input should be greater than or equal to 1"),
+        (["study", "--budget", "abc"], "error: Invalid value for '--budget': Input should be a valid integer"),
+        (["train", "x.yaml", "--bogus"], "error: No such option: --bogus"),
+    ],
+)
+def test_usage_errors_from_the_console_script_are_one_line_exit_2(args, message, store):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from mnist_search.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(message), proc.stderr
+    assert not store.exists()

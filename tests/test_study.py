@@ -133,3 +133,27 @@ def test_a_real_study_tracks_resumes_reports_and_exports(store, data_dir, tmp_pa
     assert logits.shape == (7, 10)
     assert torch.allclose(logits, net(normalise(pixels)), atol=1e-4)
     assert "Total params" in (out / "layers.txt").read_text()
+
+
+def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(store, data_dir, tmp_path):
+    exp = tmp_path / "explode.yaml"
+    exp.write_text(
+        "search:\n"
+        "  stages: [[{low: 4, high: 8}], [{low: 4, high: 8}]]\n"
+        "  transitions: [{low: 4, high: 8}]\n"
+        "  batchnorm: [false]\n"
+        "recipe: {lr: 1.0e+12, momentum: 0.9, epochs: 1}\n"
+    )
+    args = ["study", "--budget", "8000", "--experiment", str(exp), "--trials", "2", "--limit-train", "500",
+            "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="explode-b8000", storage=open_storage(None))
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 2
+    assert all("training loss became" in t.user_attrs["fail_reason"] for t in failed)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("mnist-search-studies").experiment_id
+    children = client.search_runs([exp_id], filter_string="tags.kind = 'trial'")
+    assert len(children) == 2
+    assert all(c.info.status == "FAILED" and "training loss became" in c.data.tags["failure"] for c in children)
