@@ -14,7 +14,7 @@ from .train import EpochResult
 def make_progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -53,6 +53,9 @@ class EpochProgress:
 class StudyProgress:
     """Trials done / planned, pruned, failed, best so far, elapsed and ETA.
 
+    "best" is the best completed trial: its params, validation accuracy (mean of its last 3
+    epochs: the objective) and test accuracy (min of its last 3 epochs).
+
     A live rich display on a terminal; plain log lines (one per finished trial) when output is
     not a terminal or with --quiet.
     """
@@ -80,18 +83,18 @@ class StudyProgress:
         best = "-"
         if self.best:
             val, params, test, trial = self.best
-            best = f"#{trial} {params:,} params, val(mean last 3) {val:.4f}, test(min last 3) {test:.4f}"
-        return f"pruned {self.pruned} failed {self.failed} | best {best}"
+            best = f"#{trial} {params:,}p val {val:.4f} test {test:.4f}"
+        return f"pruned {self.pruned} failed {self.failed} best {best}"
 
     # TrialHooks
     def trial_started(self, trial, spec, recipe) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, description=f"trial {trial.number}")
+            self.progress.update(self.task, description=f"#{trial.number}")
 
     def epoch_ended(self, trial, r) -> None:
         if self.progress is not None:
             self.progress.update(
-                self.task, status=f"epoch {r.epoch} val {r.val_acc:.4f} | {self._status()}"
+                self.task, status=f"ep {r.epoch} val {r.val_acc:.4f} | {self._status()}"
             )
 
     def trial_ended(self, record, model) -> None:
