@@ -113,31 +113,18 @@ def train(
     except DataError as exc:
         fail(str(exc))
 
-    import mlflow
-
-    model = build_model(spec, seed=seed)
-    with mlflow.start_run(run_name=f"{exp.name}-s{seed}") as run:
-        mlflow.log_params(tracking.spec_params(spec, recipe) | {"seed": str(seed), "epochs": str(epochs)})
-        mlflow.set_tags(tracking.run_tags(spec, budget, str(path)) | {"kind": "train"})
-        tracking.log_tables(spec)
-
-        with EpochProgress(epochs, out, label=exp.name or "train") as progress:
-
-            def on_epoch(r):
-                tracking.log_epoch(r)
-                progress.update(r)
-
-            try:
-                result = fit(model, data, recipe, dev, on_epoch, epochs=epochs, seed=seed)
-            except NonFiniteLoss as exc:
-                mlflow.set_tag("failure", str(exc))
-                mlflow.end_run("FAILED")
-                fail(f"training failed: {exc}", code=1)
-        tracking.log_outcome(result)
-        tracking.log_model(model)
+    with EpochProgress(epochs, out, label=exp.name or "train") as progress:
+        try:
+            run_id, result, _ = tracking.tracked_fit(
+                spec, data, recipe, dev, epochs=epochs, seed=seed, budget=budget,
+                experiment_file=str(path), run_name=f"{exp.name}-s{seed}", tags={"kind": "train"},
+                on_epoch=progress.update,
+            )  # fmt: skip
+        except NonFiniteLoss as exc:
+            fail(f"training failed: {exc}", code=1)
     last = result.epochs[-1]
     out.print(
-        f"run {run.info.run_id}: {count_params(spec):,} params, epoch {last.epoch}: "
+        f"run {run_id}: {count_params(spec):,} params, epoch {last.epoch}: "
         f"val acc {last.val_acc:.4f}, test acc {last.test_acc:.4f}, "
         f"target met: {'yes' if result.target_met(tracking.TARGET) else 'no'} "
         f"({last.epoch_seconds:.1f} s/epoch on {dev.type})",
@@ -389,6 +376,118 @@ def export(
     except (tracking.TrackingError, ExportError) as exc:
         fail(str(exc))
     out.print(f"trial {row['trial']} ({row['params']:,} params) exported to {out_dir}: {', '.join(written)}", highlight=False)
+
+
+@app.command()
+def verify(
+    study_name: StudyName = None,
+    top: Annotated[int, typer.Option(min=1, help="How many of the best trials (by validation) to retrain.")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per architecture (0, 1, ...).")] = 3,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per run.")] = 15,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+    device: Device = "auto",
+    data_dir: DataDir = None,
+    limit_train: LimitTrain = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write the best verified model, table and commands here.")
+    ] = None,
+) -> None:
+    """Retrain the top-K architectures of a study on all 60,000 training images with several
+    seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
+    import shlex
+    import time
+
+    import mlflow
+
+    from .config import ArchSpec, Recipe
+    from .export import export_model
+    from .search import leaderboard
+    from .verify import SeedRun, Verified, verify_table
+
+    st = _load_study(study_name, storage)
+    done = [r for r in leaderboard(st) if r["state"] == "COMPLETE"][:top]
+    if not done:
+        fail(f"study {st.study_name}: no completed trial to verify")
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+    configure_threads()
+    try:
+        exp_id = tracking.setup(tracking_uri, "mnist-search-verify")
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+    try:  # all 60k training images: the validation split has done its job in the search
+        data = load_mnist(data_dir, val_size=0, limit_train=limit_train).to(dev)
+    except DataError as exc:
+        fail(str(exc))
+    budget = int(st.user_attrs.get("budget", tracking.DEFAULT_BUDGET))
+    started = time.perf_counter()
+    results: list[Verified] = []
+    models = {}
+    parent = mlflow.MlflowClient().create_run(
+        exp_id,
+        run_name=f"verify-{st.study_name}",
+        tags={"kind": "verify", "study_name": st.study_name, "budget": str(budget), "git_commit": tracking.git_commit()},
+    )
+    status = "FAILED"
+    try:
+        for row in done:
+            spec = ArchSpec.model_validate(row["spec"])
+            recipe = Recipe.model_validate(st.trials[row["trial"]].user_attrs["recipe"]).model_copy(
+                update={"val_size": 0, "epochs": epochs}
+            )
+            v = Verified(row["trial"], spec, recipe, row["params"])
+            for seed in range(seeds):
+                with EpochProgress(epochs, out, label=f"trial {row['trial']} seed {seed}") as progress:
+                    run_id, result, model = tracking.tracked_fit(
+                        spec, data, recipe, dev, epochs=epochs, seed=seed, budget=budget,
+                        experiment_file=str(st.user_attrs.get("experiment_file", "")),
+                        run_name=f"verify-trial-{row['trial']}-seed-{seed}",
+                        tags={"kind": "verify-run", "trial_number": str(row["trial"]), "study_name": st.study_name},
+                        on_epoch=progress.update, parent_run_id=parent.info.run_id,
+                    )  # fmt: skip
+                v.runs.append(SeedRun(seed, run_id, result))
+                models[(row["trial"], seed)] = model
+                out.print(
+                    f"trial {row['trial']} seed {seed}: test {result.epochs[-1].test_acc:.4f}, "
+                    f"min(last 3) {result.test_min_last3:.4f}",
+                    highlight=False,
+                )
+            results.append(v)
+        status = "FINISHED"
+    except NonFiniteLoss as exc:
+        fail(f"training failed: {exc}", code=1)
+    finally:
+        mlflow.MlflowClient().set_terminated(parent.info.run_id, status)
+    wall = time.perf_counter() - started
+    table = verify_table(results, epochs)
+    client = mlflow.MlflowClient()
+    client.log_text(parent.info.run_id, table, "verify.md")
+    best = max(results, key=lambda v: (v.held, v.mean))
+    client.log_batch(
+        parent.info.run_id,
+        metrics=[
+            mlflow.entities.Metric("best/test_acc_mean", best.mean, 0, 0),
+            mlflow.entities.Metric("best/test_acc_std", best.std, 0, 0),
+            mlflow.entities.Metric("best/params", best.params, 0, 0),
+            mlflow.entities.Metric("wall_seconds", wall, 0, 0),
+        ],
+    )
+    client.set_tag(parent.info.run_id, "target_held", str(best.held).lower())
+    out.print(table, markup=False, highlight=False, soft_wrap=True)
+    out.print(f"wall time {wall / 60:.1f} min", highlight=False)
+    if out_dir is not None:
+        seed_run = max(best.runs, key=lambda r: r.min_last3)
+        export_model(models[(best.trial, seed_run.seed)], out_dir)
+        (out_dir / "verify.md").write_text(
+            f"# Verified: study {st.study_name}, trial {best.trial}\n\n{table}\n\n"
+            f"Exported weights: seed {seed_run.seed} (MLflow run {seed_run.run_id}).\n"
+            f"Wall time of this verify: {wall / 60:.1f} min on {dev.type}.\n\n"
+            f"Command:\n\n    mnist-search verify {shlex.join(sys.argv[2:])}\n"
+        )
+        out.print(f"best verified model written to {out_dir}", highlight=False)
 
 
 def main() -> None:

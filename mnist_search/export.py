@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -30,6 +30,27 @@ class WithNormalisation(nn.Module):
         return self.net((x - MEAN) / STD)
 
 
+FILES = ["model.pt2", "state_dict.pt", "spec.yaml", "layers.txt", "receptive_field.txt"]
+
+
+def export_model(model: nn.Module, out_dir: Path) -> list[str]:
+    """model.pt2 (raw [0, 1] pixels -> logits, dynamic batch), state_dict.pt, spec.yaml, tables."""
+    spec: ArchSpec = model.spec
+    model = model.to("cpu").eval()
+    wrapped = WithNormalisation(model).eval()
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    program = torch.export.export(wrapped, (torch.rand(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # "No complete tensor found": about CUDA weights, not ours
+        warnings.simplefilter("ignore", UserWarning)
+        torch.export.save(program, out_dir / "model.pt2")
+    torch.save(model.state_dict(), out_dir / "state_dict.pt")
+    (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
+    (out_dir / "layers.txt").write_text(layer_table(spec) + "\n")
+    (out_dir / "receptive_field.txt").write_text(receptive_field_table(spec) + "\n")
+    return FILES
+
+
 def export_trial(row: dict, out_dir: Path) -> list[str]:
     run_id = row.get("mlflow_run_id")
     if not run_id:
@@ -42,15 +63,4 @@ def export_trial(row: dict, out_dir: Path) -> list[str]:
         spec = ArchSpec.model_validate(row["spec"])
         model = build_model(spec)
         model.load_state_dict(torch.load(Path(local) / "state_dict.pt", weights_only=True))
-        model.eval()
-        wrapped = WithNormalisation(model).eval()
-        example = torch.rand(2, 1, 28, 28)
-        batch = torch.export.Dim("batch", min=1, max=65_536)
-        program = torch.export.export(wrapped, (example,), dynamic_shapes={"x": {0: batch}})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, out_dir / "model.pt2")
-        shutil.copy(Path(local) / "state_dict.pt", out_dir / "state_dict.pt")
-    (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
-    (out_dir / "layers.txt").write_text(layer_table(spec) + "\n")
-    (out_dir / "receptive_field.txt").write_text(receptive_field_table(spec) + "\n")
-    return ["model.pt2", "state_dict.pt", "spec.yaml", "layers.txt", "receptive_field.txt"]
+    return export_model(model, out_dir)

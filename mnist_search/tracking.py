@@ -158,6 +158,49 @@ def _log_pytorch_model(model, signature, example) -> None:
     )
 
 
+def tracked_fit(
+    spec: ArchSpec,
+    data,
+    recipe: Recipe,
+    device: torch.device,
+    *,
+    epochs: int,
+    seed: int,
+    budget: int,
+    experiment_file: str,
+    run_name: str,
+    tags: dict[str, str],
+    on_epoch=None,
+    parent_run_id: str | None = None,
+) -> tuple[str, FitResult, torch.nn.Module]:
+    """Build, train and log one run exactly as `train` does (params, per-epoch metrics, tables,
+    outcome, checkpoint and model). NonFiniteLoss ends the run FAILED with the reason and re-raises."""
+    from .model import build_model
+    from .train import NonFiniteLoss, fit
+
+    model = build_model(spec, seed=seed)
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id) as run:
+        mlflow.log_params(spec_params(spec, recipe) | {"seed": str(seed), "epochs": str(epochs)})
+        mlflow.set_tags(run_tags(spec, budget, experiment_file) | tags)
+        log_tables(spec)
+
+        def logged(r: EpochResult) -> None:
+            log_epoch(r)
+            if on_epoch is not None:
+                on_epoch(r)
+
+        try:
+            result = fit(model, data, recipe, device, logged, epochs=epochs, seed=seed)
+        except NonFiniteLoss as exc:
+            mlflow.set_tag("failure", str(exc))
+            mlflow.end_run("FAILED")
+            raise
+        log_outcome(result)
+        log_checkpoint(model)
+        log_model(model)
+    return run.info.run_id, result, model
+
+
 # --- studies: one parent run per study, one nested child run per trained trial -------------------
 
 PARENT_ATTR = "mlflow_parent_run_id"

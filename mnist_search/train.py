@@ -42,8 +42,8 @@ class EpochResult:
     epoch_seconds: float
 
     def metrics(self) -> dict[str, float]:
-        """MLflow-style names: train/loss, val/acc, ..."""
-        return {
+        """MLflow-style names: train/loss, val/acc, ... (val/* absent when there is no val split)."""
+        metrics = {
             "train/loss": self.train_loss,
             "train/acc": self.train_acc,
             "val/loss": self.val_loss,
@@ -53,6 +53,7 @@ class EpochResult:
             "lr": self.lr,
             "epoch_seconds": self.epoch_seconds,
         }
+        return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
 @dataclass

@@ -157,3 +157,26 @@ def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(s
     children = client.search_runs([exp_id], filter_string="tags.kind = 'trial'")
     assert len(children) == 2
     assert all(c.info.status == "FAILED" and "training loss became" in c.data.tags["failure"] for c in children)
+
+
+@pytest.mark.slow
+def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_path):
+    assert runner.invoke(app, study_args(data_dir, 2)).exit_code == 0
+    out = tmp_path / "verified"
+    args = ["verify", "--study", "budget-8k-b8000", "--top", "1", "--seeds", "2", "--epochs", "1",
+            "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "mean ± std" in result.output and "wall time" in result.output
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("mnist-search-verify").experiment_id
+    parents = client.search_runs([exp_id], filter_string="tags.kind = 'verify'")
+    children = client.search_runs([exp_id], filter_string="tags.kind = 'verify-run'")
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(c.data.params["seed"] for c in children) == ["0", "1"]
+    for c in children:  # all 60k images minus nothing held out: no val metrics, test per epoch
+        assert c.data.params["recipe.val_size"] == "0"
+        assert len(client.get_metric_history(c.info.run_id, "test/acc")) == 1
+    assert {"model.pt2", "state_dict.pt", "spec.yaml", "verify.md"} <= {p.name for p in out.iterdir()}
+    assert "| mean ± std |" in (out / "verify.md").read_text()
