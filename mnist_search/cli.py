@@ -175,6 +175,14 @@ def study(
     data_dir: DataDir = None,
     limit_train: LimitTrain = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Local worker processes on this study (each with cores/N torch threads; one per GPU "
+            "when several are present). Other machines join with the same command and --storage.",
+        ),
+    ] = 1,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     import optuna
@@ -214,8 +222,21 @@ def study(
     if done >= trials:
         out.print(f"study {name} already has {done} trained trials (--trials {trials}); raise --trials to add more")
         return
-    stopper = TotalReached(trials)
+    heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
+    stopper = TotalReached(trials, heartbeats=heartbeats)
     tracker = tracking.StudyTracker(st, storage_url, budget, exp_id, str(path))
+    if jobs > 1:
+        worker_args = ["study", "--budget", str(budget), "--experiment", str(path), "--trials", str(trials),
+                       "--epochs", str(epochs), "--study-name", name, "--storage", storage_url,
+                       "--tracking-uri", tracking.resolve_tracking_uri(tracking_uri), "--device", device,
+                       "--seed", str(seed), "--quiet"]  # fmt: skip
+        worker_args += ["--timeout", str(timeout)] if timeout else []
+        worker_args += ["--data-dir", str(data_dir)] if data_dir else []
+        worker_args += ["--limit-train", str(limit_train)] if limit_train else []
+        code = run_workers(worker_args, jobs)
+        tracker.finish("FINISHED" if code == 0 else "KILLED")
+        out.print(f"study {name}: {trials_done(st)}/{trials} trials trained by {jobs} workers", highlight=False)
+        raise typer.Exit(code)
     progress = StudyProgress(out, trials, done, quiet=quiet)
 
     class Hooks:
@@ -232,7 +253,7 @@ def study(
             progress.trial_ended(*a)
 
     objective = Objective(
-        exp.search, exp.recipe, budget, data, dev, Hooks(), epochs=epochs, seed=seed, should_stop=stopper.claimed
+        exp.search, exp.recipe, budget, data, dev, Hooks(), epochs=epochs, seed=seed, slot=stopper.slot
     )
     out.print(
         f"study {name}: {done}/{trials} trials done; storage {tracking.mask_url(storage_url)}; "
@@ -271,6 +292,35 @@ def study(
     if status == "KILLED":
         err.print("interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False)
         raise typer.Exit(130)
+
+
+def run_workers(args: list[str], jobs: int) -> int:
+    """Start `jobs` worker processes (processes, not threads) and wait; returns their worst exit code."""
+    import signal
+    import subprocess
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    gpus = torch.cuda.device_count()
+    procs = []
+    for index in range(jobs):
+        env = os.environ | {"MNIST_SEARCH_THREADS": str(max(1, cores // jobs))}  # N x threads <= cores
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        procs.append(subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env))
+
+    def forward(signum, frame):
+        for p in procs:
+            p.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return max(codes, key=abs)
 
 
 def _raise_interrupt(signum, frame) -> NoReturn:
@@ -488,6 +538,37 @@ def verify(
             f"Command:\n\n    mnist-search verify {shlex.join(sys.argv[2:])}\n"
         )
         out.print(f"best verified model written to {out_dir}", highlight=False)
+
+
+@app.command()
+def server(
+    backend_store_uri: Annotated[
+        str | None, typer.Option(help="MLflow backend store (default: the local store mlruns/mlflow.db); e.g. postgresql+psycopg://user:pw@host/mlflow")
+    ] = None,
+    artifacts_destination: Annotated[
+        str | None, typer.Option(help="Where the server keeps artifacts (default: mlruns/artifacts).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 to serve other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
+    allowed_hosts: Annotated[
+        str | None, typer.Option(help="Host headers the server accepts (default: localhost, 127.0.0.1 and this machine's name).")
+    ] = None,
+) -> None:
+    """Start an MLflow tracking server (the docker-compose `mlflow` service, without Docker)."""
+    import socket
+
+    store = tracking.store_dir()
+    backend = backend_store_uri or f"sqlite:///{store / 'mlflow.db'}"
+    artifacts = artifacts_destination or str(store / "artifacts")
+    if backend.startswith("sqlite:"):
+        store.mkdir(parents=True, exist_ok=True)
+    hosts = allowed_hosts or ",".join(
+        f"{h}{p}" for h in ("localhost", "127.0.0.1", socket.gethostname()) for p in ("", f":{port}")
+    )
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
+           "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--allowed-hosts", hosts]  # fmt: skip
+    err.print(f"mlflow server on http://{host}:{port} (backend {tracking.mask_url(backend)})", highlight=False)
+    os.execv(sys.executable, cmd)
 
 
 def main() -> None:

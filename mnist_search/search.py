@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,11 +157,11 @@ class Objective:
         *,
         epochs: int,
         seed: int = 0,
-        should_stop: Callable[[optuna.Study, int], bool] = lambda study, number: False,
+        slot: Callable[[optuna.Study, int], str] = lambda study, number: "train",
     ):
         self.space, self.recipe, self.budget = space, recipe, budget
         self.data, self.device, self.hooks = data, device, hooks
-        self.epochs, self.seed, self.should_stop = epochs, seed, should_stop
+        self.epochs, self.seed, self.slot = epochs, seed, slot
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = sample_spec(trial, self.space)
@@ -175,9 +177,15 @@ class Objective:
             trial.set_user_attr("feasible", False)
             return 0.0
         trial.set_user_attr("feasible", True)
-        if self.should_stop(trial.study, trial.number):
-            trial.set_user_attr("surplus", True)  # the study's total was reached meanwhile
-            raise optuna.TrialPruned("study total reached")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        slot = self.slot(trial.study, trial.number)
+        if slot != "train":
+            # Not trained, not counted: the study's total is (being) reached by other workers
+            # ("stop": this worker ends), or a dead worker's trial waits to be retried ("skip").
+            trial.set_user_attr("surplus", True)
+            if slot == "stop":
+                trial.study.stop()
+            raise optuna.TrialPruned(f"not trained ({slot})")
         trial.set_user_attr("recipe", recipe.model_dump(mode="json"))
         self.hooks.trial_started(trial, spec, recipe)
         seed = self.seed + trial.number  # distinct, reproducible initialisation per trial
@@ -265,5 +273,7 @@ def pareto_front(rows: list[dict], key: str = "val_acc") -> list[dict]:
 
 def feasible_share(study: optuna.Study) -> tuple[int, int]:
     """(feasible proposals, all proposals) over the study so far."""
-    proposals = [t for t in study.get_trials(deepcopy=False) if "feasible" in t.user_attrs]
+    proposals = [
+        t for t in study.get_trials(deepcopy=False) if "feasible" in t.user_attrs and not t.user_attrs.get("surplus")
+    ]
     return sum(feasible(t) for t in proposals), len(proposals)

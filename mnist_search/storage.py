@@ -7,6 +7,9 @@ heartbeats so that a killed worker's trial becomes FAIL and is retried by a live
 
 from __future__ import annotations
 
+import os
+import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -15,8 +18,26 @@ from optuna.storages.journal import JournalFileBackend
 
 from .tracking import mask_url, store_dir
 
-HEARTBEAT_SECONDS = 10  # a RUNNING trial without a heartbeat for GRACE_SECONDS is declared FAIL
-GRACE_SECONDS = 30
+# A RUNNING trial whose worker sent no heartbeat for GRACE seconds is declared FAIL and retried.
+# Overridable by environment (the tests shorten them to see a killed worker sooner).
+HEARTBEAT_SECONDS = int(os.environ.get("MNIST_SEARCH_HEARTBEAT_SECONDS", "10"))
+GRACE_SECONDS = int(os.environ.get("MNIST_SEARCH_GRACE_SECONDS", "30"))
+
+
+class RetryAndCloseRun(RetryHeartbeatStaleTrialCallback):
+    """A dead worker's trial: re-queued for a live worker (Optuna), and its MLflow child run,
+    which the dead worker can no longer close, ended FAILED here."""
+
+    def __call__(self, study, trial) -> None:
+        super().__call__(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            import mlflow
+
+            client = mlflow.MlflowClient()
+            client.set_tag(run_id, "state", "FAIL")
+            client.set_tag(run_id, "failure", "worker stopped sending heartbeats (killed?); trial retried")
+            client.set_terminated(run_id, "FAILED")
 
 
 class StorageError(Exception):
@@ -44,14 +65,23 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3 is what we install
     kwargs = {}
     if not scheme.startswith("sqlite"):
-        kwargs = dict(
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-            engine_kwargs={"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
-        )
-    try:
-        return RDBStorage(url=url, **kwargs)
-    except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StorageError(f"--storage {mask_url(url)}: cannot open ({reason})") from None
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs = dict(
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=RetryAndCloseRun(max_retry=3),
+                engine_kwargs={"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
+            )
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url=url, **kwargs)
+        except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            # Workers starting together on a new database race to create its tables: retry.
+            racing = "already exists" in reason or "duplicate key" in reason
+            if not racing or attempt == 3:
+                raise StorageError(f"--storage {mask_url(url)}: cannot open ({reason})") from None
+            time.sleep(1 + attempt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.trial import TrialState
 
@@ -69,12 +71,29 @@ def trials_running(study: optuna.Study, exclude: int | None = None) -> int:
 class TotalReached:
     """Stops `optimize` once the study holds `total` trained trials (all workers together)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, heartbeats: bool, poll_seconds: float = 2.0):
         self.total = total
+        self.heartbeats = heartbeats  # does the storage notice dead workers (RDB with heartbeats)?
+        self.poll_seconds = poll_seconds
 
-    def claimed(self, study: optuna.Study, trial_number: int) -> bool:
-        """True when finished + other running trials already make the total (this one is surplus)."""
-        return trials_done(study) + trials_running(study, exclude=trial_number) >= self.total
+    def slot(self, study: optuna.Study, trial_number: int) -> str:
+        """May this trial train? "train"; "stop" when the finished trials make the total; "skip"
+        when a dead worker's trial was just re-queued (WAITING): let `optimize` run that one next.
+
+        While finished + other workers' running trials make the total, wait: a running trial may
+        still fail (its worker killed) and need replacing."""
+        while True:
+            done = trials_done(study)
+            if done >= self.total:
+                return "stop"
+            if done + trials_running(study, exclude=trial_number) < self.total:
+                return "train"
+            if not self.heartbeats:
+                return "stop"  # no heartbeats (journal file): a dead worker's trial would never end
+            optuna.storages.fail_stale_trials(study)
+            if study.get_trials(deepcopy=False, states=[TrialState.WAITING]):
+                return "skip"
+            time.sleep(self.poll_seconds)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trials_done(study) >= self.total:

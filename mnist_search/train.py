@@ -95,7 +95,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """One intra-op thread per available core (the default can oversubscribe inside containers)."""
+    """One intra-op thread per available core (the default can oversubscribe inside containers),
+    or MNIST_SEARCH_THREADS (set for each of N local workers so that N x threads <= cores)."""
+    threads = threads or int(os.environ.get("MNIST_SEARCH_THREADS", "0")) or None
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, threads))
