@@ -20,6 +20,11 @@ from .train import NonFiniteLoss, configure_threads, fit, resolve_device
 # No internet here, and scripts read our output: no telemetry, no artifact progress bars.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# A tracking server that goes away is reported in seconds, not after minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -56,6 +61,27 @@ def _experiment(path: Path) -> Experiment:
     try:
         return load_experiment(path)
     except ConfigError as exc:
+        fail(str(exc))
+
+
+def _check_tracking(uri: str | None) -> None:
+    try:
+        tracking.check_tracking(tracking.resolve_tracking_uri(uri, create=False))
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+
+
+def _setup_tracking(uri: str | None, experiment_name: str) -> str:
+    try:
+        return tracking.setup(uri, experiment_name)
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+
+
+def _data(data_dir: Path | None, val_size: int, limit_train: int | None, dev):
+    try:
+        return load_mnist(data_dir, val_size=val_size, limit_train=limit_train).to(dev)
+    except DataError as exc:
         fail(str(exc))
 
 
@@ -104,14 +130,9 @@ def train(
     except ValueError as exc:
         fail(str(exc))
     configure_threads()
-    try:
-        tracking.setup(tracking_uri, experiment_name)
-    except tracking.TrackingError as exc:
-        fail(str(exc))
-    try:
-        data = load_mnist(data_dir, val_size=recipe.val_size, limit_train=limit_train).to(dev)
-    except DataError as exc:
-        fail(str(exc))
+    _check_tracking(tracking_uri)
+    data = _data(data_dir, recipe.val_size, limit_train, dev)
+    _setup_tracking(tracking_uri, experiment_name)
 
     with EpochProgress(epochs, out, label=exp.name or "train") as progress:
         try:
@@ -203,17 +224,13 @@ def study(
         fail(str(exc))
     epochs = epochs or exp.recipe.epochs
     configure_threads()
+    # Everything that can be wrong is checked before anything is written to either store.
+    _check_tracking(tracking_uri)
+    data = _data(data_dir, exp.recipe.val_size, limit_train, dev)
     store, storage_url = _open_storage(storage)
     name = study_name or f"{exp.name}-b{budget}"
-    try:
-        exp_id = tracking.setup(tracking_uri, "mnist-search-studies")
-    except tracking.TrackingError as exc:
-        fail(str(exc))
-    try:
-        data = load_mnist(data_dir, val_size=exp.recipe.val_size, limit_train=limit_train).to(dev)
-    except DataError as exc:
-        fail(str(exc))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp_id = _setup_tracking(tracking_uri, "mnist-search-studies")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
     try:
         st = open_study(store, name, exp, budget, epochs, seed, str(path))
     except StudyMismatch as exc:
@@ -264,7 +281,7 @@ def study(
     import signal
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    status = "FINISHED"
+    status, lost = "FINISHED", None
     try:
         with progress:
             st.optimize(
@@ -276,8 +293,21 @@ def study(
             )
     except KeyboardInterrupt:
         status = "KILLED"
-    finally:
+    except tracking.TRACKING_FAILURES as exc:
+        # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
+        # stops; completed trials stay in the study storage; re-running resumes once it is back.
+        status, lost = "FAILED", exc
+    try:
         tracker.finish(status)
+    except tracking.TRACKING_FAILURES as exc:
+        lost = lost or exc
+    if lost is not None:
+        fail(
+            f"tracking server {tracking.mask_url(tracking.resolve_tracking_uri(tracking_uri))} failed "
+            f"mid-study ({tracking.short_reason(lost)}); the running trial was marked FAIL, {trials_done(st)} "
+            "finished trials are kept in the study storage; re-run the same command to resume",
+            code=1,
+        )
     rows = leaderboard(st)
     feasible, proposed = feasible_share(st)
     share = f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
@@ -464,14 +494,10 @@ def verify(
     except ValueError as exc:
         fail(str(exc))
     configure_threads()
-    try:
-        exp_id = tracking.setup(tracking_uri, "mnist-search-verify")
-    except tracking.TrackingError as exc:
-        fail(str(exc))
-    try:  # all 60k training images: the validation split has done its job in the search
-        data = load_mnist(data_dir, val_size=0, limit_train=limit_train).to(dev)
-    except DataError as exc:
-        fail(str(exc))
+    _check_tracking(tracking_uri)
+    # All 60k training images: the validation split has done its job in the search.
+    data = _data(data_dir, 0, limit_train, dev)
+    exp_id = _setup_tracking(tracking_uri, "mnist-search-verify")
     budget = int(st.user_attrs.get("budget", tracking.DEFAULT_BUDGET))
     started = time.perf_counter()
     results: list[Verified] = []

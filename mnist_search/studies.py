@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -90,7 +91,9 @@ class TotalReached:
                 return "train"
             if not self.heartbeats:
                 return "stop"  # no heartbeats (journal file): a dead worker's trial would never end
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
             if study.get_trials(deepcopy=False, states=[TrialState.WAITING]):
                 return "skip"
             time.sleep(self.poll_seconds)

@@ -7,11 +7,13 @@ file store). `--tracking-uri` or MLFLOW_TRACKING_URI points at a tracking server
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -37,14 +39,24 @@ def store_dir() -> Path:
     return Path(os.environ.get("MNIST_SEARCH_STORE") or "mlruns").resolve()
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
+def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
     """`--tracking-uri`, else MLFLOW_TRACKING_URI, else the local SQLite store under mlruns/."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     store = store_dir()
-    store.mkdir(parents=True, exist_ok=True)
+    if create:
+        store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
+
+
+# What a tracking server that went away raises through the MLflow client.
+TRACKING_FAILURES = (mlflow.exceptions.MlflowException, OSError)
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return mask_url(text)[:200]
 
 
 def mask_url(url: str) -> str:
@@ -56,8 +68,14 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds, not minutes of retries) when an HTTP tracking server is unreachable."""
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    bare = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    request = urllib.request.Request(urllib.parse.urlunsplit(bare).rstrip("/") + "/health")
+    if parts.username:  # user:password@ in the URI: HTTP basic auth, as MLflow's client sends it
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError(f"tracking server {mask_url(uri)} answered HTTP {resp.status}")
     except (urllib.error.URLError, OSError, ValueError) as exc:

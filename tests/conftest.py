@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,14 +69,29 @@ def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subpr
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # Its own process group: `mlflow server` serves from uvicorn child processes, and stopping
+    # the server means stopping all of them.
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(uri + "/health", proc)
     except Exception:
-        proc.kill()
+        stop_server(proc, signal.SIGKILL)
         raise RuntimeError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}")
     return proc, uri
+
+
+def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the server's whole process group and reap it."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +100,4 @@ def mlflow_server(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("mlflow-server")
     proc, uri = start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log")
     yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)

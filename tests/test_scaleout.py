@@ -22,7 +22,7 @@ import pytest
 from mnist_search.storage import open_storage
 from mnist_search.studies import counts_toward_total
 
-from .conftest import start_mlflow_server
+from .conftest import start_mlflow_server, stop_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -59,8 +59,7 @@ def pg_mlflow(databases, tmp_path):
         f"postgresql+psycopg://postgres@127.0.0.1:5432/{databases[1]}", tmp_path / "artifacts", tmp_path / "server.log"
     )
     yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
 
 
 def worker(args: list[str], data_dir, tmp_path, **env) -> subprocess.Popen:
@@ -157,3 +156,22 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_nothing_is_lost(databas
     assert killed_run.info.status == "FAILED" and "heartbeat" in killed_run.data.tags["failure"]
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 4
+
+
+def test_passwords_never_reach_logs_tags_or_params(databases, pg_mlflow, data_dir, tmp_path):
+    secret = "s3cret-pw"  # trust auth on this server ignores it, so the run goes through
+    storage = f"postgresql://postgres:{secret}@127.0.0.1:5432/{databases[0]}"
+    tracking_uri = pg_mlflow.replace("http://", f"http://someone:{secret}@")
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(TINY)
+    args = ["study", "--experiment", str(exp), "--budget", "8000", "--trials", "1", "--study-name", "masked",
+            "--limit-train", "500", "--storage", storage, "--tracking-uri", tracking_uri]  # fmt: skip
+    proc = worker(args, data_dir, tmp_path)
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, text
+    assert secret not in text and "postgres:***@" in text
+    client, parents, children = mlflow_runs(pg_mlflow)
+    for run in parents + children:
+        values = list(run.data.tags.values()) + list(run.data.params.values())
+        assert not any(secret in v for v in values)
+        assert run.data.tags["storage"].startswith("postgresql://postgres:***@")

@@ -1,0 +1,234 @@
+"""Fail well: every bad input is one line + exit 2 with nothing written; faults keep the work done."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mnist_search.cli import app
+from mnist_search.config import load_experiment
+from mnist_search.data import MNISTData, Split
+from mnist_search.search import Objective, TrialHooks
+from mnist_search.storage import open_storage
+
+from .conftest import EXPERIMENTS, free_port, start_mlflow_server, stop_server
+from .test_cli import BAD_YAML
+
+runner = CliRunner()
+TINY = """\
+search:
+  stages: [[{low: 4, high: 8}, {low: 4, high: 8}], [{low: 4, high: 8}]]
+  transitions: [{low: 4, high: 8}]
+recipe: {epochs: 2, optimizer: adam, lr: 0.01, batch_size: 64}
+pruner: {kind: none}
+"""
+SECRET = "s3cret-pw"
+
+
+def one_line_exit_2(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+EXTRA_BAD = {
+    "unsafe.yaml": ('spec: !!python/object/apply:os.system ["echo pwned"]\n', "malformed YAML"),
+    "types.yaml": ("spec:\n  stages: [[8]]\n  dropout: lots\n", "spec.dropout: Input should be a valid number"),
+    "range.yaml": (
+        "search:\n  stages: [[{low: 10, high: 4}]]\n", "search.stages.0.0: min > max (10 > 4)"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_YAML | EXTRA_BAD))
+def test_bad_experiment_files_for_study_exit_2_and_write_nothing(name, tmp_path, store):
+    text, message = (BAD_YAML | EXTRA_BAD)[name]
+    path = tmp_path / name
+    path.write_text(text)
+    one_line_exit_2(runner.invoke(app, ["study", "--experiment", str(path)]), str(path), message)
+    assert not store.exists()
+
+
+def test_unreadable_experiment_file(tmp_path, store):
+    folder = tmp_path / "a-folder.yaml"
+    folder.mkdir()
+    one_line_exit_2(runner.invoke(app, ["study", "--experiment", str(folder)]), "cannot read experiment file")
+
+
+def test_cuda_without_gpu_and_unknown_device(store):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    one_line_exit_2(runner.invoke(app, ["study", "--device", "cuda"]), "--device cuda: no CUDA GPU")
+    one_line_exit_2(runner.invoke(app, ["study", "--device", "quantum"]), "unknown device")
+    assert not store.exists()
+
+
+def test_storage_that_cannot_be_parsed_or_reached(store, data_dir):
+    one_line_exit_2(runner.invoke(app, ["study", "--storage", "foo://x/y", "--data-dir", str(data_dir)]),
+                    "unsupported scheme 'foo'")  # fmt: skip
+    start = time.monotonic()
+    url = f"postgresql://postgres:{SECRET}@127.0.0.1:{free_port()}/nowhere"
+    line = one_line_exit_2(runner.invoke(app, ["study", "--storage", url, "--data-dir", str(data_dir)]), "cannot open")
+    assert time.monotonic() - start < 10
+    assert SECRET not in line and "postgres:***@" in line
+    assert not (store / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_is_reported_within_seconds(store, data_dir):
+    start = time.monotonic()
+    uri = f"http://user:{SECRET}@127.0.0.1:{free_port()}"
+    line = one_line_exit_2(runner.invoke(app, ["study", "--tracking-uri", uri, "--data-dir", str(data_dir)]),
+                           "is unreachable")  # fmt: skip
+    assert time.monotonic() - start < 10
+    assert SECRET not in line
+    assert not store.exists()  # neither the study storage nor MLflow was touched
+
+
+def test_missing_data_while_offline(store, tmp_path):
+    line = one_line_exit_2(runner.invoke(app, ["study", "--data-dir", str(tmp_path / "nodata")]),
+                           "not found in", "download failed")  # fmt: skip
+    assert "train-images-idx3-ubyte" in line
+    assert not store.exists()
+
+
+def test_corrupt_data_file_is_named(store, tmp_path, data_dir):
+    raw = tmp_path / "d" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_dir / "MNIST" / "raw").glob("*.gz"):
+        (raw / f.name).write_bytes(f.read_bytes())
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    one_line_exit_2(runner.invoke(app, ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--data-dir", str(tmp_path / "d")]),
+                    "t10k-images-idx3-ubyte.gz: cannot read")  # fmt: skip
+    assert not store.exists()
+
+
+class Recorder(TrialHooks):
+    def __init__(self):
+        self.ended = []
+
+    def trial_ended(self, record, model):
+        self.ended.append((record.number, record.state, record.reason))
+
+
+def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeypatch):
+    """Fault injection: the first fit raises CUDA's OOM error; the next trial trains normally."""
+    import mnist_search.search as search
+
+    real_fit, calls = search.fit, []
+
+    def fit_once_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search, "fit", fit_once_out_of_memory)
+    space = load_experiment(EXPERIMENTS / "budget-8k.yaml").search
+    data = MNISTData(Split(mnist.train.x[:500], mnist.train.y[:500]), Split(mnist.val.x[:200], mnist.val.y[:200]),
+                     Split(mnist.test.x[:200], mnist.test.y[:200]))  # fmt: skip
+    hooks = Recorder()
+    objective = Objective(space, load_experiment(EXPERIMENTS / "budget-8k.yaml").recipe, 8000, data,
+                          torch.device("cpu"), hooks, epochs=1)  # fmt: skip
+    study = optuna.create_study(direction="maximize")
+    while len(hooks.ended) < 2:
+        study.optimize(objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,))
+    assert hooks.ended[0][1:] == ("FAIL", "CUDA out of memory")
+    assert hooks.ended[1][1] == "COMPLETE"
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "CUDA out of memory"
+
+
+def start_study(args, tmp_path):
+    env = os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "mlruns")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(study_name, storage_path, predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=open_storage(str(storage_path)))
+        except (KeyError, ValueError, OSError):
+            continue
+        found = predicate(study)
+        if found is not None:
+            return found
+    raise TimeoutError("the study never reached the expected state")
+
+
+def running_after_one_complete(study):
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    running = [t for t in study.trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    return running[0].number if complete and running else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(sig, tmp_path, data_dir):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "3", "--limit-train", "2000",
+            "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
+    proc = start_study(args, tmp_path)
+    journal = tmp_path / "mlruns" / "optuna-journal.log"
+    number = wait_for("tiny-b8000", journal, running_after_one_complete)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted: the running trial was marked FAIL" in stderr and "Traceback" not in stderr
+
+    study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))
+    interrupted = study.trials[number]
+    assert interrupted.state.name == "FAIL" and interrupted.user_attrs["fail_reason"] == "interrupted"
+    completed_before = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert client.get_run(interrupted.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    exp_id = client.get_experiment_by_name("mnist-search-studies").experiment_id
+    runs = client.search_runs([exp_id])
+    assert all(r.info.status != "RUNNING" for r in runs)  # every run closed with a terminal status
+    assert [r.info.status for r in runs if r.data.tags["kind"] == "study"] == ["KILLED"]
+
+    again = start_study(args, tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))
+    after = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
+    assert all(after[n] == v for n, v in completed_before.items())  # completed trials intact
+    assert "3/3 trials trained" in out
+
+
+@pytest.mark.slow
+def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp_path, data_dir):
+    proc_server, uri = start_mlflow_server(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "art", tmp_path / "srv.log")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "6", "--limit-train", "2000",
+            "--data-dir", str(data_dir), "--device", "cpu", "--quiet", "--tracking-uri", uri]  # fmt: skip
+    proc = start_study(args, tmp_path)
+    journal = tmp_path / "mlruns" / "optuna-journal.log"
+    wait_for("tiny-b8000", journal, running_after_one_complete)
+    stop_server(proc_server, signal.SIGKILL)
+    start = time.monotonic()
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("error: tracking server http://127.0.0.1:") and "failed mid-study" in lines[-1]
+    assert "re-run the same command to resume" in lines[-1] and "Traceback" not in stderr
+    assert time.monotonic() - start < 120
+    study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))
+    assert [t for t in study.trials if t.state.name == "COMPLETE"]  # completed results kept
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
