@@ -62,8 +62,10 @@ def main() -> None:
     print(f"command: {' '.join(cmd)}  (store {store})")
     if found:
         a = found.user_attrs
-        print(f"first target-meeting trial: #{found.number}, {a['params']:,} params, "
-              f"test min(last 3) {a['test_acc_min_last3']:.4f}")
+        print(
+            f"first target-meeting trial: #{found.number}, {a['params']:,} params, "
+            f"test min(last 3) {a['test_acc_min_last3']:.4f}"
+        )
         print(f"time to target: {minutes:.1f} min (goal <= 90 min): ratio to goal {minutes / 90:.2f}")
     else:
         print(f"no trial met the target within {minutes:.1f} min")

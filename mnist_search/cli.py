@@ -13,9 +13,9 @@ from rich.console import Console
 from . import tracking
 from .config import ArchSpec, ConfigError, Experiment, load_experiment
 from .data import DataError, load_mnist
-from .model import build_model, count_params, layer_table, mult_adds, receptive_field_table
+from .model import count_params, layer_table, mult_adds, receptive_field_table
 from .progress import EpochProgress, StudyProgress
-from .train import NonFiniteLoss, configure_threads, fit, resolve_device
+from .train import NonFiniteLoss, configure_threads, resolve_device
 
 # No internet here, and scripts read our output: no telemetry, no artifact progress bars.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -62,6 +62,16 @@ def _experiment(path: Path) -> Experiment:
         return load_experiment(path)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def _device(name: str):
+    """The torch device for --device, with torch's threads set for this machine's cores."""
+    try:
+        dev = resolve_device(name)
+    except ValueError as exc:
+        fail(str(exc))
+    configure_threads()
+    return dev
 
 
 def _check_tracking(uri: str | None) -> None:
@@ -125,11 +135,7 @@ def train(
     exp, spec = _spec(path)
     recipe = exp.recipe
     epochs = epochs or recipe.epochs
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        fail(str(exc))
-    configure_threads()
+    dev = _device(device)
     _check_tracking(tracking_uri)
     data = _data(data_dir, recipe.val_size, limit_train, dev)
     _setup_tracking(tracking_uri, experiment_name)
@@ -154,11 +160,14 @@ def train(
 
 
 StudyName = Annotated[
-    str | None, typer.Option("--study-name", "--study", help="Study name (default: the experiment name + budget).")
+    str | None,
+    typer.Option("--study-name", "--study", help="Study name (default: the experiment name + budget)."),
 ]
 Storage = Annotated[
     str | None,
-    typer.Option(help="Optuna storage: a journal file path (default mlruns/optuna-journal.log), sqlite:// or postgresql://."),
+    typer.Option(
+        help="Optuna storage: a journal file path (default mlruns/optuna-journal.log), sqlite:// or postgresql://."
+    ),
 ]
 
 
@@ -186,8 +195,12 @@ def study(
             "Over-budget proposals are rejected untrained and do not count.",
         ),
     ] = 20,
-    timeout: Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per trial (default: the recipe's).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs per trial (default: the recipe's).")
+    ] = None,
     study_name: StudyName = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
@@ -195,7 +208,9 @@ def study(
     seed: Annotated[int, typer.Option(help="Sampler seed; trial n trains with seed + n.")] = 0,
     data_dir: DataDir = None,
     limit_train: LimitTrain = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")
+    ] = False,
     jobs: Annotated[
         int,
         typer.Option(
@@ -208,7 +223,7 @@ def study(
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     import optuna
 
-    from .search import BudgetError, Objective, check_budget, feasible_share, leaderboard
+    from .search import BudgetError, FanOut, Objective, check_budget, feasible_share, leaderboard
     from .studies import StudyMismatch, TotalReached, open_study, trials_done
 
     from .search import DEFAULT_STUDY_EXPERIMENT
@@ -219,11 +234,10 @@ def study(
         fail(f"{path}: no `search` section (use `mnist-search train` for a fixed spec)")
     try:
         check_budget(exp.search, budget)
-        dev = resolve_device(device)
-    except (BudgetError, ValueError) as exc:
+    except BudgetError as exc:
         fail(str(exc))
+    dev = _device(device)
     epochs = epochs or exp.recipe.epochs
-    configure_threads()
     # Everything that can be wrong is checked before anything is written to either store.
     _check_tracking(tracking_uri)
     data = _data(data_dir, exp.recipe.val_size, limit_train, dev)
@@ -237,7 +251,9 @@ def study(
         fail(str(exc))
     done = trials_done(st)
     if done >= trials:
-        out.print(f"study {name} already has {done} trained trials (--trials {trials}); raise --trials to add more")
+        out.print(
+            f"study {name} already has {done} trained trials (--trials {trials}); raise --trials to add more"
+        )
         return
     heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
     stopper = TotalReached(trials, heartbeats=heartbeats)
@@ -252,25 +268,21 @@ def study(
         worker_args += ["--limit-train", str(limit_train)] if limit_train else []
         code = run_workers(worker_args, jobs)
         tracker.finish("FINISHED" if code == 0 else "KILLED")
-        out.print(f"study {name}: {trials_done(st)}/{trials} trials trained by {jobs} workers", highlight=False)
+        out.print(
+            f"study {name}: {trials_done(st)}/{trials} trials trained by {jobs} workers", highlight=False
+        )
         raise typer.Exit(code)
     progress = StudyProgress(out, trials, done, quiet=quiet)
-
-    class Hooks:
-        def trial_started(self, *a):
-            tracker.trial_started(*a)
-            progress.trial_started(*a)
-
-        def epoch_ended(self, *a):
-            tracker.epoch_ended(*a)
-            progress.epoch_ended(*a)
-
-        def trial_ended(self, *a):
-            tracker.trial_ended(*a)
-            progress.trial_ended(*a)
-
     objective = Objective(
-        exp.search, exp.recipe, budget, data, dev, Hooks(), epochs=epochs, seed=seed, slot=stopper.slot
+        exp.search,
+        exp.recipe,
+        budget,
+        data,
+        dev,
+        FanOut(tracker, progress),
+        epochs=epochs,
+        seed=seed,
+        slot=stopper.slot,
     )
     out.print(
         f"study {name}: {done}/{trials} trials done; storage {tracking.mask_url(storage_url)}; "
@@ -320,7 +332,9 @@ def study(
         )
     out.print(summary_line, highlight=False, soft_wrap=True)
     if status == "KILLED":
-        err.print("interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False)
+        err.print(
+            "interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False
+        )
         raise typer.Exit(130)
 
 
@@ -370,7 +384,9 @@ def _load_study(study_name: str | None, storage: str | None):
     names = [s.study_name for s in optuna.get_all_study_summaries(store)] if study_name is None else None
     if study_name is None:
         if len(names) != 1:
-            fail(f"--study: choose one of {', '.join(names) or '(no studies in ' + tracking.mask_url(url) + ')'}")
+            fail(
+                f"--study: choose one of {', '.join(names) or '(no studies in ' + tracking.mask_url(url) + ')'}"
+            )
         study_name = names[0]
     try:
         return optuna.load_study(study_name=study_name, storage=store)
@@ -455,13 +471,18 @@ def export(
         written = export_trial(row, out_dir)
     except (tracking.TrackingError, ExportError) as exc:
         fail(str(exc))
-    out.print(f"trial {row['trial']} ({row['params']:,} params) exported to {out_dir}: {', '.join(written)}", highlight=False)
+    out.print(
+        f"trial {row['trial']} ({row['params']:,} params) exported to {out_dir}: {', '.join(written)}",
+        highlight=False,
+    )
 
 
 @app.command()
 def verify(
     study_name: StudyName = None,
-    top: Annotated[int, typer.Option(min=1, help="How many of the best trials (by validation) to retrain.")] = 1,
+    top: Annotated[
+        int, typer.Option(min=1, help="How many of the best trials (by validation) to retrain.")
+    ] = 1,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per architecture (0, 1, ...).")] = 3,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per run.")] = 15,
     storage: Storage = None,
@@ -489,11 +510,7 @@ def verify(
     done = [r for r in leaderboard(st) if r["state"] == "COMPLETE"][:top]
     if not done:
         fail(f"study {st.study_name}: no completed trial to verify")
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        fail(str(exc))
-    configure_threads()
+    dev = _device(device)
     _check_tracking(tracking_uri)
     # All 60k training images: the validation split has done its job in the search.
     data = _data(data_dir, 0, limit_train, dev)
@@ -505,7 +522,12 @@ def verify(
     parent = mlflow.MlflowClient().create_run(
         exp_id,
         run_name=f"verify-{st.study_name}",
-        tags={"kind": "verify", "study_name": st.study_name, "budget": str(budget), "git_commit": tracking.git_commit()},
+        tags={
+            "kind": "verify",
+            "study_name": st.study_name,
+            "budget": str(budget),
+            "git_commit": tracking.git_commit(),
+        },
     )
     status = "FAILED"
     try:
@@ -569,15 +591,23 @@ def verify(
 @app.command()
 def server(
     backend_store_uri: Annotated[
-        str | None, typer.Option(help="MLflow backend store (default: the local store mlruns/mlflow.db); e.g. postgresql+psycopg://user:pw@host/mlflow")
+        str | None,
+        typer.Option(
+            help="MLflow backend store (default: the local store mlruns/mlflow.db); e.g. postgresql+psycopg://user:pw@host/mlflow"
+        ),
     ] = None,
     artifacts_destination: Annotated[
         str | None, typer.Option(help="Where the server keeps artifacts (default: mlruns/artifacts).")
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 to serve other machines.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; 0.0.0.0 to serve other machines.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
     allowed_hosts: Annotated[
-        str | None, typer.Option(help="Host headers the server accepts (default: localhost, 127.0.0.1 and this machine's name).")
+        str | None,
+        typer.Option(
+            help="Host headers the server accepts (default: localhost, 127.0.0.1 and this machine's name)."
+        ),
     ] = None,
 ) -> None:
     """Start an MLflow tracking server (the docker-compose `mlflow` service, without Docker)."""
@@ -593,7 +623,9 @@ def server(
     )
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
            "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--allowed-hosts", hosts]  # fmt: skip
-    err.print(f"mlflow server on http://{host}:{port} (backend {tracking.mask_url(backend)})", highlight=False)
+    err.print(
+        f"mlflow server on http://{host}:{port} (backend {tracking.mask_url(backend)})", highlight=False
+    )
     os.execv(sys.executable, cmd)
 
 

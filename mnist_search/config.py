@@ -127,9 +127,7 @@ class SearchSpace(_Strict):
         if not 0.0 <= self.dropout.low <= self.dropout.high < 1.0:
             raise ValueError("dropout: must lie in [0, 1)")
         if len(self.transitions) != len(self.stages) - 1:
-            raise ValueError(
-                f"transitions: need {len(self.stages) - 1} ranges, got {len(self.transitions)}"
-            )
+            raise ValueError(f"transitions: need {len(self.stages) - 1} ranges, got {len(self.transitions)}")
         for name in ("padding", "batchnorm", "head"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: needs at least one choice")

@@ -57,9 +57,13 @@ def export_trial(row: dict, out_dir: Path) -> list[str]:
         raise ExportError(f"trial {row['trial']}: no MLflow run recorded for it")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint", dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoint", dst_path=tmp
+            )
         except mlflow.exceptions.MlflowException as exc:
-            raise ExportError(f"trial {row['trial']}: checkpoint of run {run_id} not found ({exc.error_code})") from None
+            raise ExportError(
+                f"trial {row['trial']}: checkpoint of run {run_id} not found ({exc.error_code})"
+            ) from None
         spec = ArchSpec.model_validate(row["spec"])
         model = build_model(spec)
         model.load_state_dict(torch.load(Path(local) / "state_dict.pt", weights_only=True))

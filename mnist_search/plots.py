@@ -34,7 +34,10 @@ def history(rows: list[dict]) -> Figure:
 
 def params_vs_accuracy(rows: list[dict], budget: int) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, color, label in (("val_acc", "C0", "val acc"), ("test_acc_min_last3", "C2", "test acc (min of last 3)")):
+    for key, color, label in (
+        ("val_acc", "C0", "val acc"),
+        ("test_acc_min_last3", "C2", "test acc (min of last 3)"),
+    ):
         pts = [r for r in rows if r["state"] == "COMPLETE" and r.get(key) is not None]
         ax.scatter([r["params"] for r in pts], [r[key] for r in pts], s=18, color=color, label=label)
         front = pareto_front(rows, key)
@@ -73,7 +76,10 @@ def importances(study: optuna.Study) -> Figure | None:
 
 def study_figures(study: optuna.Study, budget: int) -> dict[str, Figure]:
     rows = leaderboard(study)
-    figs = {"plots/optimization_history.png": history(rows), "plots/params_vs_accuracy.png": params_vs_accuracy(rows, budget)}
+    figs = {
+        "plots/optimization_history.png": history(rows),
+        "plots/params_vs_accuracy.png": params_vs_accuracy(rows, budget),
+    }
     imp = importances(study)
     if imp is not None:
         figs["plots/param_importances.png"] = imp

@@ -6,7 +6,14 @@ Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .train import EpochResult
 
@@ -93,9 +100,7 @@ class StudyProgress:
 
     def epoch_ended(self, trial, r) -> None:
         if self.progress is not None:
-            self.progress.update(
-                self.task, status=f"ep {r.epoch} val {r.val_acc:.4f} | {self._status()}"
-            )
+            self.progress.update(self.task, status=f"ep {r.epoch} val {r.val_acc:.4f} | {self._status()}")
 
     def trial_ended(self, record, model) -> None:
         if record.reason == "interrupted":

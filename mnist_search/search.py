@@ -114,7 +114,9 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get("feasible", False)
 
 
-def trained_trials(study: optuna.Study, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)) -> list:
+def trained_trials(
+    study: optuna.Study, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+) -> list:
     """Trials that were (or are being) trained: feasible ones in the given states."""
     return [t for t in study.get_trials(deepcopy=False, states=states) if feasible(t)]
 
@@ -141,6 +143,25 @@ class TrialHooks:
     def epoch_ended(self, trial: optuna.Trial, r: EpochResult) -> None: ...
 
     def trial_ended(self, record: TrialRecord, model: torch.nn.Module | None) -> None: ...
+
+
+class FanOut(TrialHooks):
+    """Several observers behind one: each event goes to every hook, in order."""
+
+    def __init__(self, *hooks: TrialHooks):
+        self.hooks = hooks
+
+    def trial_started(self, *args) -> None:
+        for hook in self.hooks:
+            hook.trial_started(*args)
+
+    def epoch_ended(self, *args) -> None:
+        for hook in self.hooks:
+            hook.epoch_ended(*args)
+
+    def trial_ended(self, *args) -> None:
+        for hook in self.hooks:
+            hook.trial_ended(*args)
 
 
 class Objective:
@@ -274,6 +295,8 @@ def pareto_front(rows: list[dict], key: str = "val_acc") -> list[dict]:
 def feasible_share(study: optuna.Study) -> tuple[int, int]:
     """(feasible proposals, all proposals) over the study so far."""
     proposals = [
-        t for t in study.get_trials(deepcopy=False) if "feasible" in t.user_attrs and not t.user_attrs.get("surplus")
+        t
+        for t in study.get_trials(deepcopy=False)
+        if "feasible" in t.user_attrs and not t.user_attrs.get("surplus")
     ]
     return sum(feasible(t) for t in proposals), len(proposals)

@@ -60,7 +60,9 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             raise StorageError(f"--storage {url}: cannot open journal file ({exc.strerror})") from None
     scheme = url.split("://", 1)[0]
     if not scheme.startswith(("postgresql", "sqlite", "mysql")):
-        raise StorageError(f"--storage {mask_url(url)}: unsupported scheme '{scheme}' (use a file path, sqlite:// or postgresql://)")
+        raise StorageError(
+            f"--storage {mask_url(url)}: unsupported scheme '{scheme}' (use a file path, sqlite:// or postgresql://)"
+        )
     if scheme == "postgresql":
         url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3 is what we install
     kwargs = {}

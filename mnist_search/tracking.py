@@ -305,7 +305,9 @@ class StudyTracker:
         run_id = self.children.pop(record.number)
         self.client.set_tag(run_id, "state", record.state)
         if record.reason:
-            self.client.set_tag(run_id, "failure" if record.state == "FAIL" else "pruned_reason", record.reason)
+            self.client.set_tag(
+                run_id, "failure" if record.state == "FAIL" else "pruned_reason", record.reason
+            )
         fit_result = record.result
         if fit_result.epochs:
             self.client.set_tag(run_id, "target_met", str(fit_result.target_met(TARGET)).lower())
@@ -363,7 +365,8 @@ class StudyTracker:
                 self.client.set_tag(self.parent_id, "best_run_id", best["mlflow_run_id"])
         stamp = int(time.time() * 1000)
         self.client.log_batch(
-            self.parent_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+            self.parent_id,
+            metrics=[mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
         )
         for path, fig in study_figures(self.study, self.budget).items():
             self.client.log_figure(self.parent_id, fig, path)

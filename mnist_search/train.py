@@ -124,7 +124,9 @@ def augment(x: torch.Tensor, recipe: Recipe, generator: torch.Generator | None) 
     zoom = 1 + uniform(recipe.scale)
     shift = torch.stack([uniform(2 * recipe.translate), uniform(2 * recipe.translate)], 1)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # Normalised background is (0 - MEAN) / STD; pad with the border (background) value.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)

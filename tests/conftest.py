@@ -77,7 +77,7 @@ def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subpr
         wait_http(uri + "/health", proc)
     except Exception:
         stop_server(proc, signal.SIGKILL)
-        raise RuntimeError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}")
+        raise RuntimeError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}") from None
     return proc, uri
 
 
@@ -98,6 +98,8 @@ def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 def mlflow_server(tmp_path_factory) -> str:
     """A real `mlflow server` over HTTP on a free loopback port, SQLite-backed."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    proc, uri = start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log")
+    proc, uri = start_mlflow_server(
+        f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log"
+    )
     yield uri
     stop_server(proc)

@@ -74,7 +74,10 @@ BAD_YAML = {
     "zero.yaml": ("spec:\n  stages: [[8, 0]]\n", "spec.stages.0.1: Input should be greater than 0"),
     "negative.yaml": ("spec:\n  stages: [[-4]]\n", "spec.stages.0.0: Input should be greater than 0"),
     "dropout.yaml": ("spec:\n  stages: [[8]]\n  dropout: 1.0\n", "spec.dropout: Input should be less than 1"),
-    "epochs.yaml": ("spec:\n  stages: [[8]]\nrecipe:\n  epochs: 0\n", "recipe.epochs: Input should be greater than 0"),
+    "epochs.yaml": (
+        "spec:\n  stages: [[8]]\nrecipe:\n  epochs: 0\n",
+        "recipe.epochs: Input should be greater than 0",
+    ),
     "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
 }
 
@@ -105,9 +108,18 @@ def test_missing_file_and_bad_device_exit_2(tmp_path, store):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["study", "--budget", "0"], "error: Invalid value for '--budget': Input should be greater than or equal to 1"),
-        (["study", "--budget", "-5"], "error: Invalid value for '--budget': Input should be greater than or equal to 1"),
-        (["study", "--budget", "abc"], "error: Invalid value for '--budget': Input should be a valid integer"),
+        (
+            ["study", "--budget", "0"],
+            "error: Invalid value for '--budget': Input should be greater than or equal to 1",
+        ),
+        (
+            ["study", "--budget", "-5"],
+            "error: Invalid value for '--budget': Input should be greater than or equal to 1",
+        ),
+        (
+            ["study", "--budget", "abc"],
+            "error: Invalid value for '--budget': Input should be a valid integer",
+        ),
         (["train", "x.yaml", "--bogus"], "error: No such option: --bogus"),
     ],
 )

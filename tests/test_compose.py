@@ -46,9 +46,14 @@ def test_credentials_come_from_env_and_env_is_not_committed():
     assert (REPO / ".env.example").is_file()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (CI installs it)")
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose not installed (CI installs it)"
+)
 def test_docker_compose_config_accepts_the_file():
     proc = subprocess.run(
-        ["docker-compose", "--env-file", ".env.example", "config", "--quiet"], cwd=REPO, capture_output=True, text=True
+        ["docker-compose", "--env-file", ".env.example", "config", "--quiet"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr

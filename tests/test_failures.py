@@ -46,10 +46,11 @@ def one_line_exit_2(result, *fragments):
 
 EXTRA_BAD = {
     "unsafe.yaml": ('spec: !!python/object/apply:os.system ["echo pwned"]\n', "malformed YAML"),
-    "types.yaml": ("spec:\n  stages: [[8]]\n  dropout: lots\n", "spec.dropout: Input should be a valid number"),
-    "range.yaml": (
-        "search:\n  stages: [[{low: 10, high: 4}]]\n", "search.stages.0.0: min > max (10 > 4)"
+    "types.yaml": (
+        "spec:\n  stages: [[8]]\n  dropout: lots\n",
+        "spec.dropout: Input should be a valid number",
     ),
+    "range.yaml": ("search:\n  stages: [[{low: 10, high: 4}]]\n", "search.stages.0.0: min > max (10 > 4)"),
 }
 
 
@@ -81,7 +82,9 @@ def test_storage_that_cannot_be_parsed_or_reached(store, data_dir):
                     "unsupported scheme 'foo'")  # fmt: skip
     start = time.monotonic()
     url = f"postgresql://postgres:{SECRET}@127.0.0.1:{free_port()}/nowhere"
-    line = one_line_exit_2(runner.invoke(app, ["study", "--storage", url, "--data-dir", str(data_dir)]), "cannot open")
+    line = one_line_exit_2(
+        runner.invoke(app, ["study", "--storage", url, "--data-dir", str(data_dir)]), "cannot open"
+    )
     assert time.monotonic() - start < 10
     assert SECRET not in line and "postgres:***@" in line
     assert not (store / "mlflow.db").exists()
@@ -214,7 +217,9 @@ def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(si
 
 @pytest.mark.slow
 def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp_path, data_dir):
-    proc_server, uri = start_mlflow_server(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "art", tmp_path / "srv.log")
+    proc_server, uri = start_mlflow_server(
+        f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "art", tmp_path / "srv.log"
+    )
     (tmp_path / "tiny.yaml").write_text(TINY)
     args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "6", "--limit-train", "2000",
             "--data-dir", str(data_dir), "--device", "cpu", "--quiet", "--tracking-uri", uri]  # fmt: skip
@@ -226,7 +231,9 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 1
     lines = stderr.strip().splitlines()
-    assert lines[-1].startswith("error: tracking server http://127.0.0.1:") and "failed mid-study" in lines[-1]
+    assert (
+        lines[-1].startswith("error: tracking server http://127.0.0.1:") and "failed mid-study" in lines[-1]
+    )
     assert "re-run the same command to resume" in lines[-1] and "Traceback" not in stderr
     assert time.monotonic() - start < 120
     study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))

@@ -51,7 +51,9 @@ def random_spec(rng: random.Random) -> ArchSpec:
 def _draw(rng: random.Random) -> ArchSpec:
     n_stages = rng.randint(1, 3)
     padding = rng.random() < 0.5
-    stages = [[rng.randint(1, 40) for _ in range(rng.randint(1, 2 if not padding else 3))] for _ in range(n_stages)]
+    stages = [
+        [rng.randint(1, 40) for _ in range(rng.randint(1, 2 if not padding else 3))] for _ in range(n_stages)
+    ]
     return ArchSpec(
         stages=stages,
         transitions=[rng.randint(1, 32) for _ in range(n_stages - 1)],
@@ -79,7 +81,10 @@ def test_layer_plan_shapes_match_a_real_forward_pass():
         spec = random_spec(rng)
         model = build_model(spec).eval()
         shapes = []
-        hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((type(m).__name__, tuple(o.shape)))) for m in model.layers]
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: shapes.append((type(m).__name__, tuple(o.shape))))
+            for m in model.layers
+        ]
         model(torch.zeros(2, 1, 28, 28))
         for h in hooks:
             h.remove()

@@ -56,14 +56,18 @@ def databases():
 @pytest.fixture
 def pg_mlflow(databases, tmp_path):
     proc, uri = start_mlflow_server(
-        f"postgresql+psycopg://postgres@127.0.0.1:5432/{databases[1]}", tmp_path / "artifacts", tmp_path / "server.log"
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/{databases[1]}",
+        tmp_path / "artifacts",
+        tmp_path / "server.log",
     )
     yield uri
     stop_server(proc)
 
 
 def worker(args: list[str], data_dir, tmp_path, **env) -> subprocess.Popen:
-    environment = os.environ | {"MNIST_SEARCH_THREADS": "1", "MNIST_SEARCH_STORE": str(tmp_path / "local")} | env
+    environment = (
+        os.environ | {"MNIST_SEARCH_THREADS": "1", "MNIST_SEARCH_STORE": str(tmp_path / "local")} | env
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "mnist_search", *args, "--data-dir", str(data_dir), "--device", "cpu", "--quiet"],
         env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -74,7 +78,11 @@ def mlflow_runs(uri: str):
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("mnist-search-studies")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return client, [r for r in runs if r.data.tags.get("kind") == "study"], [r for r in runs if r.data.tags.get("kind") == "trial"]
+    return (
+        client,
+        [r for r in runs if r.data.tags.get("kind") == "study"],
+        [r for r in runs if r.data.tags.get("kind") == "trial"],
+    )
 
 
 def test_three_workers_share_one_study_exactly(databases, pg_mlflow, data_dir, tmp_path):
@@ -108,7 +116,9 @@ def test_three_workers_share_one_study_exactly(databases, pg_mlflow, data_dir, t
         assert runs[0].data.tags["storage"] == storage  # no password in this URL to mask
 
 
-def test_a_worker_killed_mid_trial_is_failed_retried_and_nothing_is_lost(databases, pg_mlflow, data_dir, tmp_path):
+def test_a_worker_killed_mid_trial_is_failed_retried_and_nothing_is_lost(
+    databases, pg_mlflow, data_dir, tmp_path
+):
     exp = tmp_path / "tiny.yaml"
     exp.write_text(TINY.replace("epochs: 1", "epochs: 3"))
     storage = f"{PG}/{databases[0]}"

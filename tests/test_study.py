@@ -121,7 +121,9 @@ def test_a_real_study_tracks_resumes_reports_and_exports(store, data_dir, tmp_pa
 
     # export: a torch.export program over raw [0, 1] pixels that predicts like the trained net.
     out = tmp_path / "export"
-    result = runner.invoke(app, ["export", "--study", "budget-8k-b8000", "--trial", "best", "--out", str(out)])
+    result = runner.invoke(
+        app, ["export", "--study", "budget-8k-b8000", "--trial", "best", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     program = torch.export.load(out / "model.pt2")
     spec = load_experiment(out / "spec.yaml").spec
@@ -156,7 +158,9 @@ def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(s
     exp_id = client.get_experiment_by_name("mnist-search-studies").experiment_id
     children = client.search_runs([exp_id], filter_string="tags.kind = 'trial'")
     assert len(children) == 2
-    assert all(c.info.status == "FAILED" and "training loss became" in c.data.tags["failure"] for c in children)
+    assert all(
+        c.info.status == "FAILED" and "training loss became" in c.data.tags["failure"] for c in children
+    )
 
 
 @pytest.mark.slow

@@ -36,7 +36,10 @@ def test_one_epoch_on_real_images_beats_chance_by_far(mnist):
 
 def test_training_is_reproducible_on_cpu(mnist):
     data = small(mnist, 1_000, 500)
-    runs = [fit(build_model(SPEC, seed=3), data, Recipe(rotation=8), torch.device("cpu"), epochs=1, seed=3) for _ in range(2)]
+    runs = [
+        fit(build_model(SPEC, seed=3), data, Recipe(rotation=8), torch.device("cpu"), epochs=1, seed=3)
+        for _ in range(2)
+    ]
     assert runs[0].epochs[0].train_loss == runs[1].epochs[0].train_loss
     assert runs[0].epochs[0].val_acc == runs[1].epochs[0].val_acc
 
