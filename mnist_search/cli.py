@@ -501,7 +501,7 @@ def verify(
 
     import mlflow
 
-    from .config import ArchSpec, Recipe
+    from .config import ArchSpec, Recipe, experiment_to_yaml
     from .export import export_model
     from .search import leaderboard
     from .verify import SeedRun, Verified, verify_table
@@ -579,6 +579,11 @@ def verify(
     if out_dir is not None:
         seed_run = max(best.runs, key=lambda r: r.min_last3)
         export_model(models[(best.trial, seed_run.seed)], out_dir)
+        (out_dir / "experiment.yaml").write_text(
+            experiment_to_yaml(
+                best.spec, best.recipe, f"study {st.study_name}, trial {best.trial}, as verified"
+            )
+        )
         (out_dir / "verify.md").write_text(
             f"# Verified: study {st.study_name}, trial {best.trial}\n\n{table}\n\n"
             f"Exported weights: seed {seed_run.seed} (MLflow run {seed_run.run_id}).\n"

@@ -201,6 +201,13 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{path}: {_first_error(exc)}") from None
 
 
+def experiment_to_yaml(spec: ArchSpec, recipe: Recipe, description: str = "") -> str:
+    """A fixed-spec experiment file (`mnist-search train` reads it) with its exact recipe."""
+    data = {"description": description} if description else {}
+    data |= {"spec": spec.model_dump(mode="json"), "recipe": recipe.model_dump(mode="json")}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def spec_to_yaml(spec: ArchSpec) -> str:
     """The spec as YAML that `load_experiment` reads back (under a `spec:` key)."""
     data = spec.model_dump(mode="json")

@@ -94,7 +94,13 @@ def setup(tracking_uri: str | None, experiment_name: str) -> str:
         artifacts = None
         if uri.startswith("sqlite:"):  # local store: keep artifacts beside the database
             artifacts = (store_dir() / "artifacts").as_uri()
-        exp_id = client.create_experiment(experiment_name, artifact_location=artifacts)
+        try:
+            exp_id = client.create_experiment(experiment_name, artifact_location=artifacts)
+        except mlflow.exceptions.MlflowException as exc:
+            # Workers starting together race to create it: the loser uses the winner's.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp_id = client.get_experiment_by_name(experiment_name).experiment_id
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
@@ -222,6 +228,8 @@ def tracked_fit(
 # --- studies: one parent run per study, one nested child run per trained trial -------------------
 
 PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_SETTLE_SECONDS = 2.0  # only paid by a worker that creates a study's parent run
+
 END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -267,8 +275,11 @@ class StudyTracker:
             },
         )
         self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        # Two workers may race to create the parent: the one recorded in the storage wins.
-        winner = self.study.user_attrs.get(PARENT_ATTR, run.info.run_id)
+        # Workers started together race to create the parent. The storage has no compare-and-set
+        # for user attributes, so let the racers' writes settle, then the last one written wins
+        # and the others delete their run before logging anything under it.
+        time.sleep(PARENT_SETTLE_SECONDS)
+        winner = self.study.user_attrs.get(PARENT_ATTR, run.info.run_id)  # read from the storage
         if winner != run.info.run_id:
             self.client.delete_run(run.info.run_id)
         return winner
@@ -302,7 +313,8 @@ class StudyTracker:
         self.client.log_batch(self.children[trial.number], metrics=metrics)
 
     def trial_ended(self, record, model) -> None:
-        run_id = self.children.pop(record.number)
+        # Popped only once closed: if an interrupt lands mid-way, finish() still closes the run.
+        run_id = self.children[record.number]
         self.client.set_tag(run_id, "state", record.state)
         if record.reason:
             self.client.set_tag(
@@ -324,6 +336,7 @@ class StudyTracker:
                 log_checkpoint(model)
                 log_model(model)
         self.client.set_terminated(run_id, END_STATUS[record.state])
+        del self.children[record.number]
 
     # End of an invocation -------------------------------------------------------------------
     def close_open_children(self, status: str = "KILLED") -> None:

@@ -176,8 +176,13 @@ def wait_for(study_name, storage_path, predicate, timeout=300):
 
 
 def running_after_one_complete(study):
+    """A trial in its first epoch (tracked, no epoch reported yet) after one trial completed."""
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    running = [t for t in study.trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    running = [
+        t
+        for t in study.trials
+        if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs and not t.intermediate_values
+    ]
     return running[0].number if complete and running else None
 
 
@@ -185,7 +190,8 @@ def running_after_one_complete(study):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(sig, tmp_path, data_dir):
     (tmp_path / "tiny.yaml").write_text(TINY)
-    args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "3", "--limit-train", "2000",
+    # 6,000 images x 2 epochs: long enough that the signal lands inside the trial's first epoch.
+    args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "3", "--limit-train", "6000",
             "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
     proc = start_study(args, tmp_path)
     journal = tmp_path / "mlruns" / "optuna-journal.log"

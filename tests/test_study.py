@@ -182,5 +182,8 @@ def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_p
     for c in children:  # all 60k images minus nothing held out: no val metrics, test per epoch
         assert c.data.params["recipe.val_size"] == "0"
         assert len(client.get_metric_history(c.info.run_id, "test/acc")) == 1
-    assert {"model.pt2", "state_dict.pt", "spec.yaml", "verify.md"} <= {p.name for p in out.iterdir()}
+    assert {"model.pt2", "state_dict.pt", "spec.yaml", "verify.md", "experiment.yaml"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert load_experiment(out / "experiment.yaml").recipe.val_size == 0
     assert "| mean ± std |" in (out / "verify.md").read_text()
