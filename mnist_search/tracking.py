@@ -249,7 +249,13 @@ class StudyTracker:
         self.experiment_id, self.experiment_file = experiment_id, experiment_file
         self.client = mlflow.MlflowClient()
         self.children: dict[int, str] = {}
-        self.parent_id = self._parent()
+        self._own_parent = self._parent()
+
+    @property
+    def parent_id(self) -> str:
+        """Read from the study storage each time: a worker that joined while racers settled the
+        parent converges on the recorded one."""
+        return self.study.user_attrs.get(PARENT_ATTR) or self._own_parent
 
     def _parent(self) -> str:
         known = self.study.user_attrs.get(PARENT_ATTR)
@@ -257,7 +263,10 @@ class StudyTracker:
             try:
                 run = self.client.get_run(known)
                 if run.info.lifecycle_stage == "active":
-                    self.client.update_run(known, status="RUNNING")
+                    try:
+                        self.client.update_run(known, status="RUNNING")
+                    except mlflow.exceptions.MlflowException:
+                        pass  # a racer deleted it meanwhile: parent_id re-reads the winner
                     return known
             except mlflow.exceptions.MlflowException:
                 pass  # the run was deleted or lives in another tracking store: start a new one
