@@ -157,7 +157,9 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeyp
 def start_study(args, tmp_path):
     env = os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "mlruns")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # Default SIGINT in the child, as in a terminal: a shell's background jobs inherit it ignored.
     return subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
