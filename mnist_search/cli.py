@@ -266,6 +266,7 @@ def study(
         worker_args += ["--timeout", str(timeout)] if timeout else []
         worker_args += ["--data-dir", str(data_dir)] if data_dir else []
         worker_args += ["--limit-train", str(limit_train)] if limit_train else []
+        del data  # loaded only to validate it; each worker loads its own
         code = run_workers(worker_args, jobs)
         tracker.finish("FINISHED" if code == 0 else "KILLED")
         out.print(
