@@ -104,7 +104,12 @@ def check_budget(space: SearchSpace, budget: int) -> int:
 def make_pruner(experiment: Experiment, epochs: int) -> optuna.pruners.BasePruner:
     cfg = experiment.pruner
     if cfg.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.warmup_epochs)
+        # n_min_trials, not n_startup_trials: Optuna counts every COMPLETE trial towards the
+        # latter, over-budget proposals included, so one trained trial would already set the median.
+        # n_min_trials counts only trials that reported the epoch, i.e. trained ones.
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=0, n_warmup_steps=cfg.warmup_epochs, n_min_trials=3
+        )
     if cfg.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()

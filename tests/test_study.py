@@ -14,7 +14,7 @@ from mnist_search.cli import app
 from mnist_search.config import load_experiment
 from mnist_search.data import normalise
 from mnist_search.model import build_model, count_params
-from mnist_search.search import check_budget, sample_spec, smallest_spec
+from mnist_search.search import check_budget, make_pruner, sample_spec, smallest_spec
 from mnist_search.storage import open_storage
 
 from .conftest import EXPERIMENTS
@@ -44,6 +44,37 @@ def test_impossible_budget_is_rejected_with_the_smallest_size():
     with pytest.raises(ValueError, match=f"smallest has {smallest:,} parameters"):
         check_budget(space, smallest)
     assert check_budget(space, smallest + 1) == smallest
+
+
+def test_median_pruner_waits_for_three_trained_trials_not_for_rejected_proposals():
+    """Over-budget proposals are COMPLETE trials without epochs: they must not start the pruner."""
+    exp = load_experiment(EXPERIMENTS / "budget-8k.yaml")
+    warmup = exp.pruner.warmup_epochs
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(exp, epochs=15))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for _ in range(5):  # rejected proposals: complete, value 0, nothing reported
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=0.0))
+
+    def trained(acc: float) -> optuna.trial.FrozenTrial:
+        curve = {epoch: acc for epoch in range(1, 16)}
+        return optuna.trial.create_trial(
+            params={"x": 0.5}, distributions=dist, value=acc, intermediate_values=curve
+        )
+
+    def pruned_at(epoch: int, acc: float) -> bool:
+        trial = study.ask()
+        trial.report(acc, step=epoch)
+        verdict = trial.should_prune()
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return verdict
+
+    study.add_trial(trained(0.99))
+    assert not pruned_at(warmup, 0.5)  # one trained trial is no median
+    study.add_trial(trained(0.99))
+    study.add_trial(trained(0.99))
+    assert not pruned_at(warmup - 1, 0.5)  # three trained, but still in the warm-up epochs
+    assert pruned_at(warmup, 0.5)  # three trained, past the warm-up: below the median
+    assert not pruned_at(warmup, 0.995)
 
 
 def test_budget_50_exits_2_before_anything_is_written(store, data_dir):
