@@ -10,21 +10,12 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from . import tracking
+from . import env_defaults, tracking  # noqa: F401  (env_defaults first: MLflow reads it on import)
 from .config import ArchSpec, ConfigError, Experiment, load_experiment
 from .data import DataError, load_mnist
 from .model import count_params, layer_table, mult_adds, receptive_field_table
 from .progress import EpochProgress, StudyProgress
 from .train import NonFiniteLoss, configure_threads, resolve_device
-
-# No internet here, and scripts read our output: no telemetry, no artifact progress bars.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-# A tracking server that goes away is reported in seconds, not after minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -223,10 +214,16 @@ def study(
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     import optuna
 
-    from .search import BudgetError, FanOut, Objective, check_budget, feasible_share, leaderboard
+    from .search import (
+        DEFAULT_STUDY_EXPERIMENT,
+        BudgetError,
+        FanOut,
+        Objective,
+        check_budget,
+        feasible_share,
+        leaderboard,
+    )
     from .studies import StudyMismatch, TotalReached, open_study, trials_done
-
-    from .search import DEFAULT_STUDY_EXPERIMENT
 
     path = experiment or DEFAULT_STUDY_EXPERIMENT
     exp = _experiment(path)

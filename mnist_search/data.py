@@ -76,7 +76,7 @@ def _download(data_dir: Path, raw: Path, missing: list[str]) -> None:
 
         MNIST(str(data_dir), train=True, download=True)
         MNIST(str(data_dir), train=False, download=True)
-    except Exception:  # any network/integrity failure means: offline, tell the user what to do
+    except Exception:  # noqa: BLE001 - any network/integrity failure means: offline, tell the user what to do
         raise DataError(
             f"MNIST files {', '.join(missing)} not found in {raw} and the download failed; "
             "put the IDX files (.gz or raw) there, or point --data-dir / MNIST_SEARCH_DATA_DIR "

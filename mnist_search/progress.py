@@ -5,6 +5,8 @@ Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its 
 
 from __future__ import annotations
 
+from typing import Self
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -41,7 +43,7 @@ class EpochProgress:
         self.epochs = epochs
         self.label = label
 
-    def __enter__(self) -> EpochProgress:
+    def __enter__(self) -> Self:
         if self.progress is not None:
             self.progress.start()
             self.task = self.progress.add_task(self.label, total=self.epochs, status="")
@@ -76,7 +78,7 @@ class StudyProgress:
         self.progress = make_progress(console) if self.live else None
         self.task = None
 
-    def __enter__(self) -> StudyProgress:
+    def __enter__(self) -> Self:
         if self.progress is not None:
             self.progress.start()
             self.task = self.progress.add_task("trials", total=self.total, completed=self.done, status="")

@@ -69,18 +69,18 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
     if not scheme.startswith("sqlite"):
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs = dict(
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=RetryAndCloseRun(max_retry=3),
-                engine_kwargs={"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
-            )
+            kwargs = {
+                "heartbeat_interval": HEARTBEAT_SECONDS,
+                "grace_period": GRACE_SECONDS,
+                "heartbeat_stale_trial_callback": RetryAndCloseRun(max_retry=3),
+                "engine_kwargs": {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
+            }
     for attempt in range(4):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url=url, **kwargs)
-        except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many kinds; the user needs one line
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             # Workers starting together on a new database race to create its tables: retry.
             racing = "already exists" in reason or "duplicate key" in reason

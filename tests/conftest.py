@@ -75,7 +75,7 @@ def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subpr
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(uri + "/health", proc)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure: stop the server, show its log
         stop_server(proc, signal.SIGKILL)
         raise RuntimeError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}") from None
     return proc, uri

@@ -129,7 +129,7 @@ def test_usage_errors_from_the_console_script_are_one_line_exit_2(args, message,
 
     proc = subprocess.run(
         [sys.executable, "-c", "from mnist_search.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]

@@ -52,6 +52,7 @@ def test_credentials_come_from_env_and_env_is_not_committed():
 def test_docker_compose_config_accepts_the_file():
     proc = subprocess.run(
         ["docker-compose", "--env-file", ".env.example", "config", "--quiet"],
+        check=False,
         cwd=REPO,
         capture_output=True,
         text=True,

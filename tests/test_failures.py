@@ -128,7 +128,7 @@ class Recorder(TrialHooks):
 
 def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeypatch):
     """Fault injection: the first fit raises CUDA's OOM error; the next trial trains normally."""
-    import mnist_search.search as search
+    from mnist_search import search
 
     real_fit, calls = search.fit, []
 
@@ -159,7 +159,7 @@ def start_study(args, tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     # Default SIGINT in the child, as in a terminal: a shell's background jobs inherit it ignored.
     return subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 

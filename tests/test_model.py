@@ -82,7 +82,7 @@ def test_layer_plan_shapes_match_a_real_forward_pass():
         model = build_model(spec).eval()
         shapes = []
         hooks = [
-            m.register_forward_hook(lambda m, i, o: shapes.append((type(m).__name__, tuple(o.shape))))
+            m.register_forward_hook(lambda m, i, o, s=shapes: s.append((type(m).__name__, tuple(o.shape))))
             for m in model.layers
         ]
         model(torch.zeros(2, 1, 28, 28))

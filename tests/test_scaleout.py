@@ -109,7 +109,7 @@ def test_three_workers_share_one_study_exactly(databases, pg_mlflow, data_dir, t
     for child in children:
         by_trial.setdefault(int(child.data.tags["trial_number"]), []).append(child)
     assert sorted(by_trial) == sorted(t.number for t in counted)  # every trial's run, exactly once
-    for number, runs in by_trial.items():
+    for runs in by_trial.values():
         assert len(runs) == 1
         assert runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert len(client.get_metric_history(runs[0].info.run_id, "test/acc")) == 1
@@ -161,7 +161,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_nothing_is_lost(
     assert len([t for t in study.trials if counts_toward_total(t)]) == 4  # nothing completed lost
     assert not study.get_trials(states=[optuna.trial.TrialState.RUNNING])
 
-    client, parents, children = mlflow_runs(pg_mlflow)
+    client, _parents, children = mlflow_runs(pg_mlflow)
     killed_run = client.get_run(run_id)
     assert killed_run.info.status == "FAILED" and "heartbeat" in killed_run.data.tags["failure"]
     finished = [c for c in children if c.info.status == "FINISHED"]
@@ -180,7 +180,7 @@ def test_passwords_never_reach_logs_tags_or_params(databases, pg_mlflow, data_di
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, text
     assert secret not in text and "postgres:***@" in text
-    client, parents, children = mlflow_runs(pg_mlflow)
+    _client, parents, children = mlflow_runs(pg_mlflow)
     for run in parents + children:
         values = list(run.data.tags.values()) + list(run.data.params.values())
         assert not any(secret in v for v in values)
