@@ -140,6 +140,9 @@ def train(
             )  # fmt: skip
         except NonFiniteLoss as exc:
             fail(f"training failed: {exc}", code=1)
+        except KeyboardInterrupt:
+            err.print("interrupted: the MLflow run was marked FAILED", highlight=False)
+            raise typer.Exit(130) from None
     last = result.epochs[-1]
     out.print(
         f"run {run_id}: {count_params(spec):,} params, epoch {last.epoch}: "
@@ -481,6 +484,13 @@ def verify(
     top: Annotated[
         int, typer.Option(min=1, help="How many of the best trials (by validation) to retrain.")
     ] = 1,
+    trial_numbers: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--trial",
+            help="Retrain these trials instead of the top K (repeatable), e.g. one from the Pareto front.",
+        ),
+    ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per architecture (0, 1, ...).")] = 3,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per run.")] = 15,
     storage: Storage = None,
@@ -505,7 +515,18 @@ def verify(
     from .verify import SeedRun, Verified, verify_table
 
     st = _load_study(study_name, storage)
-    done = [r for r in leaderboard(st) if r["state"] == "COMPLETE"][:top]
+    done = [r for r in leaderboard(st) if r["state"] == "COMPLETE"]
+    if trial_numbers:
+        by_number = {r["trial"]: r for r in done}
+        missing = [n for n in trial_numbers if n not in by_number]
+        if missing:
+            fail(
+                f"--trial {missing[0]}: not a completed, under-budget trial of study {st.study_name} "
+                f"(completed: {', '.join(str(n) for n in sorted(by_number)) or 'none'})"
+            )
+        done = [by_number[n] for n in dict.fromkeys(trial_numbers)]  # in the order given, once each
+    else:
+        done = done[:top]
     if not done:
         fail(f"study {st.study_name}: no completed trial to verify")
     dev = _device(device)
@@ -555,6 +576,10 @@ def verify(
         status = "FINISHED"
     except NonFiniteLoss as exc:
         fail(f"training failed: {exc}", code=1)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        err.print("interrupted: the running seed's MLflow run was marked FAILED", highlight=False)
+        raise typer.Exit(130) from None
     finally:
         mlflow.MlflowClient().set_terminated(parent.info.run_id, status)
     wall = time.perf_counter() - started
@@ -635,8 +660,13 @@ def server(
 def main() -> None:
     """Console entry point: like `app()`, but usage errors (bad option values, unknown options)
     become one line on stderr with exit code 2 instead of Typer's multi-line box."""
+    import signal
+
     from typer.exceptions import TyperException  # base of Typer's (vendored click) usage errors
 
+    # SIGTERM (docker stop, kill, a scheduler) takes the same clean path as Ctrl-C: the running
+    # MLflow run ends FAILED (a study's trial FAIL, interrupted), and the command exits 130.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         code = app(standalone_mode=False)
     except TyperException as exc:

@@ -249,6 +249,61 @@ def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(si
     assert "3/3 trials trained" in out
 
 
+def wait_for_metric(db, run_name_prefix, timeout=300):
+    """Wait until a RUNNING run whose name starts with the prefix has logged a metric."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                found = con.execute(
+                    "SELECT COUNT(*) FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
+                    "WHERE r.status = 'RUNNING' AND r.name LIKE ?",
+                    (run_name_prefix + "%",),
+                ).fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if found:
+            return
+    raise TimeoutError(f"no {run_name_prefix}* run logged a metric")
+
+
+@pytest.mark.slow
+def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_path, data_dir):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    common = ["--data-dir", str(data_dir), "--device", "cpu"]
+    study = start_study(["study", "--experiment", "tiny.yaml", "--trials", "1", "--epochs", "1",
+                         "--limit-train", "1000", "--quiet", *common], tmp_path)  # fmt: skip
+    assert study.wait(timeout=300) == 0
+    db = tmp_path / "mlruns" / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    cases = {
+        "verify": ["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000", *common],
+        "train": ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "40", "--limit-train", "3000",
+                  "--experiment-name", "sigterm", *common],
+    }  # fmt: skip
+    for command, args in cases.items():
+        proc = start_study(args, tmp_path)
+        wait_for_metric(db, "verify-trial" if command == "verify" else "seed-model-3")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+        assert stderr.startswith("interrupted:") and "Traceback" not in stderr
+    runs = client.search_runs(
+        [client.get_experiment_by_name(n).experiment_id for n in ("mnist-search-verify", "sigterm")]
+    )
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status == {
+        "verify-tiny-b8000": "KILLED",
+        "verify-trial-0-seed-0": "FAILED",
+        "seed-model-3-s0": "FAILED",
+    }, status
+
+
 @pytest.mark.slow
 def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp_path, data_dir):
     proc_server, uri = start_mlflow_server(

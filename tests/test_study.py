@@ -218,3 +218,16 @@ def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_p
     }
     assert load_experiment(out / "experiment.yaml").recipe.val_size == 0
     assert "| mean ± std |" in (out / "verify.md").read_text()
+
+    # --trial picks a named trial instead of the top K; an unknown one exits 2 before any run.
+    rows = json.loads(runner.invoke(app, ["report", "--json"]).output)["trials"]
+    ranked = [r["trial"] for r in rows if r["state"] == "COMPLETE"]
+    assert len(ranked) == 2
+    bad = runner.invoke(app, ["verify", "--trial", "999", "--data-dir", str(data_dir)])
+    assert bad.exit_code == 2 and "--trial 999: not a completed" in bad.output
+    args = ["verify", "--trial", str(ranked[-1]), "--seeds", "1", "--epochs", "1",
+            "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"trial {ranked[-1]} seed 0:" in result.output and f"trial {ranked[0]} seed" not in result.output
+    assert len(client.search_runs([exp_id], filter_string="tags.kind = 'verify'")) == 2
