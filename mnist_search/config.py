@@ -75,6 +75,10 @@ class Recipe(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     schedule: Literal["none", "onecycle", "step"] = "none"
+    # "onecycle": finish the cycle after this many epochs and hold its final (lowest) rate for the
+    # rest, so the last epochs are all trained at the floor; None = the cycle spans every epoch.
+    cycle_epochs: PositiveInt | None = None
+    final_div_factor: Annotated[float, Field(ge=1)] = 1e4  # "onecycle": floor = lr / 25 / this
     step_epochs: PositiveInt = 8  # "step": multiply the rate by step_gamma every step_epochs
     step_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
     rotation: Annotated[float, Field(ge=0, le=45)] = 0.0  # degrees, uniform in [-r, r]

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from filelock import FileLock
 from mlflow.models import infer_signature
 
 from .config import ArchSpec, Recipe
@@ -88,8 +89,15 @@ def setup(tracking_uri: str | None, experiment_name: str) -> str:
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment_name)
+    if uri.startswith("sqlite:"):
+        # Opening a fresh local store creates its schema; two processes starting together would
+        # both try ("table ... already exists"). Serialise that first touch.
+        with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(experiment_name)
+    else:
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         artifacts = None
         if uri.startswith("sqlite:"):  # local store: keep artifacts beside the database

@@ -159,12 +159,33 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
+class _HoldAfter:
+    """Steps `scheduler` `steps` times, then leaves the rate where it ended (OneCycleLR raises
+    when stepped past its total)."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+        self.scheduler, self.left = scheduler, steps
+
+    def step(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.scheduler.step()
+
+
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int):
     """Stepped once per batch. OneCycle peaks at recipe.lr; step multiplies by step_gamma."""
     if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+        cycle = min(recipe.cycle_epochs or epochs, epochs)
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=recipe.lr,
+            total_steps=cycle * steps_per_epoch,
+            final_div_factor=recipe.final_div_factor,
         )
+        if cycle == epochs:
+            return one_cycle
+        # OneCycleLR reaches its floor after total_steps - 1 steps (one more overshoots it).
+        return _HoldAfter(one_cycle, cycle * steps_per_epoch - 1)
     if recipe.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=recipe.step_epochs * steps_per_epoch, gamma=recipe.step_gamma

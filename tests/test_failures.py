@@ -328,3 +328,17 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
     study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))
     assert [t for t in study.trials if t.state.name == "COMPLETE"]  # completed results kept
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_two_commands_starting_together_on_a_fresh_local_store_both_succeed(tmp_path, data_dir):
+    """The first touch of a fresh SQLite store creates its schema; two processes doing it at once
+    used to fail with 'table ... already exists' (a traceback, exit 1)."""
+    args = ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "1", "--limit-train", "256",
+            "--data-dir", str(data_dir), "--device", "cpu", "--experiment-name", "together"]  # fmt: skip
+    procs = [start_study(args, tmp_path) for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in outcomes:
+        assert code == 0, err[-2000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]

@@ -10,7 +10,7 @@ import torch
 from mnist_search.config import ArchSpec, Recipe
 from mnist_search.data import MNISTData, Split
 from mnist_search.model import build_model
-from mnist_search.train import NonFiniteLoss, augment, fit, resolve_device
+from mnist_search.train import NonFiniteLoss, augment, fit, make_optimizer, make_scheduler, resolve_device
 
 SPEC = ArchSpec(stages=[[8, 12], [12, 16]], transitions=[8], batchnorm=True, dropout=0.05, head="gap")
 
@@ -67,3 +67,28 @@ def test_unknown_or_missing_devices_are_rejected():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_onecycle_with_cycle_epochs_anneals_then_holds_the_floor():
+    """cycle_epochs=3 of 5: the rate peaks inside the cycle, reaches OneCycle's floor
+    (max_lr / div_factor / final_div_factor) at the end of epoch 3 and stays there."""
+    model = build_model(ArchSpec(stages=((4,),)))
+    recipe = Recipe(lr=0.1, schedule="onecycle", cycle_epochs=3)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch=10, epochs=5)
+    rates = []
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    floor = 0.1 / 25 / 1e4
+    assert max(rates[:30]) == pytest.approx(0.1, rel=0.05)
+    assert rates[28] == pytest.approx(floor, rel=1e-3)
+    assert rates[29:] == [rates[28]] * 21  # the last step of epoch 3 and epochs 4-5 at the floor
+    # without cycle_epochs the cycle spans all 5 epochs: still annealing at the end of epoch 3
+    whole = recipe.model_copy(update={"cycle_epochs": None})
+    full = make_scheduler(make_optimizer(model, whole), whole, steps_per_epoch=10, epochs=5)
+    for _ in range(30):
+        full.optimizer.step()
+        full.step()
+    assert full.optimizer.param_groups[0]["lr"] > 100 * floor
