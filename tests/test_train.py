@@ -92,3 +92,10 @@ def test_onecycle_with_cycle_epochs_anneals_then_holds_the_floor():
         full.optimizer.step()
         full.step()
     assert full.optimizer.param_groups[0]["lr"] > 100 * floor
+    # final_div_factor sets the floor that is held: lr / 25 / 8 = lr / 200 (the default experiments)
+    high = recipe.model_copy(update={"final_div_factor": 8})
+    held = make_scheduler(make_optimizer(model, high), high, steps_per_epoch=10, epochs=5)
+    for _ in range(40):
+        held.scheduler.optimizer.step()
+        held.step()
+    assert held.scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 200, rel=1e-3)
