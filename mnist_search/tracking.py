@@ -8,6 +8,7 @@ file store). `--tracking-uri` or MLFLOW_TRACKING_URI points at a tracking server
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import subprocess
@@ -89,18 +90,15 @@ def setup(tracking_uri: str | None, experiment_name: str) -> str:
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:"):
-        # Opening a fresh local store creates its schema; two processes starting together would
-        # both try ("table ... already exists"). Serialise that first touch.
-        with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
-            client = mlflow.MlflowClient()
-            exp = client.get_experiment_by_name(experiment_name)
-    else:
+    # Opening a fresh SQLite store creates its schema; two processes starting together would
+    # both try ("table ... already exists"). Serialise that first touch.
+    sqlite = uri.startswith("sqlite:")
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock") if sqlite else contextlib.nullcontext():
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         artifacts = None
-        if uri.startswith("sqlite:"):  # local store: keep artifacts beside the database
+        if sqlite:  # local store: keep artifacts beside the database
             artifacts = (store_dir() / "artifacts").as_uri()
         try:
             exp_id = client.create_experiment(experiment_name, artifact_location=artifacts)
