@@ -213,9 +213,7 @@ class Objective:
                 trial.study.stop()
             raise optuna.TrialPruned(f"not trained ({slot})")
         trial.set_user_attr("recipe", recipe.model_dump(mode="json"))
-        self.hooks.trial_started(trial, spec, recipe)
         seed = self.seed + trial.number  # distinct, reproducible initialisation per trial
-        model = build_model(spec, seed=seed)
         result = FitResult()
         start = time.perf_counter()
 
@@ -240,7 +238,9 @@ class Objective:
                 trial.set_user_attr("fail_reason", reason)
             self.hooks.trial_ended(record, trained)
 
-        try:
+        try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
+            self.hooks.trial_started(trial, spec, recipe)
+            model = build_model(spec, seed=seed)
             fit(model, self.data, recipe, self.device, on_epoch, epochs=self.epochs, seed=seed)
         except optuna.TrialPruned as exc:
             ended("PRUNED", str(exc))

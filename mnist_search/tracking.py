@@ -329,7 +329,9 @@ class StudyTracker:
 
     def trial_ended(self, record, model) -> None:
         # Popped only once closed: if an interrupt lands mid-way, finish() still closes the run.
-        run_id = self.children[record.number]
+        run_id = self.children.get(record.number)
+        if run_id is None:  # interrupted before its run was created: nothing to close
+            return
         self.client.set_tag(run_id, "state", record.state)
         if record.reason:
             self.client.set_tag(
