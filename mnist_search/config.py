@@ -125,6 +125,7 @@ class SearchSpace(_Strict):
     lr: FloatRange | None = None  # when set, the recipe's lr is searched too
     weight_decay: FloatRange | None = None
     rotation: FloatRange | None = None
+    batch_size: tuple[PositiveInt, ...] | None = None  # when set, one of these per trial
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -132,8 +133,8 @@ class SearchSpace(_Strict):
             raise ValueError("dropout: must lie in [0, 1)")
         if len(self.transitions) != len(self.stages) - 1:
             raise ValueError(f"transitions: need {len(self.stages) - 1} ranges, got {len(self.transitions)}")
-        for name in ("padding", "batchnorm", "head"):
-            if not getattr(self, name):
+        for name in ("padding", "batchnorm", "head", "batch_size"):
+            if getattr(self, name) == ():
                 raise ValueError(f"{name}: needs at least one choice")
         for padding in self.padding:  # widths do not change spatial sizes: check the layout once
             try:

@@ -64,12 +64,18 @@ def sample_spec(trial: optuna.Trial, space: SearchSpace) -> ArchSpec:
 
 
 def sample_recipe(trial: optuna.Trial, space: SearchSpace, base: Recipe) -> Recipe:
-    """The base recipe with the searched knobs (lr, weight decay, rotation) drawn from the space."""
+    """The base recipe with the searched knobs (lr, weight decay, rotation, batch size) drawn
+    from the space; a knob the space leaves out keeps the base recipe's value."""
     updates = {}
     for name in ("lr", "weight_decay", "rotation"):
         r = getattr(space, name)
         if r is not None:
             updates[name] = trial.suggest_float(name=name, low=r.low, high=r.high, log=r.log)
+    if space.batch_size:
+        sizes = list(space.batch_size)
+        updates["batch_size"] = (
+            trial.suggest_categorical(name="batch_size", choices=sizes) if len(sizes) > 1 else sizes[0]
+        )
     return base.model_copy(update=updates)
 
 

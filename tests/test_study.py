@@ -14,7 +14,7 @@ from mnist_search.cli import app
 from mnist_search.config import load_experiment
 from mnist_search.data import normalise
 from mnist_search.model import build_model, count_params
-from mnist_search.search import check_budget, make_pruner, sample_spec, smallest_spec
+from mnist_search.search import check_budget, make_pruner, sample_recipe, sample_spec, smallest_spec
 from mnist_search.storage import open_storage
 
 from .conftest import EXPERIMENTS
@@ -36,6 +36,17 @@ def test_sampling_is_separate_from_building_and_respects_the_space():
     assert spec.stages == ((8, 12, 16), (10, 12, 14)) and spec.transitions == (8,)
     assert spec.head == "gap" and spec.batchnorm and spec.dropout == 0.02
     assert count_params(spec) == sum(p.numel() for p in build_model(spec).parameters())
+
+
+def test_recipe_knobs_are_drawn_from_the_space_and_the_rest_kept():
+    experiment = load_experiment(BUDGET_8K)
+    space, base = experiment.search, experiment.recipe
+    assert space.batch_size == (64, 128)
+    recipe = sample_recipe(optuna.trial.FixedTrial({"lr": 0.05, "batch_size": 64}), space, base)
+    assert (recipe.lr, recipe.batch_size) == (0.05, 64)
+    assert recipe.model_dump(exclude={"lr", "batch_size"}) == base.model_dump(exclude={"lr", "batch_size"})
+    with pytest.raises(ValueError, match=r"not in \(64, 128\)"):  # optuna checks a categorical
+        sample_recipe(optuna.trial.FixedTrial({"lr": 0.05, "batch_size": 100}), space, base)
 
 
 def test_impossible_budget_is_rejected_with_the_smallest_size():
