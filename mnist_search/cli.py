@@ -501,6 +501,14 @@ def verify(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write the best verified model, table and commands here.")
     ] = None,
+    recipe_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train with this experiment file's recipe instead of the one the trials were trained "
+            "with; each trial's searched knobs (lr, batch size, ...) still apply. For re-verifying "
+            "found architectures after a recipe change.",
+        ),
+    ] = None,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
@@ -514,6 +522,7 @@ def verify(
     from .search import leaderboard
     from .verify import SeedRun, Verified, verify_table
 
+    base_recipe = _experiment(recipe_from).recipe if recipe_from else None
     st = _load_study(study_name, storage)
     done = [r for r in leaderboard(st) if r["state"] == "COMPLETE"]
     if trial_numbers:
@@ -546,21 +555,25 @@ def verify(
             "study_name": st.study_name,
             "budget": str(budget),
             "git_commit": tracking.git_commit(),
-        },
+        }
+        | ({"recipe_from": str(recipe_from)} if recipe_from else {}),
     )
     status = "FAILED"
     try:
         for row in done:
             spec = ArchSpec.model_validate(row["spec"])
-            recipe = Recipe.model_validate(st.trials[row["trial"]].user_attrs["recipe"]).model_copy(
-                update={"val_size": 0, "epochs": epochs}
-            )
+            trial = st.trials[row["trial"]]
+            recipe = Recipe.model_validate(trial.user_attrs["recipe"])
+            if base_recipe is not None:  # searched knobs are named after their Recipe fields
+                searched = {k: v for k, v in trial.params.items() if k in Recipe.model_fields}
+                recipe = base_recipe.model_copy(update=searched)
+            recipe = recipe.model_copy(update={"val_size": 0, "epochs": epochs})
             v = Verified(row["trial"], spec, recipe, row["params"])
             for seed in range(seeds):
                 with EpochProgress(epochs, out, label=f"trial {row['trial']} seed {seed}") as progress:
                     run_id, result, model = tracking.tracked_fit(
                         spec, data, recipe, dev, epochs=epochs, seed=seed, budget=budget,
-                        experiment_file=str(st.user_attrs.get("experiment_file", "")),
+                        experiment_file=str(recipe_from or st.user_attrs.get("experiment_file", "")),
                         run_name=f"verify-trial-{row['trial']}-seed-{seed}",
                         tags={"kind": "verify-run", "trial_number": str(row["trial"]), "study_name": st.study_name},
                         on_epoch=progress.update, parent_run_id=parent.info.run_id,

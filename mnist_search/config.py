@@ -85,6 +85,10 @@ class Recipe(_Strict):
     translate: Annotated[float, Field(ge=0, le=0.3)] = 0.0  # fraction of the image side
     scale: Annotated[float, Field(ge=0, le=0.3)] = 0.0  # zoom uniform in [1-s, 1+s]
     val_size: Annotated[int, Field(ge=0, lt=60_000)] = 10_000  # held out of the 60k for decisions
+    # BatchNorm statistics used to measure: 0 keeps the running averages (an exponential average
+    # dominated by the last ~10 augmented training batches); N > 0 recomputes them after every
+    # epoch over N un-augmented training images ("precise BN"). Weights are not touched.
+    precise_bn: Annotated[int, Field(ge=0)] = 0
 
 
 class IntRange(_Strict):

@@ -148,6 +148,13 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     return loss_sum / n, correct / n
 
 
+def recompute_bn_stats(model: nn.Module, x: torch.Tensor) -> None:
+    """Replace every BatchNorm's running mean/variance by their plain average over `x` (torch's
+    `update_bn`: reset, momentum None, one train-mode pass without gradients)."""
+    batch = EVAL_BATCH.get(x.device.type, 1_024)
+    torch.optim.swa_utils.update_bn(x.split(batch), model)
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     params = model.parameters()
     if recipe.optimizer == "sgd":
@@ -240,6 +247,8 @@ def fit(
         train_loss = loss_sum.item() / n
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+        if recipe.precise_bn:
+            recompute_bn_stats(model, data.train.x[order[: recipe.precise_bn]])
         val_loss, val_acc = evaluate(model, data.val) if len(data.val) else (float("nan"), float("nan"))
         test_loss, test_acc = evaluate(model, data.test)
         res = EpochResult(

@@ -236,9 +236,23 @@ def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_p
     assert len(ranked) == 2
     bad = runner.invoke(app, ["verify", "--trial", "999", "--data-dir", str(data_dir)])
     assert bad.exit_code == 2 and "--trial 999: not a completed" in bad.output
-    args = ["verify", "--trial", str(ranked[-1]), "--seeds", "1", "--epochs", "1",
+    # --recipe-from: another file's recipe, with the trial's own searched knobs (lr, batch size).
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(BUDGET_8K.read_text().replace("rotation: 7", "rotation: 3\n  precise_bn: 500"))
+    args = ["verify", "--trial", str(ranked[-1]), "--seeds", "1", "--epochs", "1", "--recipe-from", str(changed),
             "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"trial {ranked[-1]} seed 0:" in result.output and f"trial {ranked[0]} seed" not in result.output
     assert len(client.search_runs([exp_id], filter_string="tags.kind = 'verify'")) == 2
+    run = client.search_runs(
+        [exp_id], filter_string="tags.kind = 'verify-run'", order_by=["start_time DESC"]
+    )[0]
+    trial = optuna.load_study(study_name="budget-8k-b8000", storage=open_storage(None)).trials[ranked[-1]]
+    assert run.data.params["recipe.precise_bn"] == "500" and run.data.params["recipe.rotation"] == "3.0"
+    assert float(run.data.params["recipe.lr"]) == pytest.approx(trial.params["lr"])
+    assert int(run.data.params["recipe.batch_size"]) == trial.params["batch_size"]
+    missing = runner.invoke(
+        app, ["verify", "--recipe-from", str(tmp_path / "nope.yaml"), "--data-dir", str(data_dir)]
+    )
+    assert missing.exit_code == 2 and "experiment file not found" in missing.output

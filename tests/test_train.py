@@ -99,3 +99,20 @@ def test_onecycle_with_cycle_epochs_anneals_then_holds_the_floor():
         held.scheduler.optimizer.step()
         held.step()
     assert held.scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 200, rel=1e-3)
+
+
+def test_precise_bn_replaces_running_averages_by_the_plain_statistics_of_clean_images(mnist):
+    data = small(mnist, 1_000, 500)
+    recipe = Recipe(rotation=10, lr=0.05, precise_bn=len(data.train))  # every training image
+    model = build_model(SPEC, seed=1)
+    fit(model, data, recipe, torch.device("cpu"), epochs=1)
+    conv, relu, bn = model.layers[0], model.layers[1], model.layers[2]
+    with torch.no_grad():
+        act = relu(conv(data.train.x))  # what the first BatchNorm sees, un-augmented
+    assert torch.allclose(bn.running_mean, act.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, act.var((0, 2, 3)), rtol=0.05)  # per-batch, not pooled
+    # Without it: the same weights, but running averages that track the last (augmented) batches.
+    plain = build_model(SPEC, seed=1)
+    fit(plain, data, recipe.model_copy(update={"precise_bn": 0}), torch.device("cpu"), epochs=1)
+    assert torch.equal(plain.layers[0].weight, conv.weight)
+    assert not torch.allclose(plain.layers[2].running_mean, act.mean((0, 2, 3)), atol=1e-3)
