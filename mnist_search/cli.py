@@ -519,7 +519,7 @@ def verify(
 
     from .config import ArchSpec, Recipe, experiment_to_yaml
     from .export import export_model
-    from .search import leaderboard
+    from .search import leaderboard, with_searched_knobs
     from .verify import SeedRun, Verified, verify_table
 
     base_recipe = _experiment(recipe_from).recipe if recipe_from else None
@@ -564,9 +564,8 @@ def verify(
             spec = ArchSpec.model_validate(row["spec"])
             trial = st.trials[row["trial"]]
             recipe = Recipe.model_validate(trial.user_attrs["recipe"])
-            if base_recipe is not None:  # searched knobs are named after their Recipe fields
-                searched = {k: v for k, v in trial.params.items() if k in Recipe.model_fields}
-                recipe = base_recipe.model_copy(update=searched)
+            if base_recipe is not None:
+                recipe = with_searched_knobs(base_recipe, trial.params)
             recipe = recipe.model_copy(update={"val_size": 0, "epochs": epochs})
             v = Verified(row["trial"], spec, recipe, row["params"])
             for seed in range(seeds):

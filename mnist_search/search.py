@@ -30,6 +30,10 @@ CONSTRAINT = "params_over_budget"  # params - (budget - 1): <= 0 means params < 
 DEFAULT_STUDY_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "budget-8k.yaml"
 
 
+# Recipe fields a search space may vary; each is a trial parameter of the same name.
+RECIPE_KNOBS = ("lr", "weight_decay", "rotation", "batch_size")
+
+
 class BudgetError(ValueError):
     """No architecture in the search space fits the budget."""
 
@@ -49,34 +53,38 @@ def sample_spec(trial: optuna.Trial, space: SearchSpace) -> ArchSpec:
     )
     d = space.dropout
     dropout = trial.suggest_float(name="dropout", low=d.low, high=d.high) if d.high > d.low else d.low
-
-    def choice(name: str, options: tuple):
-        return trial.suggest_categorical(name=name, choices=list(options)) if len(options) > 1 else options[0]
-
     return ArchSpec(
         stages=stages,
         transitions=transitions,
         dropout=dropout,
-        padding=choice("padding", space.padding),
-        batchnorm=choice("batchnorm", space.batchnorm),
-        head=choice("head", space.head),
+        padding=_choice(trial, "padding", space.padding),
+        batchnorm=_choice(trial, "batchnorm", space.batchnorm),
+        head=_choice(trial, "head", space.head),
     )
+
+
+def _choice(trial: optuna.Trial, name: str, options: tuple):
+    """One of `options` (a trial parameter only when there is a choice to make)."""
+    return trial.suggest_categorical(name=name, choices=list(options)) if len(options) > 1 else options[0]
 
 
 def sample_recipe(trial: optuna.Trial, space: SearchSpace, base: Recipe) -> Recipe:
     """The base recipe with the searched knobs (lr, weight decay, rotation, batch size) drawn
     from the space; a knob the space leaves out keeps the base recipe's value."""
     updates = {}
-    for name in ("lr", "weight_decay", "rotation"):
+    for name in ("lr", "weight_decay", "rotation"):  # float ranges; batch_size is a choice
         r = getattr(space, name)
         if r is not None:
             updates[name] = trial.suggest_float(name=name, low=r.low, high=r.high, log=r.log)
     if space.batch_size:
-        sizes = list(space.batch_size)
-        updates["batch_size"] = (
-            trial.suggest_categorical(name="batch_size", choices=sizes) if len(sizes) > 1 else sizes[0]
-        )
+        updates["batch_size"] = _choice(trial, "batch_size", space.batch_size)
     return base.model_copy(update=updates)
+
+
+def with_searched_knobs(base: Recipe, params: dict) -> Recipe:
+    """`base` with the recipe knobs a trial searched (its `params`, named after Recipe fields by
+    `sample_recipe`) — e.g. to retrain a found architecture under a changed recipe."""
+    return base.model_copy(update={k: v for k, v in params.items() if k in RECIPE_KNOBS})
 
 
 def smallest_spec(space: SearchSpace) -> tuple[ArchSpec, int]:
