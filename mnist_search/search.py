@@ -226,6 +226,7 @@ class Objective:
             if slot == "stop":
                 trial.study.stop()
             raise optuna.TrialPruned(f"not trained ({slot})")
+        trial.set_user_attr("training", True)  # now ahead of lower-numbered trials still waiting
         trial.set_user_attr("recipe", recipe.model_dump(mode="json"))
         seed = self.seed + trial.number  # distinct, reproducible initialisation per trial
         result = FitResult()

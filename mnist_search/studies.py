@@ -64,9 +64,20 @@ def trials_done(study: optuna.Study) -> int:
     return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
 
 
-def trials_running(study: optuna.Study, exclude: int | None = None) -> int:
-    running = study.get_trials(deepcopy=False, states=[TrialState.RUNNING])
-    return sum(feasible(t) and t.number != exclude and not t.user_attrs.get("surplus") for t in running)
+def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
+    """Does live `trial` hold a claim on the study's remaining total ahead of trial `number`?
+
+    Trials claim in number order: every live lower-numbered trial is ahead (still sampling,
+    waiting for a slot, or training), a higher-numbered one only once it trains. The lowest live
+    trial therefore waits on training trials alone, so workers never wait on one another in a
+    circle at the end of a study; and of any two trials that both train, the higher counted the
+    lower, so together they never exceed the total."""
+    if trial.number == number or trial.state not in (TrialState.RUNNING, TrialState.WAITING):
+        return False
+    attrs = trial.user_attrs
+    if attrs.get("surplus") or not attrs.get("feasible", True):  # no "feasible" yet: sampling
+        return False
+    return trial.number < number or bool(attrs.get("training"))
 
 
 class TotalReached:
@@ -81,16 +92,18 @@ class TotalReached:
         """May this trial train? "train"; "stop" when the finished trials make the total; "skip"
         when a dead worker's trial was just re-queued (WAITING): let `optimize` run that one next.
 
-        While finished + other workers' running trials make the total, wait: a running trial may
-        still fail (its worker killed) and need replacing."""
+        While finished trials plus the trials ahead of this one (`ahead_of`) make the total, wait:
+        one of them may still fail (its worker killed) and need replacing. Without heartbeats a
+        dead worker's trial would never end, so this worker stops instead."""
         while True:
-            done = trials_done(study)
+            trials = study.get_trials(deepcopy=False)  # one read for both counts
+            done = sum(counts_toward_total(t) for t in trials)
             if done >= self.total:
                 return "stop"
-            if done + trials_running(study, exclude=trial_number) < self.total:
+            if done + sum(ahead_of(t, trial_number) for t in trials) < self.total:
                 return "train"
             if not self.heartbeats:
-                return "stop"  # no heartbeats (journal file): a dead worker's trial would never end
+                return "stop"
             with warnings.catch_warnings():  # "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import mlflow
 import optuna
@@ -16,6 +18,7 @@ from mnist_search.data import normalise
 from mnist_search.model import build_model, count_params
 from mnist_search.search import check_budget, make_pruner, sample_recipe, sample_spec, smallest_spec
 from mnist_search.storage import open_storage
+from mnist_search.studies import TotalReached
 
 from .conftest import EXPERIMENTS
 
@@ -86,6 +89,57 @@ def test_median_pruner_waits_for_three_trained_trials_not_for_rejected_proposals
     assert not pruned_at(warmup - 1, 0.5)  # three trained, but still in the warm-up epochs
     assert pruned_at(warmup, 0.5)  # three trained, past the warm-up: below the median
     assert not pruned_at(warmup, 0.995)
+
+
+def _running(study: optuna.Study, **attrs) -> optuna.Trial:
+    trial = study.ask()
+    for key, value in {"feasible": True, **attrs}.items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def _ask_slot(total: TotalReached, study: optuna.Study, number: int, wait: float) -> list[str]:
+    """The slot's answer within `wait` seconds; [] while it is still waiting (a daemon thread,
+    so a regression shows as a failed assertion, not a hung suite)."""
+    answer: list[str] = []
+    asker = threading.Thread(target=lambda: answer.append(total.slot(study, number)), daemon=True)
+    asker.start()
+    asker.join(timeout=wait)
+    return answer
+
+
+def test_trials_waiting_for_the_last_slots_never_wait_on_each_other():
+    """The end of a shared study: one trained trial of 3, three workers asking at once. Each
+    waiting trial used to count the others as running, so all three waited for ever (CI hang).
+    Trials claim slots in number order instead."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"feasible": True}))
+    first, second, third = (_running(study) for _ in range(3))
+    study.ask().set_user_attr("feasible", False)  # an over-budget proposal claims nothing
+    total = TotalReached(3, heartbeats=True, poll_seconds=0.01)
+    assert _ask_slot(total, study, first.number, wait=5) == ["train"]
+    assert _ask_slot(total, study, second.number, wait=5) == ["train"]
+    second.set_user_attr("training", True)
+
+    answer = _ask_slot(total, study, third.number, wait=0.2)
+    assert answer == []  # 1 done + 2 ahead of it: it waits in case one of them dies
+    first.set_user_attr("fail_reason", "interrupted")  # does not count: its slot is free again
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    deadline = time.monotonic() + 5
+    while not answer and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert answer == ["train"]
+
+    # Without heartbeats (journal storage) nobody waits: the trial behind a full house stops,
+    # and a lower-numbered trial is never held back by a higher one that has not started training.
+    journal = TotalReached(3, heartbeats=False)
+    third.set_user_attr("training", True)
+    late = _running(study)
+    assert journal.slot(study, late.number) == "stop"  # 1 done + second + third training
+    study.tell(second, 0.95)
+    assert journal.slot(study, late.number) == "stop"  # 2 done + third training
+    study.tell(third, state=optuna.trial.TrialState.FAIL)  # no reason: a killed worker's trial
+    assert journal.slot(study, late.number) == "train"
 
 
 def test_budget_50_exits_2_before_anything_is_written(store, data_dir):
