@@ -217,15 +217,7 @@ def study(
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     import optuna
 
-    from .search import (
-        DEFAULT_STUDY_EXPERIMENT,
-        BudgetError,
-        FanOut,
-        Objective,
-        check_budget,
-        feasible_share,
-        leaderboard,
-    )
+    from .search import DEFAULT_STUDY_EXPERIMENT, BudgetError, FanOut, Objective, check_budget
     from .studies import StudyMismatch, TotalReached, open_study, trials_done
 
     path = experiment or DEFAULT_STUDY_EXPERIMENT
@@ -291,25 +283,8 @@ def study(
         highlight=False,
         soft_wrap=True,
     )
-    import signal
-
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    status, lost = "FINISHED", None
-    try:
-        with progress:
-            st.optimize(
-                objective,
-                timeout=timeout,
-                callbacks=[stopper],
-                catch=(NonFiniteLoss, _cuda_oom()),
-                gc_after_trial=False,
-            )
-    except KeyboardInterrupt:
-        status = "KILLED"
-    except tracking.TRACKING_FAILURES as exc:
-        # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
-        # stops; completed trials stay in the study storage; re-running resumes once it is back.
-        status, lost = "FAILED", exc
+    with progress:
+        status, lost = _optimize(st, objective, stopper, timeout)
     try:
         tracker.finish(status)
     except tracking.TRACKING_FAILURES as exc:
@@ -321,22 +296,54 @@ def study(
             "finished trials are kept in the study storage; re-run the same command to resume",
             code=1,
         )
-    rows = leaderboard(st)
-    feasible, proposed = feasible_share(st)
-    share = f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
-    best = next((r for r in rows if r["state"] == "COMPLETE"), None)
-    summary_line = f"study {name}: {trials_done(st)}/{trials} trials trained; {share}"
-    if best:
-        summary_line += (
-            f"; best trial {best['trial']}: {best['params']:,} params, val {best['val_acc']:.4f}, "
-            f"test min(last 3) {best['test_acc_min_last3']:.4f}"
-        )
-    out.print(summary_line, highlight=False, soft_wrap=True)
+    out.print(_study_summary(st, trials), highlight=False, soft_wrap=True)
     if status == "KILLED":
         err.print(
             "interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False
         )
         raise typer.Exit(130)
+
+
+def _optimize(st, objective, stopper, timeout: float | None) -> tuple[str, Exception | None]:
+    """Run trials until the study's total, the timeout or an interrupt (Ctrl-C or SIGTERM):
+    ("FINISHED" | "KILLED" | "FAILED", the tracking failure that stopped it, if one did)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        st.optimize(
+            objective,
+            timeout=timeout,
+            callbacks=[stopper],
+            catch=(NonFiniteLoss, _cuda_oom()),
+            gc_after_trial=False,
+        )
+    except KeyboardInterrupt:
+        return "KILLED", None
+    except tracking.TRACKING_FAILURES as exc:
+        # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
+        # stops; completed trials stay in the study storage; re-running resumes once it is back.
+        return "FAILED", exc
+    return "FINISHED", None
+
+
+def _study_summary(st, trials: int) -> str:
+    """One line: trials trained, the share of proposals under budget, and the best trial."""
+    from .search import feasible_share, leaderboard
+    from .studies import trials_done
+
+    feasible, proposed = feasible_share(st)
+    line = (
+        f"study {st.study_name}: {trials_done(st)}/{trials} trials trained; "
+        f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
+    )
+    best = next((r for r in leaderboard(st) if r["state"] == "COMPLETE"), None)
+    if best:
+        line += (
+            f"; best trial {best['trial']}: {best['params']:,} params, val {best['val_acc']:.4f}, "
+            f"test min(last 3) {best['test_acc_min_last3']:.4f}"
+        )
+    return line
 
 
 def run_workers(args: list[str], jobs: int) -> int:
