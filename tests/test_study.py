@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -293,7 +294,7 @@ def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_p
     # --recipe-from: another file's recipe, with the trial's own searched knobs (lr, batch size).
     changed = tmp_path / "changed.yaml"
     changed.write_text(
-        BUDGET_8K.read_text().replace("rotation: 7", "rotation: 3").replace("bn: 10000", "bn: 500")
+        re.sub(r"rotation: [\d.]+", "rotation: 3", BUDGET_8K.read_text()).replace("bn: 10000", "bn: 500")
     )
     args = ["verify", "--trial", str(ranked[-1]), "--seeds", "1", "--epochs", "1", "--recipe-from", str(changed),
             "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip
