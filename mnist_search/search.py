@@ -217,6 +217,8 @@ class Objective:
             trial.set_user_attr("feasible", False)
             return 0.0
         trial.set_user_attr("feasible", True)
+        # A dead worker's trial retried inherits its user attributes: it is not training (yet).
+        trial.set_user_attr("training", False)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         slot = self.slot(trial.study, trial.number)
         if slot != "train":

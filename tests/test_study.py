@@ -17,7 +17,14 @@ from mnist_search.cli import app
 from mnist_search.config import load_experiment
 from mnist_search.data import normalise
 from mnist_search.model import build_model, count_params
-from mnist_search.search import check_budget, make_pruner, sample_recipe, sample_spec, smallest_spec
+from mnist_search.search import (
+    Objective,
+    check_budget,
+    make_pruner,
+    sample_recipe,
+    sample_spec,
+    smallest_spec,
+)
 from mnist_search.storage import open_storage
 from mnist_search.studies import TotalReached
 
@@ -141,6 +148,28 @@ def test_trials_waiting_for_the_last_slots_never_wait_on_each_other():
     assert journal.slot(study, late.number) == "stop"  # 2 done + third training
     study.tell(third, state=optuna.trial.TrialState.FAIL)  # no reason: a killed worker's trial
     assert journal.slot(study, late.number) == "train"
+
+
+def test_a_retried_trial_is_not_training_when_it_asks_for_a_slot():
+    """A dead worker's trial is re-queued with its user attributes, "training" included; asking
+    for a slot with it set, it would be ahead of the lower trials it waits on (a circular wait)."""
+    exp = load_experiment(BUDGET_8K)
+    seen = []
+
+    def slot(study, number):
+        seen.append(dict(study.trials[number].user_attrs))
+        return "stop"
+
+    objective = Objective(exp.search, exp.recipe, 8000, None, torch.device("cpu"), None, epochs=1, slot=slot)
+    study = optuna.create_study(direction="maximize")
+    smallest = {
+        f"s{i}c{j}": r.low for i, stage in enumerate(exp.search.stages, 1) for j, r in enumerate(stage, 1)
+    }
+    smallest |= {f"t{i}": r.low for i, r in enumerate(exp.search.transitions, 1)}
+    study.enqueue_trial(smallest, user_attrs={"training": True, "feasible": True})  # as retried
+    study.optimize(objective, n_trials=1)
+    assert len(seen) == 1 and seen[0]["feasible"] is True and seen[0]["training"] is False
+    assert study.trials[0].user_attrs["surplus"] is True  # "stop": not trained, not counted
 
 
 def test_budget_50_exits_2_before_anything_is_written(store, data_dir):
