@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -16,11 +17,33 @@ class StudyMismatch(ValueError):
     """An existing study was created with another budget or experiment."""
 
 
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random draws for trial n depend on (seed, n) alone.
+
+    A plain seeded sampler draws the same sequence in every process: two workers started with the
+    same --seed (`--jobs 2`, or the same command on two machines) proposed identical architectures
+    during the random start-up (measured: trials 0-2 and 3-5 equal). Reseeding per trial keeps one
+    process reproducible and makes every worker's proposals differ.
+    """
+
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        state = int(np.random.SeedSequence([self._base_seed, trial.number]).generate_state(1)[0])
+        # Optuna has no public way to seed an existing sampler (reseed_rng() draws a fresh seed);
+        # these are TPESampler's generator and that of its start-up RandomSampler.
+        self._rng.rng.seed(state)
+        self._random_sampler._rng.rng.seed(state)
+
+
 def open_study(
     storage, name: str, experiment: Experiment, budget: int, epochs: int, seed: int, experiment_file: str
 ) -> optuna.Study:
     """Create the study, or load it (load_if_exists) when the same command runs again."""
-    sampler = optuna.samplers.TPESampler(
+    sampler = TrialSeededTPE(
         seed=seed,
         n_startup_trials=8,
         constant_liar=True,  # parallel workers: pretend running trials ended badly, spread out

@@ -26,7 +26,7 @@ from mnist_search.search import (
     smallest_spec,
 )
 from mnist_search.storage import open_storage
-from mnist_search.studies import TotalReached
+from mnist_search.studies import TotalReached, open_study
 
 from .conftest import EXPERIMENTS
 
@@ -114,6 +114,25 @@ def _ask_slot(total: TotalReached, study: optuna.Study, number: int, wait: float
     asker.start()
     asker.join(timeout=wait)
     return answer
+
+
+def test_workers_with_the_same_seed_propose_different_architectures(tmp_path):
+    """`--jobs 2` starts two workers with the same --seed on one study. Each proposal must depend
+    on the trial number, or both workers draw the same random start-up architectures."""
+    exp = load_experiment(BUDGET_8K)
+
+    def proposals(path, workers):
+        studies = [open_study(open_storage(str(path)), "s", exp, 8000, 1, 0, "x") for _ in range(workers)]
+        specs = []
+        for i in range(6):  # the workers ask in turn, as two processes would
+            trial = studies[i % workers].ask()
+            specs.append((trial.number, sample_spec(trial, exp.search)))
+        return specs
+
+    shared = proposals(tmp_path / "shared.log", workers=2)
+    assert [n for n, _ in shared] == list(range(6))
+    assert len({spec for _, spec in shared}) == 6  # before the fix: trials 3-5 repeated 0-2
+    assert proposals(tmp_path / "alone.log", workers=1) == shared  # reproducible by trial number
 
 
 def test_trials_waiting_for_the_last_slots_never_wait_on_each_other():
