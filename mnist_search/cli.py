@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from .config import ArchSpec, ConfigError, Experiment, load_experiment
 from .data import DataError, load_mnist
 from .model import count_params, layer_table, mult_adds, receptive_field_table
 from .progress import EpochProgress, StudyProgress
-from .train import NonFiniteLoss, configure_threads, resolve_device
+from .train import NonFiniteLoss, available_cores, configure_threads, resolve_device
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -353,7 +354,7 @@ def run_workers(args: list[str], jobs: int) -> int:
 
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     gpus = torch.cuda.device_count()
     procs = []
     for index in range(jobs):
@@ -516,6 +517,14 @@ def verify(
             "found architectures after a recipe change.",
         ),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Runs side by side in N worker processes (each with cores/N torch threads); one line "
+            "per finished run instead of progress bars.",
+        ),
+    ] = 1,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
@@ -527,7 +536,7 @@ def verify(
     from .config import ArchSpec, Recipe, experiment_to_yaml
     from .export import export_model
     from .search import leaderboard, with_searched_knobs
-    from .verify import SeedRun, Verified, verify_table
+    from .verify import SeedRun, SeedTask, Verified, WorkerSetup, run_in_parallel, verify_table
 
     base_recipe = _experiment(recipe_from).recipe if recipe_from else None
     st = _load_study(study_name, storage)
@@ -565,42 +574,64 @@ def verify(
         }
         | ({"recipe_from": str(recipe_from)} if recipe_from else {}),
     )
+    experiment_file = str(recipe_from or st.user_attrs.get("experiment_file", ""))
+    tasks: list[SeedTask] = []
+    for row in done:
+        spec = ArchSpec.model_validate(row["spec"])
+        trial = st.trials[row["trial"]]
+        recipe = Recipe.model_validate(trial.user_attrs["recipe"])
+        if base_recipe is not None:
+            recipe = with_searched_knobs(base_recipe, trial.params)
+        recipe = recipe.model_copy(update={"val_size": 0, "epochs": epochs})
+        results.append(Verified(row["trial"], spec, recipe, row["params"]))
+        tags = {"kind": "verify-run", "trial_number": str(row["trial"]), "study_name": st.study_name}
+        tasks += [
+            SeedTask(len(tasks) + seed, row["trial"], spec, recipe, seed, f"verify-trial-{row['trial']}-seed-{seed}", tags)
+            for seed in range(seeds)
+        ]  # fmt: skip
+    if jobs == 1:
+        finished = _verify_here(tasks, data, dev, budget, experiment_file, parent.info.run_id)
+    else:
+        del data  # loaded only to validate it; each worker loads its own
+        setup = WorkerSetup(
+            max(1, available_cores() // min(jobs, len(tasks))), str(dev), str(data_dir) if data_dir else None,
+            limit_train, tracking.resolve_tracking_uri(tracking_uri), "mnist-search-verify", budget,
+            experiment_file, parent.info.run_id,
+        )  # fmt: skip
+        finished = _rebuilt(run_in_parallel(tasks, jobs, setup))
+        out.print(
+            f"{len(tasks)} runs in {min(jobs, len(tasks))} worker processes, torch threads each: {setup.threads}",
+            highlight=False,
+        )
     status = "FAILED"
     try:
-        for row in done:
-            spec = ArchSpec.model_validate(row["spec"])
-            trial = st.trials[row["trial"]]
-            recipe = Recipe.model_validate(trial.user_attrs["recipe"])
-            if base_recipe is not None:
-                recipe = with_searched_knobs(base_recipe, trial.params)
-            recipe = recipe.model_copy(update={"val_size": 0, "epochs": epochs})
-            v = Verified(row["trial"], spec, recipe, row["params"])
-            for seed in range(seeds):
-                with EpochProgress(epochs, out, label=f"trial {row['trial']} seed {seed}") as progress:
-                    run_id, result, model = tracking.tracked_fit(
-                        spec, data, recipe, dev, epochs=epochs, seed=seed, budget=budget,
-                        experiment_file=str(recipe_from or st.user_attrs.get("experiment_file", "")),
-                        run_name=f"verify-trial-{row['trial']}-seed-{seed}",
-                        tags={"kind": "verify-run", "trial_number": str(row["trial"]), "study_name": st.study_name},
-                        on_epoch=progress.update, parent_run_id=parent.info.run_id,
-                    )  # fmt: skip
-                v.runs.append(SeedRun(seed, run_id, result))
-                models[(row["trial"], seed)] = model
-                out.print(
-                    f"trial {row['trial']} seed {seed}: test {result.epochs[-1].test_acc:.4f}, "
-                    f"min(last 3) {result.test_min_last3:.4f}",
-                    highlight=False,
-                )
-            results.append(v)
+        for task, run_id, result, model in finished:
+            next(v for v in results if v.trial == task.trial).runs.append(SeedRun(task.seed, run_id, result))
+            models[(task.trial, task.seed)] = model
+            out.print(
+                f"trial {task.trial} seed {task.seed}: test {result.epochs[-1].test_acc:.4f}, "
+                f"min(last 3) {result.test_min_last3:.4f}",
+                highlight=False,
+            )
+        for v in results:
+            v.runs.sort(key=lambda r: r.seed)
         status = "FINISHED"
     except NonFiniteLoss as exc:
         fail(f"training failed: {exc}", code=1)
+    except tracking.TRACKING_FAILURES as exc:
+        fail(
+            f"tracking {tracking.mask_url(tracking.resolve_tracking_uri(tracking_uri))} failed mid-verify "
+            f"({tracking.short_reason(exc)}); finished runs are kept, re-run verify for the table",
+            code=1,
+        )
     except KeyboardInterrupt:
         status = "KILLED"
-        err.print("interrupted: the running seed's MLflow run was marked FAILED", highlight=False)
+        err.print("interrupted: the running seeds' MLflow runs were marked FAILED", highlight=False)
         raise typer.Exit(130) from None
     finally:
-        mlflow.MlflowClient().set_terminated(parent.info.run_id, status)
+        finished.close()  # with --jobs: ends any worker still training (its run ends FAILED)
+        with contextlib.suppress(*tracking.TRACKING_FAILURES):  # a server that went away: reported above
+            mlflow.MlflowClient().set_terminated(parent.info.run_id, status)
     wall = time.perf_counter() - started
     table = verify_table(results, epochs)
     client = mlflow.MlflowClient()
@@ -633,6 +664,31 @@ def verify(
             f"Command:\n\n    mnist-search verify {shlex.join(sys.argv[2:])}\n"
         )
         out.print(f"best verified model written to {out_dir}", highlight=False)
+
+
+def _verify_here(tasks, data, dev, budget: int, experiment_file: str, parent_run_id: str):
+    """`verify` runs one after another in this process, with a progress bar per run."""
+    for task in tasks:
+        with EpochProgress(task.recipe.epochs, out, label=f"trial {task.trial} seed {task.seed}") as progress:
+            run_id, result, model = tracking.tracked_fit(
+                task.spec, data, task.recipe, dev, epochs=task.recipe.epochs, seed=task.seed, budget=budget,
+                experiment_file=experiment_file, run_name=task.run_name, tags=task.tags,
+                on_epoch=progress.update, parent_run_id=parent_run_id,
+            )  # fmt: skip
+        yield task, run_id, result, model
+
+
+def _rebuilt(runs):
+    """Worker results carry weights, not modules: rebuild each model from its spec."""
+    from .model import build_model
+
+    try:
+        for task, run_id, result, state in runs:
+            model = build_model(task.spec)
+            model.load_state_dict(state)
+            yield task, run_id, result, model
+    finally:
+        runs.close()
 
 
 @app.command()

@@ -94,12 +94,15 @@ def resolve_device(name: str) -> torch.device:
     raise ValueError(f"--device {name}: unknown device (use auto, cpu or cuda)")
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity: fewer than os.cpu_count() in a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def configure_threads(threads: int | None = None) -> int:
     """One intra-op thread per available core (the default can oversubscribe inside containers),
     or MNIST_SEARCH_THREADS (set for each of N local workers so that N x threads <= cores)."""
-    threads = threads or int(os.environ.get("MNIST_SEARCH_THREADS", "0")) or None
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = threads or int(os.environ.get("MNIST_SEARCH_THREADS", "0")) or available_cores()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
 

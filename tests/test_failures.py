@@ -249,8 +249,8 @@ def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(si
     assert "3/3 trials trained" in out
 
 
-def wait_for_metric(db, run_name_prefix, timeout=300):
-    """Wait until a RUNNING run whose name starts with the prefix has logged a metric."""
+def wait_for_metric(db, run_name_prefix, timeout=300, runs=1):
+    """Wait until `runs` RUNNING runs whose names start with the prefix have logged a metric."""
     import sqlite3
 
     deadline = time.monotonic() + timeout
@@ -261,13 +261,13 @@ def wait_for_metric(db, run_name_prefix, timeout=300):
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
                 found = con.execute(
-                    "SELECT COUNT(*) FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
+                    "SELECT COUNT(DISTINCT r.run_uuid) FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
                     "WHERE r.status = 'RUNNING' AND r.name LIKE ?",
                     (run_name_prefix + "%",),
                 ).fetchone()[0]
         except sqlite3.Error:
             continue
-        if found:
+        if found >= runs:
             return
     raise TimeoutError(f"no {run_name_prefix}* run logged a metric")
 
@@ -281,14 +281,16 @@ def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_pat
     assert study.wait(timeout=300) == 0
     db = tmp_path / "mlruns" / "mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
-    cases = {
-        "verify": ["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000", *common],
-        "train": ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "40", "--limit-train", "3000",
-                  "--experiment-name", "sigterm", *common],
-    }  # fmt: skip
-    for command, args in cases.items():
+    verify = ["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000", *common]
+    cases = [  # (command, the run name prefix to wait for, how many of those runs must be training)
+        (verify, "verify-trial", 1),
+        ([*verify, "--seeds", "2", "--jobs", "2"], "verify-trial", 2),  # both worker processes
+        (["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "40", "--limit-train", "3000",
+          "--experiment-name", "sigterm", *common], "seed-model-3", 1),
+    ]  # fmt: skip
+    for args, prefix, running in cases:
         proc = start_study(args, tmp_path)
-        wait_for_metric(db, "verify-trial" if command == "verify" else "seed-model-3")
+        wait_for_metric(db, prefix, runs=running)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 130, stderr
@@ -296,12 +298,15 @@ def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_pat
     runs = client.search_runs(
         [client.get_experiment_by_name(n).experiment_id for n in ("mnist-search-verify", "sigterm")]
     )
-    status = {r.info.run_name: r.info.status for r in runs}
-    assert status == {
-        "verify-tiny-b8000": "KILLED",
-        "verify-trial-0-seed-0": "FAILED",
-        "seed-model-3-s0": "FAILED",
-    }, status
+    status = sorted((r.info.run_name, r.info.status) for r in runs)
+    assert status == [
+        ("seed-model-3-s0", "FAILED"),
+        ("verify-tiny-b8000", "KILLED"),
+        ("verify-tiny-b8000", "KILLED"),
+        ("verify-trial-0-seed-0", "FAILED"),
+        ("verify-trial-0-seed-0", "FAILED"),  # --jobs 2: both seeds were training, both closed
+        ("verify-trial-0-seed-1", "FAILED"),
+    ], status
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mnist_search.cli import app
 from mnist_search.config import load_experiment
-from mnist_search.data import normalise
+from mnist_search.data import load_mnist, normalise
 from mnist_search.model import build_model, count_params
 from mnist_search.search import (
     Objective,
@@ -27,6 +27,7 @@ from mnist_search.search import (
 )
 from mnist_search.storage import open_storage
 from mnist_search.studies import TotalReached, open_study
+from mnist_search.train import available_cores, evaluate
 
 from .conftest import EXPERIMENTS
 
@@ -333,6 +334,31 @@ def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_p
     assert load_experiment(out / "experiment.yaml").recipe.val_size == 0
     assert "| mean ± std |" in (out / "verify.md").read_text()
 
+    # --jobs 2: the same runs side by side in two worker processes, under a second verify parent.
+    out2 = tmp_path / "verified-jobs"
+    result = runner.invoke(app, [*args[:-1], str(out2), "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"2 runs in 2 worker processes, torch threads each: {max(1, available_cores() // 2)}" in result.output
+    )
+    table = (out2 / "verify.md").read_text()
+    assert re.search(r"\| 0 \| [\d.]+ \| [\d.]+ \| \w+ \|\n\| \d+ \| [\d,]+ \| 1 \|", table), (
+        table
+    )  # seed order
+    parents = client.search_runs([exp_id], filter_string="tags.kind = 'verify'", order_by=["start_time DESC"])
+    children = client.search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"
+    )
+    assert len(parents) == 2 and sorted(c.data.params["seed"] for c in children) == ["0", "1"]
+    assert all(c.info.status == "FINISHED" and c.data.metrics["test/acc"] > 0.5 for c in children)
+    # The weights came back from a worker intact: the exported seed scores what its run logged.
+    seed = int(re.search(r"Exported weights: seed (\d+)", (out2 / "verify.md").read_text())[1])
+    model = build_model(load_experiment(out2 / "spec.yaml").spec)
+    model.load_state_dict(torch.load(out2 / "state_dict.pt", weights_only=True))
+    _, acc = evaluate(model, load_mnist(data_dir).test)
+    logged = next(c for c in children if c.data.params["seed"] == str(seed)).data.metrics["test/acc"]
+    assert acc == pytest.approx(logged, abs=1e-9)
+
     # --trial picks a named trial instead of the top K; an unknown one exits 2 before any run.
     rows = json.loads(runner.invoke(app, ["report", "--json"]).output)["trials"]
     ranked = [r["trial"] for r in rows if r["state"] == "COMPLETE"]
@@ -349,7 +375,7 @@ def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"trial {ranked[-1]} seed 0:" in result.output and f"trial {ranked[0]} seed" not in result.output
-    assert len(client.search_runs([exp_id], filter_string="tags.kind = 'verify'")) == 2
+    assert len(client.search_runs([exp_id], filter_string="tags.kind = 'verify'")) == 3
     run = client.search_runs(
         [exp_id], filter_string="tags.kind = 'verify-run'", order_by=["start_time DESC"]
     )[0]
