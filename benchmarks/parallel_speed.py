@@ -1,0 +1,70 @@
+"""Training throughput on this machine: one process with every core against N processes side by
+side with cores/N threads each (what `study --jobs N` and `verify --jobs N` do).
+
+Each process trains the same spec for the same number of epochs on the same images with `fit`;
+prints seconds per epoch for each configuration and the ratio of total throughput (images per
+second, all processes together) of (b) to (a).
+
+    python benchmarks/parallel_speed.py [--experiment results/budget-8k/experiment.yaml]
+        [--jobs 2] [--epochs 1] [--limit-train 60000] [--data-dir ../shared/datasets/mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+from pathlib import Path
+
+import torch
+
+from mnist_search.config import load_experiment
+from mnist_search.data import load_mnist
+from mnist_search.model import build_model, count_params
+from mnist_search.train import available_cores, configure_threads, fit
+
+DEFAULT = Path(__file__).resolve().parent.parent / "results" / "budget-8k" / "experiment.yaml"
+
+
+def train(args: tuple[str, str | None, int, int, int, int]) -> float:
+    """Seconds per epoch of one process (data loading excluded)."""
+    experiment, data_dir, limit, epochs, threads, seed = args
+    configure_threads(threads)
+    exp = load_experiment(experiment)
+    recipe = exp.recipe.model_copy(update={"val_size": 0})
+    data = load_mnist(data_dir, val_size=0, limit_train=limit)
+    result = fit(
+        build_model(exp.spec, seed=seed), data, recipe, torch.device("cpu"), epochs=epochs, seed=seed
+    )
+    return sum(e.epoch_seconds for e in result.epochs) / len(result.epochs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", default=str(DEFAULT))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--limit-train", type=int, default=60_000)
+    ap.add_argument("--data-dir", default=None)
+    a = ap.parse_args()
+    cores = available_cores()
+    exp = load_experiment(a.experiment)
+    print(f"{a.experiment}: {count_params(exp.spec):,} params, batch {exp.recipe.batch_size}, "
+          f"{a.limit_train:,} images, {a.epochs} epoch(s), {cores} cores")  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:  # (a): one process, every core
+        alone = pool.map(train, [(a.experiment, a.data_dir, a.limit_train, a.epochs, cores, 0)])[0]
+    threads = max(1, cores // a.jobs)
+    with ctx.Pool(a.jobs) as pool:  # (b): side by side
+        side = pool.map(
+            train, [(a.experiment, a.data_dir, a.limit_train, a.epochs, threads, s) for s in range(a.jobs)]
+        )
+    print(f"(a) 1 process x {cores} threads: {alone:.1f} s per epoch")
+    print(
+        f"(b) {a.jobs} processes x {threads} threads: " + ", ".join(f"{s:.1f}" for s in side) + " s per epoch"
+    )
+    ratio = (a.jobs / max(side)) / (1 / alone)
+    print(f"throughput (b)/(a): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
