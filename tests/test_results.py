@@ -1,0 +1,44 @@
+"""The committed result (results/budget-8k/) is what its README and verify table say it is."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from mnist_search.config import load_experiment
+from mnist_search.data import load_raw
+from mnist_search.model import build_model, count_params
+
+from .conftest import REPO
+
+RESULT = REPO / "results" / "budget-8k"
+
+
+def test_the_committed_model_is_under_budget_and_scores_its_verify_table_on_the_real_test_set(data_dir):
+    spec = load_experiment(RESULT / "experiment.yaml").spec
+    assert load_experiment(RESULT / "spec.yaml").spec == spec
+    state = torch.load(RESULT / "state_dict.pt", weights_only=True)
+    model = build_model(spec)
+    model.load_state_dict(state)  # strict: the weights fit the spec exactly
+    params = sum(p.numel() for p in model.parameters())
+    assert params == count_params(spec) < 8000
+
+    # The exported seed's epoch-15 test accuracy, as `verify` wrote it for the verified trial.
+    table = (RESULT / "verify.md").read_text()
+    trial = re.search(r"# Verified: study \S+, trial (\d+)", table)[1]
+    seed = re.search(r"Exported weights: seed (\d+)", table)[1]
+    row = re.search(
+        rf"^\| {trial} \| {params:,} \| {seed} \| ([\d.]+) \| ([\d.]+) \| yes \|$", table, re.MULTILINE
+    )
+    assert row, table
+    held = rf"^\| \*\*{trial}\*\* \| \*\*{params:,}\*\* \| mean ± std \| .* \| \*\*yes, every seed\*\* \|$"
+    assert re.search(held, table, re.MULTILINE), table
+
+    raw = load_raw(data_dir)
+    x = torch.from_numpy(raw["test_images"].copy()).float().div(255).unsqueeze(1)  # raw [0, 1] pixels
+    y = torch.from_numpy(raw["test_labels"].astype("int64"))
+    program = torch.export.load(RESULT / "model.pt2").module()
+    with torch.no_grad():
+        correct = int((program(x).argmax(1) == y).sum())
+    assert correct / len(y) == float(row[1]) >= 0.994
