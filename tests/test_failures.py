@@ -335,6 +335,26 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
+@pytest.mark.slow
+def test_tracking_server_going_away_mid_verify_is_one_line_and_exit_1(tmp_path, data_dir):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    common = ["--data-dir", str(data_dir), "--device", "cpu"]
+    study = start_study(["study", "--experiment", "tiny.yaml", "--trials", "1", "--epochs", "1",
+                         "--limit-train", "1000", "--quiet", *common], tmp_path)  # fmt: skip
+    assert study.wait(timeout=300) == 0
+    db = tmp_path / "srv.db"
+    proc_server, uri = start_mlflow_server(f"sqlite:///{db}", tmp_path / "art", tmp_path / "srv.log")
+    proc = start_study(["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000",
+                        "--tracking-uri", uri, *common], tmp_path)  # fmt: skip
+    wait_for_metric(db, "verify-trial")
+    stop_server(proc_server, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: tracking http://127.0.0.1:") and "failed mid-verify" in last, stderr
+    assert "Traceback" not in stderr
+
+
 def test_two_commands_starting_together_on_a_fresh_local_store_both_succeed(tmp_path, data_dir):
     """The first touch of a fresh SQLite store creates its schema; two processes doing it at once
     used to fail with 'table ... already exists' (a traceback, exit 1)."""
