@@ -272,13 +272,19 @@ def wait_for_metric(db, run_name_prefix, timeout=300, runs=1):
     raise TimeoutError(f"no {run_name_prefix}* run logged a metric")
 
 
-@pytest.mark.slow
-def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_path, data_dir):
+def tiny_trained_study(tmp_path, data_dir) -> list[str]:
+    """Study tiny-b8000 with one trained trial in the local store; returns the common CLI args."""
     (tmp_path / "tiny.yaml").write_text(TINY)
     common = ["--data-dir", str(data_dir), "--device", "cpu"]
     study = start_study(["study", "--experiment", "tiny.yaml", "--trials", "1", "--epochs", "1",
                          "--limit-train", "1000", "--quiet", *common], tmp_path)  # fmt: skip
     assert study.wait(timeout=300) == 0
+    return common
+
+
+@pytest.mark.slow
+def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_path, data_dir):
+    common = tiny_trained_study(tmp_path, data_dir)
     db = tmp_path / "mlruns" / "mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
     verify = ["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000", *common]
@@ -337,11 +343,7 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
 
 @pytest.mark.slow
 def test_tracking_server_going_away_mid_verify_is_one_line_and_exit_1(tmp_path, data_dir):
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    common = ["--data-dir", str(data_dir), "--device", "cpu"]
-    study = start_study(["study", "--experiment", "tiny.yaml", "--trials", "1", "--epochs", "1",
-                         "--limit-train", "1000", "--quiet", *common], tmp_path)  # fmt: skip
-    assert study.wait(timeout=300) == 0
+    common = tiny_trained_study(tmp_path, data_dir)
     db = tmp_path / "srv.db"
     proc_server, uri = start_mlflow_server(f"sqlite:///{db}", tmp_path / "art", tmp_path / "srv.log")
     proc = start_study(["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000",
