@@ -605,8 +605,9 @@ def verify(
         )
     status = "FAILED"
     try:
+        by_trial = {v.trial: v for v in results}
         for task, run_id, result, model in finished:
-            next(v for v in results if v.trial == task.trial).runs.append(SeedRun(task.seed, run_id, result))
+            by_trial[task.trial].runs.append(SeedRun(task.seed, run_id, result))
             models[(task.trial, task.seed)] = model
             out.print(
                 f"trial {task.trial} seed {task.seed}: test {result.epochs[-1].test_acc:.4f}, "
