@@ -12,7 +12,9 @@ from torch import nn
 
 from .config import ArchSpec, spec_to_yaml
 from .data import MEAN, STD
+from .leaderboard import TrialRow, completed, leaderboard
 from .model import build_model, layer_table, receptive_field_table
+from .tracking import Tracking
 
 
 class ExportError(Exception):
@@ -51,20 +53,27 @@ def export_model(model: nn.Module, out_dir: Path) -> list[str]:
     return FILES
 
 
-def export_trial(row: dict, out_dir: Path) -> list[str]:
-    run_id = row.get("mlflow_run_id")
-    if not run_id:
-        raise ExportError(f"trial {row['trial']}: no MLflow run recorded for it")
+def export_trial(study, trial: str, out_dir: Path, tracking: Tracking) -> tuple[TrialRow, list[str]]:
+    """Export a completed trial of `study` ('best' by validation, or a trial number) from the
+    checkpoint its MLflow run holds; ExportError when there is none."""
+    rows = {r.trial: r for r in completed(leaderboard(study))}
+    if trial == "best":
+        if not rows:
+            raise ExportError(f"study {study.study_name}: no completed trial to export")
+        row = min(rows.values(), key=lambda r: r.rank)
+    elif trial.isdigit() and int(trial) in rows:
+        row = rows[int(trial)]
+    else:
+        raise ExportError(f"--trial {trial}: not a completed trial of study {study.study_name}")
+    if not row.mlflow_run_id:
+        raise ExportError(f"trial {row.trial}: no MLflow run recorded for it")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoint", dst_path=tmp
-            )
+            local = tracking.client.download_artifacts(row.mlflow_run_id, "checkpoint", tmp)
         except mlflow.exceptions.MlflowException as exc:
             raise ExportError(
-                f"trial {row['trial']}: checkpoint of run {run_id} not found ({exc.error_code})"
+                f"trial {row.trial}: checkpoint of run {row.mlflow_run_id} not found ({exc.error_code})"
             ) from None
-        spec = ArchSpec.model_validate(row["spec"])
-        model = build_model(spec)
+        model = build_model(ArchSpec.model_validate(row.spec))
         model.load_state_dict(torch.load(Path(local) / "state_dict.pt", weights_only=True))
-    return export_model(model, out_dir)
+    return row, export_model(model, out_dir)

@@ -9,21 +9,21 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 
-from .search import leaderboard, pareto_front
+from .config import TARGET
+from .leaderboard import TrialRow, completed, leaderboard, pareto_front
+from .records import TrialRecord
 
-TARGET_LINE = 0.994
 
-
-def history(rows: list[dict]) -> Figure:
-    done = sorted((r for r in rows if r["val_acc"] is not None), key=lambda r: r["trial"])
+def history(rows: list[TrialRow]) -> Figure:
+    done = sorted((r for r in rows if r.val_acc is not None), key=lambda r: r.trial)
     fig, ax = plt.subplots(figsize=(7, 4))
     if done:
-        xs = [r["trial"] for r in done]
-        ys = [r["val_acc"] for r in done]
+        xs = [r.trial for r in done]
+        ys = [r.val_acc for r in done]
         best = [max(ys[: i + 1]) for i in range(len(ys))]
         ax.scatter(xs, ys, s=18, label="val acc (mean of last 3 epochs)")
         ax.step(xs, best, where="post", color="C1", label="best so far")
-    ax.axhline(TARGET_LINE, color="grey", ls="--", lw=1, label="99.4 % target")
+    ax.axhline(TARGET, color="grey", ls="--", lw=1, label="99.4 % target")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Optimisation history (completed, under-budget trials)")
@@ -32,17 +32,17 @@ def history(rows: list[dict]) -> Figure:
     return fig
 
 
-def params_vs_accuracy(rows: list[dict], budget: int) -> Figure:
+def params_vs_accuracy(rows: list[TrialRow], budget: int) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, color, label in (
         ("val_acc", "C0", "val acc"),
         ("test_acc_min_last3", "C2", "test acc (min of last 3)"),
     ):
-        pts = [r for r in rows if r["state"] == "COMPLETE" and r.get(key) is not None]
-        ax.scatter([r["params"] for r in pts], [r[key] for r in pts], s=18, color=color, label=label)
+        pts = [r for r in completed(rows) if getattr(r, key) is not None]
+        ax.scatter([r.params for r in pts], [getattr(r, key) for r in pts], s=18, color=color, label=label)
         front = pareto_front(rows, key)
-        ax.step([r["params"] for r in front], [r[key] for r in front], where="post", color=color, lw=1)
-    ax.axhline(TARGET_LINE, color="grey", ls="--", lw=1)
+        ax.step([r.params for r in front], [getattr(r, key) for r in front], where="post", color=color, lw=1)
+    ax.axhline(TARGET, color="grey", ls="--", lw=1)
     ax.axvline(budget, color="red", ls=":", lw=1, label=f"budget {budget:,}")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel("accuracy")
@@ -56,7 +56,7 @@ def importances(study: optuna.Study) -> Figure | None:
     """fANOVA-style importances over completed feasible trials; None when too few to say."""
     try:
         done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-                if t.user_attrs.get("feasible")]  # fmt: skip
+                if TrialRecord.of(t).feasible]  # fmt: skip
         if len(done) < 3:
             return None
         # Infeasible proposals carry a placeholder value: rank importances on trained trials only.

@@ -5,6 +5,8 @@ Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Self
 
 from rich.console import Console
@@ -104,25 +106,51 @@ class StudyProgress:
         if self.progress is not None:
             self.progress.update(self.task, status=f"ep {r.epoch} val {r.val_acc:.4f} | {self._status()}")
 
-    def trial_ended(self, record, model) -> None:
-        if record.reason == "interrupted":
+    def trial_ended(self, end, model) -> None:
+        if end.reason == "interrupted":
             return
         self.done += 1
-        self.pruned += record.state == "PRUNED"
-        self.failed += record.state == "FAIL"
-        res = record.result
-        if record.state == "COMPLETE" and (self.best is None or res.val_score > self.best[0]):
-            self.best = (res.val_score, record.params, res.test_min_last3, record.number)
+        self.pruned += end.state == "PRUNED"
+        self.failed += end.state == "FAIL"
+        res = end.result
+        if end.state == "COMPLETE" and (self.best is None or res.val_score > self.best[0]):
+            self.best = (res.val_score, end.params, res.test_min_last3, end.number)
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done, status=self._status())
         else:
             last = res.epochs[-1] if res.epochs else None
             figures = f"val {last.val_acc:.4f} test {last.test_acc:.4f} " if last else ""
             self.console.print(
-                f"trial {record.number} {record.state} {record.params:,} params {figures}"
-                f"({record.seconds:.0f} s) [{self.done}/{self.total}] {self._status()}"
-                + (f" — {record.reason}" if record.reason else ""),
+                f"trial {end.number} {end.state} {end.params:,} params {figures}"
+                f"({end.seconds:.0f} s) [{self.done}/{self.total}] {self._status()}"
+                + (f" — {end.reason}" if end.reason else ""),
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
+
+
+class VerifyDisplay:
+    """`verify`'s hooks: a progress bar per run trained here, one line per finished run."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    @contextmanager
+    def run_progress(self, task) -> Iterator:
+        with EpochProgress(
+            task.recipe.epochs, self.console, label=f"trial {task.trial} seed {task.seed}"
+        ) as bar:
+            yield bar.update
+
+    def run_finished(self, task, result) -> None:
+        self.console.print(
+            f"trial {task.trial} seed {task.seed}: test {result.epochs[-1].test_acc:.4f}, "
+            f"min(last 3) {result.test_min_last3:.4f}",
+            highlight=False,
+        )
+
+    def pool_started(self, runs: int, workers: int, threads: int) -> None:
+        self.console.print(
+            f"{runs} runs in {workers} worker processes, torch threads each: {threads}", highlight=False
+        )

@@ -2,7 +2,8 @@
 
 SQLite is unsafe for parallel writers, so the embedded default is Optuna's journal file storage
 (`mlruns/optuna-journal.log`), which several local processes may share. PostgreSQL URLs get
-heartbeats so that a killed worker's trial becomes FAIL and is retried by a live one.
+heartbeats so that a killed worker's trial becomes FAIL and is retried by a live one. No MLflow
+here: what else must happen to a dead worker's trial (its run closed) is the caller's `on_stale`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from .tracking import mask_url, store_dir
+from .settings import default_storage_url, mask_url
 
 # A RUNNING trial whose worker sent no heartbeat for GRACE seconds is declared FAIL and retried.
 # Overridable by environment (the tests shorten them to see a killed worker sooner).
@@ -24,32 +26,30 @@ HEARTBEAT_SECONDS = int(os.environ.get("MNIST_SEARCH_HEARTBEAT_SECONDS", "10"))
 GRACE_SECONDS = int(os.environ.get("MNIST_SEARCH_GRACE_SECONDS", "30"))
 
 
-class RetryAndCloseRun(RetryHeartbeatStaleTrialCallback):
-    """A dead worker's trial: re-queued for a live worker (Optuna), and its MLflow child run,
-    which the dead worker can no longer close, ended FAILED here."""
+class RetryStale(RetryHeartbeatStaleTrialCallback):
+    """A dead worker's trial: re-queued for a live worker (Optuna), then `on_stale(trial)`."""
+
+    def __init__(self, on_stale: Callable[[optuna.trial.FrozenTrial], None] | None, max_retry: int):
+        super().__init__(max_retry=max_retry)
+        self.on_stale = on_stale
 
     def __call__(self, study, trial) -> None:
         super().__call__(study, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            import mlflow
-
-            client = mlflow.MlflowClient()
-            client.set_tag(run_id, "state", "FAIL")
-            client.set_tag(run_id, "failure", "worker stopped sending heartbeats (killed?); trial retried")
-            client.set_terminated(run_id, "FAILED")
+        if self.on_stale is not None:
+            self.on_stale(trial)
 
 
 class StorageError(Exception):
     """The storage URL cannot be parsed or the database cannot be reached; one line."""
 
 
-def default_storage_url() -> str:
-    return str(store_dir() / "optuna-journal.log")
+def open_storage(
+    url: str | None, on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None
+) -> optuna.storages.BaseStorage:
+    """A journal file path (default), or sqlite:// / postgresql:// (RDB, with heartbeats).
 
-
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """A journal file path (default), or sqlite:// / postgresql:// (RDB, with heartbeats)."""
+    `on_stale(trial)` runs for each trial whose worker stopped sending heartbeats, after Optuna
+    has marked it FAIL and queued its parameters again."""
     url = url or default_storage_url()
     if "://" not in url:
         path = Path(url)
@@ -72,7 +72,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             kwargs = {
                 "heartbeat_interval": HEARTBEAT_SECONDS,
                 "grace_period": GRACE_SECONDS,
-                "heartbeat_stale_trial_callback": RetryAndCloseRun(max_retry=3),
+                "heartbeat_stale_trial_callback": RetryStale(on_stale, max_retry=3),
                 "engine_kwargs": {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
             }
     for attempt in range(4):

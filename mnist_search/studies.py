@@ -1,42 +1,109 @@
-"""Creating, resuming and counting studies; `--trials` is the study's total of trained trials."""
+"""Studies: open or resume one, its sampler and pruner, training slots, and `run_study`.
+
+`--trials` is the study's total of trained trials, over every invocation and worker. A study is
+run in two steps so the CLI can print between them: `prepare_study` checks everything that can be
+wrong and opens both stores (nothing is written to either before all checks pass), then
+`StudySession.run` trains here or starts `--jobs` worker processes.
+"""
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field
 
-from .config import Experiment
-from .search import feasible, make_pruner
+from .config import DEFAULT_BUDGET, DEFAULT_SEARCH, ConfigError, Experiment, Recipe, load_experiment
+from .data import MNISTData, load_mnist
+from .leaderboard import feasible
+from .objective import FanOut, Objective, TrialHooks
+from .records import StudyRecord, TrialRecord
+from .runtime import cuda_out_of_memory, interrupt_on_sigterm, run_workers, setup_device
+from .settings import default_storage_url, mask_url, resolve_tracking_uri
+from .space import check_budget
+from .storage import open_storage
+from .study_tracker import StudyTracker, fail_stale_run
+from .tracking import TRACKING_FAILURES, Tracking, check_tracking, connect, short_reason
+from .train import NonFiniteLoss
+
+EXPERIMENT_NAME = "mnist-search-studies"  # the MLflow experiment of every study
 
 
 class StudyMismatch(ValueError):
     """An existing study was created with another budget or experiment."""
 
 
-class TrialSeededTPE(optuna.samplers.TPESampler):
+def load_study(name: str | None, storage: str | None) -> optuna.Study:
+    """An existing study by name; without a name, the storage's only study. ConfigError if none."""
+    store = open_storage(storage)
+    where = mask_url(storage or default_storage_url())
+    if name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        if len(names) != 1:
+            raise ConfigError(f"--study: choose one of {', '.join(names) or '(no studies in ' + where + ')'}")
+        name = names[0]
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        raise ConfigError(f"--study {name}: no such study in {where}") from None
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
     """TPE whose random draws for trial n depend on (seed, n) alone.
 
     A plain seeded sampler draws the same sequence in every process: two workers started with the
     same --seed (`--jobs 2`, or the same command on two machines) proposed identical architectures
-    during the random start-up (measured: trials 0-2 and 3-5 equal). Reseeding per trial keeps one
-    process reproducible and makes every worker's proposals differ.
+    during the random start-up (measured: trials 0-2 and 3-5 equal). Each trial is sampled by a
+    TPESampler seeded from (seed, n): one process stays reproducible and every worker's proposals
+    differ. TPE keeps no state between trials beyond its generator (it reads the study), so a
+    fresh sampler per trial proposes what a reseeded one would, through public API only.
     """
 
-    def __init__(self, seed: int, **kwargs) -> None:
-        super().__init__(seed=seed, **kwargs)
-        self._base_seed = seed
+    def __init__(self, seed: int, **tpe_options) -> None:
+        self.seed, self.tpe_options = seed, tpe_options
+        self._current: tuple[int, optuna.samplers.TPESampler] | None = None
 
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        super().before_trial(study, trial)
-        state = int(np.random.SeedSequence([self._base_seed, trial.number]).generate_state(1)[0])
-        # Optuna has no public way to seed an existing sampler (reseed_rng() draws a fresh seed);
-        # these are TPESampler's generator and that of its start-up RandomSampler.
-        self._rng.rng.seed(state)
-        self._random_sampler._rng.rng.seed(state)
+    def _tpe(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
+        if self._current is None or self._current[0] != trial.number:
+            state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+            with warnings.catch_warnings():  # constant_liar is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._current = (trial.number, optuna.samplers.TPESampler(seed=state, **self.tpe_options))
+        return self._current[1]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._tpe(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._tpe(trial).after_trial(study, trial, state, values)
+
+
+def make_pruner(experiment: Experiment, epochs: int) -> optuna.pruners.BasePruner:
+    cfg = experiment.pruner
+    if cfg.kind == "median":
+        # n_min_trials, not n_startup_trials: Optuna counts every COMPLETE trial towards the
+        # latter, over-budget proposals included, so one trained trial would already set the median.
+        # n_min_trials counts only trials that reported the epoch, i.e. trained ones.
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=0, n_warmup_steps=cfg.warmup_epochs, n_min_trials=3
+        )
+    if cfg.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
 
 
 def open_study(
@@ -56,14 +123,12 @@ def open_study(
         pruner=make_pruner(experiment, epochs),
         load_if_exists=True,
     )
-    attrs = study.user_attrs
-    if "budget" not in attrs:
-        study.set_user_attr("budget", budget)
-        study.set_user_attr("experiment_file", experiment_file)
-        study.set_user_attr("epochs", epochs)
-    elif attrs["budget"] != budget:
+    known = StudyRecord.of(study)
+    if known.budget is None:
+        StudyRecord.write(study, budget=budget, experiment_file=experiment_file, epochs=epochs)
+    elif known.budget != budget:
         raise StudyMismatch(
-            f"--budget {budget}: study '{name}' was created with budget {attrs['budget']}; "
+            f"--budget {budget}: study '{name}' was created with budget {known.budget}; "
             "use that budget or another --study-name"
         )
     return study
@@ -73,13 +138,13 @@ def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
     """Trained trials that ended on their own: completed, pruned, or failed for a reason of
     their own (NaN loss, out of memory). Interrupted trials and trials of killed workers do not
     count, so running the command again replaces them."""
-    if not feasible(trial) or trial.user_attrs.get("surplus"):
+    record = TrialRecord.of(trial)
+    if not feasible(trial) or record.surplus:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if trial.state == TrialState.FAIL:
-        reason = trial.user_attrs.get("fail_reason")
-        return bool(reason) and reason != "interrupted"
+        return bool(record.fail_reason) and record.fail_reason != "interrupted"
     return False
 
 
@@ -97,10 +162,10 @@ def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
     lower, so together they never exceed the total."""
     if trial.number == number or trial.state not in (TrialState.RUNNING, TrialState.WAITING):
         return False
-    attrs = trial.user_attrs
-    if attrs.get("surplus") or not attrs.get("feasible", True):  # no "feasible" yet: sampling
+    record = TrialRecord.of(trial)
+    if record.surplus or record.feasible is False:  # feasible None: still sampling
         return False
-    return trial.number < number or bool(attrs.get("training"))
+    return trial.number < number or record.training
 
 
 class TotalReached:
@@ -137,3 +202,130 @@ class TotalReached:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trials_done(study) >= self.total:
             study.stop()
+
+
+# --- running a study --------------------------------------------------------------------------
+
+
+class StudyRequest(BaseModel):
+    """Everything `mnist-search study` was asked to do. `--jobs` workers receive this same object
+    (as JSON on their standard input), so an option is declared once and passwords in URLs never
+    appear on a worker's command line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget: int = Field(DEFAULT_BUDGET, gt=0)
+    experiment: str = DEFAULT_SEARCH  # a path or a shipped experiment's name
+    trials: int = Field(20, gt=0)
+    timeout: float | None = None
+    epochs: int | None = None  # per trial; None: the recipe's
+    study_name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    data_dir: str | None = None
+    limit_train: int | None = None
+    jobs: int = Field(1, gt=0)
+
+
+@dataclass
+class StudyOutcome:
+    status: str  # FINISHED / KILLED (interrupted) / FAILED (tracking server lost)
+    tracking_failure: str | None = None  # why the tracking server failed mid-study
+    workers_exit_code: int | None = None  # --jobs N: the workers' worst exit code
+
+
+@dataclass
+class StudySession:
+    """A checked, opened study, ready to run (see `prepare_study`)."""
+
+    request: StudyRequest
+    study: optuna.Study
+    experiment: Experiment
+    recipe: Recipe  # with the --epochs override: the one source of epochs per trial
+    data: MNISTData
+    device: torch.device
+    tracking: Tracking
+    storage_url: str
+    heartbeats: bool
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def done(self) -> int:
+        return trials_done(self.study)
+
+    def run(self, progress: TrialHooks) -> StudyOutcome:
+        """Train until the study's total (all workers), the timeout or an interrupt."""
+        req = self.request
+        tracker = StudyTracker(self.tracking, self.study, self.storage_url, req.budget, req.experiment)
+        if req.jobs > 1:
+            # The workers get this request, resolved, as JSON on stdin; each loads its own data.
+            work = req.model_copy(
+                update={"jobs": 1, "storage": self.storage_url, "tracking_uri": self.tracking.uri}
+            )
+            code = run_workers(["study-worker"], req.jobs, stdin=work.model_dump_json())
+            tracker.finish("FINISHED" if code == 0 else "KILLED")
+            return StudyOutcome("FINISHED" if code == 0 else "KILLED", workers_exit_code=code)
+        stopper = TotalReached(req.trials, heartbeats=self.heartbeats)
+        objective = Objective(
+            self.experiment.search, self.recipe, req.budget, self.data, self.device,
+            FanOut(tracker, progress), seed=req.seed, slot=stopper.slot,
+        )  # fmt: skip
+        status, lost = _optimize(self.study, objective, stopper, req.timeout)
+        try:
+            tracker.finish(status)
+        except TRACKING_FAILURES as exc:
+            lost = lost or exc
+        return StudyOutcome(status, short_reason(lost) if lost is not None else None)
+
+
+def prepare_study(request: StudyRequest) -> StudySession:
+    """Check everything that can be wrong, then open both stores and the study.
+
+    Raises ConfigError, BudgetError, DeviceError, TrackingError, DataError, StorageError or
+    StudyMismatch (one line each) before anything is written."""
+    exp = load_experiment(request.experiment)
+    if exp.search is None:
+        raise ConfigError(
+            f"{request.experiment}: no `search` section (use `mnist-search train` for a fixed spec)"
+        )
+    check_budget(exp.search, request.budget)
+    device = setup_device(request.device)
+    recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
+    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
+    data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
+    if request.jobs == 1:
+        data = data.to(device)  # with --jobs, loaded only to check it: each worker loads its own
+    store = open_storage(request.storage, on_stale=fail_stale_run)
+    tracking = connect(request.tracking_uri, EXPERIMENT_NAME)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
+    name = request.study_name or f"{exp.name}-b{request.budget}"
+    study = open_study(store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment)
+    heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
+    storage_url = request.storage or default_storage_url()
+    return StudySession(request, study, exp, recipe, data, device, tracking, storage_url, heartbeats)
+
+
+def _optimize(study, objective, stopper, timeout: float | None) -> tuple[str, Exception | None]:
+    """Run trials until the study's total, the timeout or an interrupt (Ctrl-C or SIGTERM):
+    ("FINISHED" | "KILLED" | "FAILED", the tracking failure that stopped it, if one did)."""
+    interrupt_on_sigterm()
+    try:
+        study.optimize(
+            objective,
+            timeout=timeout,
+            callbacks=[stopper],
+            catch=(NonFiniteLoss, cuda_out_of_memory()),
+            gc_after_trial=False,
+        )
+    except KeyboardInterrupt:
+        return "KILLED", None
+    except TRACKING_FAILURES as exc:
+        # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
+        # stops; completed trials stay in the study storage; re-running resumes once it is back.
+        return "FAILED", exc
+    return "FINISHED", None

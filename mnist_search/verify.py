@@ -1,17 +1,39 @@
 """Verification: retrain a study's top architectures on all 60,000 training images over several
 seeds and report the test accuracy per seed (final and min of the last 3 epochs), mean ± std,
-and whether the 99.4 % target held in every seed. With `--jobs N`, the runs go to N worker
-processes (`run_in_parallel`)."""
+and whether the 99.4 % target held in every seed.
+
+`run_verify(request, hooks) -> VerifyReport` chooses the trials, trains every (trial, seed) run
+here or in a pool of worker processes (`--jobs N`), logs them under one verify parent run and
+writes the outputs. The CLI only parses, calls and prints.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-from .config import ArchSpec, Recipe
-from .tracking import TARGET
-from .train import FitResult
+import torch
+
+from .config import TARGET, ArchSpec, ConfigError, Recipe, experiment_to_yaml, load_experiment
+from .data import load_mnist
+from .export import export_model
+from .leaderboard import TrialRow, completed, leaderboard
+from .model import build_model
+from .records import StudyRecord, TrialRecord
+from .runtime import available_cores, setup_device
+from .settings import resolve_tracking_uri
+from .space import with_searched_knobs
+from .studies import load_study
+from .tracking import TRACKING_FAILURES, RunLog, Tracking, check_tracking, connect, git_commit, tracked_fit
+from .train import EpochResult, FitResult
+
+EXPERIMENT_NAME = "mnist-search-verify"
 
 
 @dataclass
@@ -70,9 +92,6 @@ def verify_table(rows: list[Verified], epochs: int) -> str:
     return "\n".join(out)
 
 
-# --- seeds side by side (`verify --jobs N`) --------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SeedTask:
     """One verify run: a trial's architecture and recipe, trained with one seed."""
@@ -84,6 +103,230 @@ class SeedTask:
     seed: int
     run_name: str
     tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    study_name: str | None = None
+    top: int = 1
+    trials: tuple[int, ...] = ()  # named trials instead of the top K
+    seeds: int = 3
+    epochs: int = 15
+    storage: str | None = None
+    tracking_uri: str | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    limit_train: int | None = None
+    out_dir: Path | None = None
+    recipe_from: str | None = None
+    jobs: int = 1
+    command: str = ""  # the command line, written into verify.md
+
+
+@dataclass
+class VerifyReport:
+    study_name: str
+    results: list[Verified]
+    table: str
+    wall_seconds: float
+    device: str
+    best: Verified
+    parent_run_id: str
+
+
+class VerifyHooks(Protocol):
+    """What the CLI shows while runs train."""
+
+    def run_progress(
+        self, task: SeedTask
+    ) -> contextlib.AbstractContextManager[Callable[[EpochResult], None]]:
+        """Runs in this process: a context around the run, giving its per-epoch callback."""
+
+    def run_finished(self, task: SeedTask, result: FitResult) -> None: ...
+
+    def pool_started(self, runs: int, workers: int, threads: int) -> None: ...
+
+
+def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
+    """Check, train every (trial, seed), report. Raises ConfigError & co. (exit 2) before
+    anything is written; NonFiniteLoss, a tracking failure or KeyboardInterrupt mid-way end the
+    parent run (FAILED / KILLED) and every running seed's run FAILED, then propagate."""
+    base_recipe = load_experiment(request.recipe_from).recipe if request.recipe_from else None
+    study = load_study(request.study_name, request.storage)
+    rows = _choose(study, request)
+    if request.out_dir is not None and request.out_dir.exists() and not request.out_dir.is_dir():
+        raise ConfigError(f"--out {request.out_dir}: exists and is not a folder")
+    device = setup_device(request.device)
+    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
+    # All 60k training images: the validation split has done its job in the search.
+    data = load_mnist(request.data_dir, val_size=0, limit_train=request.limit_train)
+    tracking = connect(request.tracking_uri, EXPERIMENT_NAME)
+    record = StudyRecord.of(study)
+    budget = record.budget or 0
+    experiment_file = str(request.recipe_from or record.experiment_file or "")
+    started = time.perf_counter()
+    parent = tracking.client.create_run(
+        tracking.experiment_id,
+        run_name=f"verify-{study.study_name}",
+        tags={
+            "kind": "verify",
+            "study_name": study.study_name,
+            "budget": str(budget),
+            "git_commit": git_commit(),
+        }
+        | ({"recipe_from": str(request.recipe_from)} if request.recipe_from else {}),
+    )
+    parent_id = parent.info.run_id
+    results, tasks = _plan(study, rows, request, base_recipe)
+    context = _RunContext(
+        tracking, data.to(device) if request.jobs == 1 else None, device, budget, experiment_file, parent_id
+    )
+    models = _train_all(tasks, results, request, context, hooks)
+    wall = time.perf_counter() - started
+    report = _report(study.study_name, results, request.epochs, wall, str(device.type), parent_id, tracking)
+    if request.out_dir is not None:
+        _write_out(report, models, request)
+    return report
+
+
+def _choose(study, request: VerifyRequest) -> list[TrialRow]:
+    done = completed(leaderboard(study))
+    if request.trials:
+        by_number = {r.trial: r for r in done}
+        missing = [n for n in request.trials if n not in by_number]
+        if missing:
+            raise ConfigError(
+                f"--trial {missing[0]}: not a completed, under-budget trial of study {study.study_name} "
+                f"(completed: {', '.join(str(n) for n in sorted(by_number)) or 'none'})"
+            )
+        done = [by_number[n] for n in dict.fromkeys(request.trials)]  # in the order given, once each
+    else:
+        done = done[: request.top]
+    if not done:
+        raise ConfigError(f"study {study.study_name}: no completed trial to verify")
+    return done
+
+
+def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Recipe | None):
+    results: list[Verified] = []
+    tasks: list[SeedTask] = []
+    for row in rows:
+        spec = ArchSpec.model_validate(row.spec)
+        trial = study.trials[row.trial]
+        recipe = Recipe.model_validate(TrialRecord.of(trial).recipe)
+        if base_recipe is not None:
+            recipe = with_searched_knobs(base_recipe, trial.params)
+        recipe = recipe.model_copy(update={"val_size": 0, "epochs": request.epochs})
+        results.append(Verified(row.trial, spec, recipe, row.params))
+        tags = {"kind": "verify-run", "trial_number": str(row.trial), "study_name": study.study_name}
+        tasks += [
+            SeedTask(len(tasks) + seed, row.trial, spec, recipe, seed, f"verify-trial-{row.trial}-seed-{seed}", tags)
+            for seed in range(request.seeds)
+        ]  # fmt: skip
+    return results, tasks
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    tracking: Tracking
+    data: object  # MNISTData on the device; None when the runs go to worker processes
+    device: torch.device
+    budget: int
+    experiment_file: str
+    parent_run_id: str
+
+
+def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: VerifyHooks) -> dict:
+    """Every task, here or in the pool; the parent run ends FINISHED, KILLED or FAILED."""
+    if request.jobs == 1:
+        finished = _here(tasks, ctx, hooks)
+    else:
+        workers = min(request.jobs, len(tasks))
+        setup = WorkerSetup(
+            max(1, available_cores() // workers), str(ctx.device), request.data_dir, request.limit_train,
+            ctx.tracking.uri, EXPERIMENT_NAME, ctx.budget, ctx.experiment_file, ctx.parent_run_id,
+        )  # fmt: skip
+        hooks.pool_started(len(tasks), workers, setup.threads)
+        finished = _rebuilt(run_in_parallel(tasks, request.jobs, setup))
+    status, models = "FAILED", {}
+    by_trial = {v.trial: v for v in results}
+    try:
+        for task, run_id, result, model in finished:
+            by_trial[task.trial].runs.append(SeedRun(task.seed, run_id, result))
+            models[(task.trial, task.seed)] = model
+            hooks.run_finished(task, result)
+        for v in results:
+            v.runs.sort(key=lambda r: r.seed)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        finished.close()  # with --jobs: ends any worker still training (its run ends FAILED)
+        with contextlib.suppress(*TRACKING_FAILURES):  # a server that went away: the caller reports it
+            ctx.tracking.client.set_terminated(ctx.parent_run_id, status)
+    return models
+
+
+def _here(tasks, ctx: _RunContext, hooks: VerifyHooks) -> Iterator:
+    """The runs one after another in this process."""
+    for task in tasks:
+        with hooks.run_progress(task) as on_epoch:
+            run_id, result, model = tracked_fit(
+                ctx.tracking, task.spec, ctx.data, task.recipe, ctx.device, seed=task.seed, budget=ctx.budget,
+                experiment_file=ctx.experiment_file, run_name=task.run_name, tags=task.tags,
+                on_epoch=on_epoch, parent_run_id=ctx.parent_run_id,
+            )  # fmt: skip
+        yield task, run_id, result, model
+
+
+def _rebuilt(runs) -> Iterator:
+    """Worker results carry weights, not modules: rebuild each model from its spec."""
+    try:
+        for task, run_id, result, state in runs:
+            model = build_model(task.spec)
+            model.load_state_dict(state)
+            yield task, run_id, result, model
+    finally:
+        runs.close()
+
+
+def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking) -> VerifyReport:
+    table = verify_table(results, epochs)
+    best = max(results, key=lambda v: (v.held, v.mean))
+    client = tracking.client
+    client.log_text(parent_id, table, "verify.md")
+    RunLog(client, parent_id).metrics(
+        {
+            "best/test_acc_mean": best.mean,
+            "best/test_acc_std": best.std,
+            "best/params": best.params,
+            "wall_seconds": wall,
+        }
+    )
+    client.set_tag(parent_id, "target_held", str(best.held).lower())
+    return VerifyReport(name, results, table, wall, device, best, parent_id)
+
+
+def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> None:
+    """The best verified model (its best seed), its experiment file and the verify table."""
+    best, out_dir = report.best, request.out_dir
+    seed_run = max(best.runs, key=lambda r: r.min_last3)
+    export_model(models[(best.trial, seed_run.seed)], out_dir)
+    (out_dir / "experiment.yaml").write_text(
+        experiment_to_yaml(
+            best.spec, best.recipe, f"study {report.study_name}, trial {best.trial}, as verified"
+        )
+    )
+    (out_dir / "verify.md").write_text(
+        f"# Verified: study {report.study_name}, trial {best.trial}\n\n{report.table}\n\n"
+        f"Exported weights: seed {seed_run.seed} (MLflow run {seed_run.run_id}).\n"
+        f"Wall time of this verify: {report.wall_seconds / 60:.1f} min on {report.device}.\n\n"
+        f"Command:\n\n    {request.command}\n"
+    )
+
+
+# --- seeds side by side (`verify --jobs N`) --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -107,11 +350,7 @@ _worker: dict = {}
 def _init_worker(setup: WorkerSetup) -> None:
     import signal
 
-    import torch
-
-    from . import tracking
-    from .data import load_mnist
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     # Ctrl-C reaches the whole process group: only the parent reacts, and it ends the workers
     # with SIGTERM, which ends each running MLflow run FAILED on its way out.
@@ -121,12 +360,12 @@ def _init_worker(setup: WorkerSetup) -> None:
     try:
         configure_threads(setup.threads)
         device = torch.device(setup.device)
-        tracking.setup(setup.tracking_uri, setup.experiment_name)
+        tracking = connect(setup.tracking_uri, setup.experiment_name)
         data = load_mnist(setup.data_dir, val_size=0, limit_train=setup.limit_train).to(device)
     except Exception as exc:  # noqa: BLE001 -- raised by the first run: a failing initializer is respawned for ever
         _worker["error"] = exc
         return
-    _worker.update(device=device, data=data)
+    _worker.update(device=device, data=data, tracking=tracking)
 
 
 def _on_sigterm(signum, frame):
@@ -136,17 +375,15 @@ def _on_sigterm(signum, frame):
 
 
 def _run_seed(task: SeedTask) -> tuple[int, str, FitResult, dict]:
-    from . import tracking
-
     if "error" in _worker:
         raise _worker["error"]
     setup: WorkerSetup = _worker["setup"]
     _worker["busy"] = True
     try:
-        run_id, result, model = tracking.tracked_fit(
-            task.spec, _worker["data"], task.recipe, _worker["device"], epochs=task.recipe.epochs,
-            seed=task.seed, budget=setup.budget, experiment_file=setup.experiment_file,
-            run_name=task.run_name, tags=task.tags, parent_run_id=setup.parent_run_id,
+        run_id, result, model = tracked_fit(
+            _worker["tracking"], task.spec, _worker["data"], task.recipe, _worker["device"], seed=task.seed,
+            budget=setup.budget, experiment_file=setup.experiment_file, run_name=task.run_name, tags=task.tags,
+            parent_run_id=setup.parent_run_id,
         )  # fmt: skip
     except KeyboardInterrupt:
         os._exit(130)  # quietly: no traceback from a worker the parent ended

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "experiments"
@@ -103,3 +104,107 @@ def mlflow_server(tmp_path_factory) -> str:
     )
     yield uri
     stop_server(proc)
+
+
+# --- the CLI, in process and as real processes ----------------------------------------------------
+
+runner = CliRunner()
+
+# A tiny search space: trials of a few seconds on a few thousand images.
+TINY = """\
+search:
+  stages: [[{low: 4, high: 8}, {low: 4, high: 8}], [{low: 4, high: 8}]]
+  transitions: [{low: 4, high: 8}]
+recipe: {epochs: 2, optimizer: adam, lr: 0.01, batch_size: 64}
+pruner: {kind: none}
+"""
+SECRET = "s3cret-pw"
+
+
+def one_line_exit_2(result, *fragments) -> str:
+    """A CliRunner result that is exactly one `error: ...` line on stderr, exit 2, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def study_args(data_dir, trials) -> list[str]:
+    """The default search, shrunk to seconds: 1 epoch on 3,000 images."""
+    return ["study", "--budget", "8000", "--trials", str(trials), "--epochs", "1",
+            "--limit-train", "3000", "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+def start_cli(args, tmp_path) -> subprocess.Popen:
+    """`mnist-search ARGS` as a real process with its local store in tmp_path/mlruns."""
+    env = os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "mlruns")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # Default SIGINT in the child, as in a terminal: a shell's background jobs inherit it ignored.
+    return subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def local_client(store: Path):
+    """An MlflowClient on an existing local store's SQLite database. Its first touch takes the
+    store's lock, as mnist-search does, so a test never creates the schema under a running command."""
+    import mlflow
+    from filelock import FileLock
+
+    db = store / "mlflow.db"
+    if not db.exists():
+        raise FileNotFoundError(db)
+    with FileLock(f"{db}.lock"):
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+        client.search_experiments(max_results=1)
+    return client
+
+
+def runs_of(client, experiment: str, kind: str | None = None, **search) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    where = f"tags.kind = '{kind}'" if kind else ""
+    return client.search_runs([exp.experiment_id], filter_string=where, max_results=1000, **search)
+
+
+def poll(probe, what: str, timeout: float = 300, every: float = 0.5):
+    """probe() until it returns something other than None; its errors count as 'not yet'."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(every)
+        try:
+            found = probe()
+        except Exception:  # noqa: BLE001 - a store being created or written: try again
+            found = None
+        if found is not None:
+            return found
+    raise TimeoutError(what)
+
+
+def tiny_trained_study(tmp_path, data_dir) -> list[str]:
+    """Study tiny-b8000 with one trained trial in the local store; returns the common CLI args."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    common = ["--data-dir", str(data_dir), "--device", "cpu"]
+    study = start_cli(["study", "--experiment", "tiny.yaml", "--trials", "1", "--epochs", "1",
+                       "--limit-train", "1000", "--quiet", *common], tmp_path)  # fmt: skip
+    assert study.wait(timeout=300) == 0
+    return common
+
+
+# Bad experiment files and the message each must produce (the field path, then what is wrong).
+BAD_YAML = {
+    "malformed.yaml": ("spec: [1, 2\n", "malformed YAML"),
+    "unknown.yaml": ("spec:\n  stages: [[8]]\n  widht: 3\n", "spec.widht: Extra inputs are not permitted"),
+    "zero.yaml": ("spec:\n  stages: [[8, 0]]\n", "spec.stages.0.1: Input should be greater than 0"),
+    "negative.yaml": ("spec:\n  stages: [[-4]]\n", "spec.stages.0.0: Input should be greater than 0"),
+    "dropout.yaml": ("spec:\n  stages: [[8]]\n  dropout: 1.0\n", "spec.dropout: Input should be less than 1"),
+    "epochs.yaml": (
+        "spec:\n  stages: [[8]]\nrecipe:\n  epochs: 0\n",
+        "recipe.epochs: Input should be greater than 0",
+    ),
+    "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
+}

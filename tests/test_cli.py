@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import mlflow
 import pytest
-from typer.testing import CliRunner
 
 from mnist_search.cli import app
 
-from .conftest import EXPERIMENTS
-
-runner = CliRunner()
+from .conftest import BAD_YAML, EXPERIMENTS, runner
 
 
 def test_summary_prints_the_seed_table_and_budget_verdict():
@@ -66,20 +63,6 @@ def test_train_defaults_to_the_local_store_under_mlruns(store, data_dir):
     assert result.exit_code == 0, result.output
     assert (store / "mlflow.db").is_file()
     assert list((store / "artifacts").rglob("layers.txt"))
-
-
-BAD_YAML = {
-    "malformed.yaml": ("spec: [1, 2\n", "malformed YAML"),
-    "unknown.yaml": ("spec:\n  stages: [[8]]\n  widht: 3\n", "spec.widht: Extra inputs are not permitted"),
-    "zero.yaml": ("spec:\n  stages: [[8, 0]]\n", "spec.stages.0.1: Input should be greater than 0"),
-    "negative.yaml": ("spec:\n  stages: [[-4]]\n", "spec.stages.0.0: Input should be greater than 0"),
-    "dropout.yaml": ("spec:\n  stages: [[8]]\n  dropout: 1.0\n", "spec.dropout: Input should be less than 1"),
-    "epochs.yaml": (
-        "spec:\n  stages: [[8]]\nrecipe:\n  epochs: 0\n",
-        "recipe.epochs: Input should be greater than 0",
-    ),
-    "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
-}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_YAML))

@@ -2,47 +2,36 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import mlflow
 import optuna
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from mnist_search.cli import app
 from mnist_search.config import load_experiment
 from mnist_search.data import MNISTData, Split
-from mnist_search.search import Objective, TrialHooks
+from mnist_search.objective import NoHooks, Objective
 from mnist_search.storage import open_storage
 
-from .conftest import EXPERIMENTS, free_port, start_mlflow_server, stop_server
-from .test_cli import BAD_YAML
-
-runner = CliRunner()
-TINY = """\
-search:
-  stages: [[{low: 4, high: 8}, {low: 4, high: 8}], [{low: 4, high: 8}]]
-  transitions: [{low: 4, high: 8}]
-recipe: {epochs: 2, optimizer: adam, lr: 0.01, batch_size: 64}
-pruner: {kind: none}
-"""
-SECRET = "s3cret-pw"
-
-
-def one_line_exit_2(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
-
+from .conftest import (
+    BAD_YAML,
+    EXPERIMENTS,
+    SECRET,
+    TINY,
+    free_port,
+    local_client,
+    one_line_exit_2,
+    poll,
+    runner,
+    runs_of,
+    start_cli,
+    start_mlflow_server,
+    stop_server,
+    tiny_trained_study,
+)  # fmt: skip
 
 EXTRA_BAD = {
     "unsafe.yaml": ('spec: !!python/object/apply:os.system ["echo pwned"]\n', "malformed YAML"),
@@ -118,7 +107,7 @@ def test_corrupt_data_file_is_named(store, tmp_path, data_dir):
     assert not store.exists()
 
 
-class Recorder(TrialHooks):
+class Recorder(NoHooks):
     def __init__(self):
         self.ended = []
 
@@ -128,9 +117,9 @@ class Recorder(TrialHooks):
 
 def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeypatch):
     """Fault injection: the first fit raises CUDA's OOM error; the next trial trains normally."""
-    from mnist_search import search
+    from mnist_search import objective as objective_module
 
-    real_fit, calls = search.fit, []
+    real_fit, calls = objective_module.fit, []
 
     def fit_once_out_of_memory(*args, **kwargs):
         calls.append(1)
@@ -138,13 +127,13 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeyp
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search, "fit", fit_once_out_of_memory)
+    monkeypatch.setattr(objective_module, "fit", fit_once_out_of_memory)
     space = load_experiment(EXPERIMENTS / "budget-8k.yaml").search
     data = MNISTData(Split(mnist.train.x[:500], mnist.train.y[:500]), Split(mnist.val.x[:200], mnist.val.y[:200]),
                      Split(mnist.test.x[:200], mnist.test.y[:200]))  # fmt: skip
     hooks = Recorder()
-    objective = Objective(space, load_experiment(EXPERIMENTS / "budget-8k.yaml").recipe, 8000, data,
-                          torch.device("cpu"), hooks, epochs=1)  # fmt: skip
+    recipe = load_experiment(EXPERIMENTS / "budget-8k.yaml").recipe.model_copy(update={"epochs": 1})
+    objective = Objective(space, recipe, 8000, data, torch.device("cpu"), hooks)
     study = optuna.create_study(direction="maximize")
     while len(hooks.ended) < 2:
         study.optimize(objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,))
@@ -152,15 +141,6 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeyp
     assert hooks.ended[1][1] == "COMPLETE"
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "CUDA out of memory"
-
-
-def start_study(args, tmp_path):
-    env = os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "mlruns")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    # Default SIGINT in the child, as in a terminal: a shell's background jobs inherit it ignored.
-    return subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def wait_for(study_name, storage_path, predicate, timeout=300):
@@ -177,28 +157,16 @@ def wait_for(study_name, storage_path, predicate, timeout=300):
     raise TimeoutError("the study never reached the expected state")
 
 
-def wait_for_running_child(db, timeout=300):
+def running_child_after_a_finished_one(store):
     """The trial number of a child run in its first epoch, once another child run has finished."""
-    import sqlite3
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if not db.exists():
-            continue
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                rows = con.execute(
-                    "SELECT r.status, t.value, (SELECT COUNT(*) FROM metrics m WHERE m.run_uuid = r.run_uuid) "
-                    "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'trial_number'"
-                ).fetchall()
-        except sqlite3.Error:
-            continue
-        finished = [r for r in rows if r[0] == "FINISHED"]
-        fresh = [int(r[1]) for r in rows if r[0] == "RUNNING" and r[2] == 0]
-        if finished and fresh:
-            return fresh[0]
-    raise TimeoutError("no trial started after a completed one")
+    children = runs_of(local_client(store), "mnist-search-studies", "trial")
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    fresh = [
+        int(r.data.tags["trial_number"])
+        for r in children
+        if r.info.status == "RUNNING" and not r.data.metrics
+    ]
+    return fresh[0] if finished and fresh else None
 
 
 def running_after_one_complete(study):
@@ -219,11 +187,14 @@ def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(si
     # 6,000 images x 2 epochs: long enough that the signal lands inside the trial's first epoch.
     args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "3", "--limit-train", "6000",
             "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
-    proc = start_study(args, tmp_path)
+    proc = start_cli(args, tmp_path)
     journal = tmp_path / "mlruns" / "optuna-journal.log"
     # Watch MLflow's database, not the journal: reading the journal takes its file lock, and a
     # signal landing while the study waits for that lock is not what this test is about.
-    number = wait_for_running_child(tmp_path / "mlruns" / "mlflow.db")
+    number = poll(
+        lambda: running_child_after_a_finished_one(tmp_path / "mlruns"),
+        "no trial started after a completed one",
+    )
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
@@ -233,14 +204,14 @@ def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(si
     interrupted = study.trials[number]
     assert interrupted.state.name == "FAIL" and interrupted.user_attrs["fail_reason"] == "interrupted"
     completed_before = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = local_client(tmp_path / "mlruns")
     assert client.get_run(interrupted.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     exp_id = client.get_experiment_by_name("mnist-search-studies").experiment_id
     runs = client.search_runs([exp_id])
     assert all(r.info.status != "RUNNING" for r in runs)  # every run closed with a terminal status
     assert [r.info.status for r in runs if r.data.tags["kind"] == "study"] == ["KILLED"]
 
-    again = start_study(args, tmp_path)
+    again = start_cli(args, tmp_path)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))
@@ -249,44 +220,25 @@ def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(si
     assert "3/3 trials trained" in out
 
 
-def wait_for_metric(db, run_name_prefix, timeout=300, runs=1):
+def wait_for_metric(client_factory, run_name_prefix, runs=1):
     """Wait until `runs` RUNNING runs whose names start with the prefix have logged a metric."""
-    import sqlite3
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if not db.exists():
-            continue
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                found = con.execute(
-                    "SELECT COUNT(DISTINCT r.run_uuid) FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
-                    "WHERE r.status = 'RUNNING' AND r.name LIKE ?",
-                    (run_name_prefix + "%",),
-                ).fetchone()[0]
-        except sqlite3.Error:
-            continue
-        if found >= runs:
-            return
-    raise TimeoutError(f"no {run_name_prefix}* run logged a metric")
+    def training():
+        client = client_factory()
+        ids = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(
+            ids,
+            filter_string=f"attributes.status = 'RUNNING' and attributes.run_name LIKE '{run_name_prefix}%'",
+        )
+        return True if sum(bool(r.data.metrics) for r in found) >= runs else None
 
-
-def tiny_trained_study(tmp_path, data_dir) -> list[str]:
-    """Study tiny-b8000 with one trained trial in the local store; returns the common CLI args."""
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    common = ["--data-dir", str(data_dir), "--device", "cpu"]
-    study = start_study(["study", "--experiment", "tiny.yaml", "--trials", "1", "--epochs", "1",
-                         "--limit-train", "1000", "--quiet", *common], tmp_path)  # fmt: skip
-    assert study.wait(timeout=300) == 0
-    return common
+    poll(training, f"no {run_name_prefix}* run logged a metric")
 
 
 @pytest.mark.slow
 def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_path, data_dir):
     common = tiny_trained_study(tmp_path, data_dir)
-    db = tmp_path / "mlruns" / "mlflow.db"
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    client = local_client(tmp_path / "mlruns")
     verify = ["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000", *common]
     cases = [  # (command, the run name prefix to wait for, how many of those runs must be training)
         (verify, "verify-trial", 1),
@@ -295,8 +247,8 @@ def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_pat
           "--experiment-name", "sigterm", *common], "seed-model-3", 1),
     ]  # fmt: skip
     for args, prefix, running in cases:
-        proc = start_study(args, tmp_path)
-        wait_for_metric(db, prefix, runs=running)
+        proc = start_cli(args, tmp_path)
+        wait_for_metric(lambda: local_client(tmp_path / "mlruns"), prefix, runs=running)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 130, stderr
@@ -323,7 +275,7 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
     (tmp_path / "tiny.yaml").write_text(TINY)
     args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "6", "--limit-train", "2000",
             "--data-dir", str(data_dir), "--device", "cpu", "--quiet", "--tracking-uri", uri]  # fmt: skip
-    proc = start_study(args, tmp_path)
+    proc = start_cli(args, tmp_path)
     journal = tmp_path / "mlruns" / "optuna-journal.log"
     wait_for("tiny-b8000", journal, running_after_one_complete)
     stop_server(proc_server, signal.SIGKILL)
@@ -344,11 +296,12 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
 @pytest.mark.slow
 def test_tracking_server_going_away_mid_verify_is_one_line_and_exit_1(tmp_path, data_dir):
     common = tiny_trained_study(tmp_path, data_dir)
-    db = tmp_path / "srv.db"
-    proc_server, uri = start_mlflow_server(f"sqlite:///{db}", tmp_path / "art", tmp_path / "srv.log")
-    proc = start_study(["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000",
+    proc_server, uri = start_mlflow_server(
+        f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "art", tmp_path / "srv.log"
+    )
+    proc = start_cli(["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000",
                         "--tracking-uri", uri, *common], tmp_path)  # fmt: skip
-    wait_for_metric(db, "verify-trial")
+    wait_for_metric(lambda: mlflow.MlflowClient(tracking_uri=uri), "verify-trial")
     stop_server(proc_server, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 1, stderr
@@ -362,10 +315,10 @@ def test_two_commands_starting_together_on_a_fresh_local_store_both_succeed(tmp_
     used to fail with 'table ... already exists' (a traceback, exit 1)."""
     args = ["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "1", "--limit-train", "256",
             "--data-dir", str(data_dir), "--device", "cpu", "--experiment-name", "together"]  # fmt: skip
-    procs = [start_study(args, tmp_path) for _ in range(2)]
+    procs = [start_cli(args, tmp_path) for _ in range(2)]
     outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for code, err in outcomes:
         assert code == 0, err[-2000:]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = local_client(tmp_path / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]

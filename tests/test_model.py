@@ -66,13 +66,17 @@ def _draw(rng: random.Random) -> ArchSpec:
 
 def test_count_params_equals_the_built_network_for_many_random_specs():
     rng = random.Random(1234)
-    checked = 0
-    for _ in range(300):
-        spec = random_spec(rng)
+    specs = {random_spec(rng) for _ in range(300)}
+    for spec in specs:
         model = build_model(spec)
         assert count_params(spec) == sum(p.numel() for p in model.parameters()), spec
-        checked += 1
-    assert checked == 300
+    # The draws really cover the family: distinct specs, both paddings and heads, 1-3 stages and
+    # a wide range of sizes (a generator stuck on one corner would pass the loop above trivially).
+    assert len(specs) > 250
+    assert {s.padding for s in specs} == {True, False} and {s.head for s in specs} == {"gap", "conv"}
+    assert {len(s.stages) for s in specs} == {1, 2, 3}
+    sizes = [count_params(s) for s in specs]
+    assert min(sizes) < 500 and max(sizes) > 20_000
 
 
 def test_layer_plan_shapes_match_a_real_forward_pass():

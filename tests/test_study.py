@@ -1,43 +1,26 @@
-"""A real, tiny study on real MNIST with a temporary local store: budget, MLflow, resume, report, export."""
+"""The search's parts: sampling, the budget, the pruner, the sampler across workers, training slots,
+and a study whose trials fail with a reason of their own."""
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
 
-import mlflow
 import optuna
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from mnist_search.cli import app
 from mnist_search.config import load_experiment
-from mnist_search.data import load_mnist, normalise
 from mnist_search.model import build_model, count_params
-from mnist_search.search import (
-    Objective,
-    check_budget,
-    make_pruner,
-    sample_recipe,
-    sample_spec,
-    smallest_spec,
-)
+from mnist_search.objective import Objective
+from mnist_search.space import check_budget, sample_recipe, sample_spec, smallest_spec
 from mnist_search.storage import open_storage
-from mnist_search.studies import TotalReached, open_study
-from mnist_search.train import available_cores, evaluate
+from mnist_search.studies import TotalReached, make_pruner, open_study
 
-from .conftest import EXPERIMENTS
+from .conftest import EXPERIMENTS, local_client, runner, runs_of
 
-runner = CliRunner()
 BUDGET_8K = EXPERIMENTS / "budget-8k.yaml"
-
-
-def study_args(data_dir, trials):
-    return ["study", "--budget", "8000", "--trials", str(trials), "--epochs", "1",
-            "--limit-train", "3000", "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
 
 
 def test_sampling_is_separate_from_building_and_respects_the_space():
@@ -180,7 +163,7 @@ def test_a_retried_trial_is_not_training_when_it_asks_for_a_slot():
         seen.append(dict(study.trials[number].user_attrs))
         return "stop"
 
-    objective = Objective(exp.search, exp.recipe, 8000, None, torch.device("cpu"), None, epochs=1, slot=slot)
+    objective = Objective(exp.search, exp.recipe, 8000, None, torch.device("cpu"), slot=slot)
     study = optuna.create_study(direction="maximize")
     smallest = {
         f"s{i}c{j}": r.low for i, stage in enumerate(exp.search.stages, 1) for j, r in enumerate(stage, 1)
@@ -200,89 +183,6 @@ def test_budget_50_exits_2_before_anything_is_written(store, data_dir):
     assert not store.exists()
 
 
-@pytest.mark.slow
-def test_a_real_study_tracks_resumes_reports_and_exports(store, data_dir, tmp_path):
-    result = runner.invoke(app, study_args(data_dir, 4))
-    assert result.exit_code == 0, result.output
-    assert "4/4 trials trained" in result.output
-
-    study = optuna.load_study(study_name="budget-8k-b8000", storage=open_storage(None))
-    trained = [t for t in study.trials if t.user_attrs.get("feasible")]
-    rejected = [t for t in study.trials if t.user_attrs.get("feasible") is False]
-    assert len(trained) == 4
-    assert all(t.user_attrs["params"] < 8000 for t in trained)  # nothing over budget was trained
-    assert all(t.user_attrs["params"] >= 8000 for t in rejected)
-    assert all("mlflow_run_id" not in t.user_attrs for t in rejected)  # ... nor tracked
-    assert all(0.0 < t.value <= 1.0 for t in trained if t.state.name == "COMPLETE")
-
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("mnist-search-studies")
-
-    def runs():
-        all_runs = client.search_runs([exp.experiment_id], max_results=1000)
-        parents = [r for r in all_runs if r.data.tags.get("kind") == "study"]
-        children = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
-        return parents, children
-
-    parents, children = runs()
-    assert len(parents) == 1 and len(children) == 4
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert {int(c.data.tags["trial_number"]) for c in children} == {t.number for t in trained}
-    for child in children:
-        assert child.info.status in ("FINISHED", "KILLED")  # never left RUNNING
-        assert child.data.tags["state"] in ("COMPLETE", "PRUNED")
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]
-        assert child.data.tags["study_name"] == "budget-8k-b8000"
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/params_vs_accuracy.png"} <= artifacts
-    assert parent.data.metrics["study/trials_trained"] == 4
-
-    # The same command with a larger total resumes the same study under the same parent.
-    result = runner.invoke(app, study_args(data_dir, 6))
-    assert result.exit_code == 0, result.output
-    assert "4/6 trials done" in result.output and "6/6 trials trained" in result.output
-    parents, children = runs()
-    assert len(parents) == 1 and len(children) == 6
-    again = runner.invoke(app, study_args(data_dir, 6))
-    assert again.exit_code == 0 and "already has 6 trained trials" in again.output
-
-    # report --json agrees with the storage.
-    result = runner.invoke(app, ["report", "--study", "budget-8k-b8000", "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    study = optuna.load_study(study_name="budget-8k-b8000", storage=open_storage(None))
-    by_number = {t.number: t for t in study.trials}
-    assert len(report["trials"]) == 6
-    for row in report["trials"]:
-        t = by_number[row["trial"]]
-        assert row["params"] == t.user_attrs["params"] and row["state"] == t.state.name
-        if t.state.name == "COMPLETE":
-            assert row["val_acc"] == t.value
-    assert report["feasible"] == len([t for t in study.trials if t.user_attrs.get("feasible")])
-    best = max((r for r in report["trials"] if r["state"] == "COMPLETE"), key=lambda r: r["val_acc"])
-    assert report["trials"][0]["trial"] == best["trial"]
-
-    # export: a torch.export program over raw [0, 1] pixels that predicts like the trained net.
-    out = tmp_path / "export"
-    result = runner.invoke(
-        app, ["export", "--study", "budget-8k-b8000", "--trial", "best", "--out", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    program = torch.export.load(out / "model.pt2")
-    spec = load_experiment(out / "spec.yaml").spec
-    net = build_model(spec)
-    net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
-    net.eval()
-    pixels = torch.rand(7, 1, 28, 28)
-    logits = program.module()(pixels)
-    assert logits.shape == (7, 10)
-    assert torch.allclose(logits, net(normalise(pixels)), atol=1e-4)
-    assert "Total params" in (out / "layers.txt").read_text()
-
-
 def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(store, data_dir, tmp_path):
     exp = tmp_path / "explode.yaml"
     exp.write_text(
@@ -300,90 +200,8 @@ def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(s
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 2
     assert all("training loss became" in t.user_attrs["fail_reason"] for t in failed)
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name("mnist-search-studies").experiment_id
-    children = client.search_runs([exp_id], filter_string="tags.kind = 'trial'")
+    children = runs_of(local_client(store), "mnist-search-studies", "trial")
     assert len(children) == 2
     assert all(
         c.info.status == "FAILED" and "training loss became" in c.data.tags["failure"] for c in children
     )
-
-
-@pytest.mark.slow
-def test_verify_retrains_the_best_architecture_over_seeds(store, data_dir, tmp_path):
-    assert runner.invoke(app, study_args(data_dir, 2)).exit_code == 0
-    out = tmp_path / "verified"
-    args = ["verify", "--study", "budget-8k-b8000", "--top", "1", "--seeds", "2", "--epochs", "1",
-            "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu", "--out", str(out)]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "mean ± std" in result.output and "wall time" in result.output
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name("mnist-search-verify").experiment_id
-    parents = client.search_runs([exp_id], filter_string="tags.kind = 'verify'")
-    children = client.search_runs([exp_id], filter_string="tags.kind = 'verify-run'")
-    assert len(parents) == 1 and len(children) == 2
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert sorted(c.data.params["seed"] for c in children) == ["0", "1"]
-    for c in children:  # all 60k images minus nothing held out: no val metrics, test per epoch
-        assert c.data.params["recipe.val_size"] == "0"
-        assert len(client.get_metric_history(c.info.run_id, "test/acc")) == 1
-    assert {"model.pt2", "state_dict.pt", "spec.yaml", "verify.md", "experiment.yaml"} <= {
-        p.name for p in out.iterdir()
-    }
-    assert load_experiment(out / "experiment.yaml").recipe.val_size == 0
-    assert "| mean ± std |" in (out / "verify.md").read_text()
-
-    # --jobs 2: the same runs side by side in two worker processes, under a second verify parent.
-    out2 = tmp_path / "verified-jobs"
-    result = runner.invoke(app, [*args[:-1], str(out2), "--jobs", "2"])
-    assert result.exit_code == 0, result.output
-    assert (
-        f"2 runs in 2 worker processes, torch threads each: {max(1, available_cores() // 2)}" in result.output
-    )
-    table = (out2 / "verify.md").read_text()
-    assert re.search(r"\| 0 \| [\d.]+ \| [\d.]+ \| \w+ \|\n\| \d+ \| [\d,]+ \| 1 \|", table), (
-        table
-    )  # seed order
-    parents = client.search_runs([exp_id], filter_string="tags.kind = 'verify'", order_by=["start_time DESC"])
-    children = client.search_runs(
-        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"
-    )
-    assert len(parents) == 2 and sorted(c.data.params["seed"] for c in children) == ["0", "1"]
-    assert all(c.info.status == "FINISHED" and c.data.metrics["test/acc"] > 0.5 for c in children)
-    # The weights came back from a worker intact: the exported seed scores what its run logged.
-    seed = int(re.search(r"Exported weights: seed (\d+)", (out2 / "verify.md").read_text())[1])
-    model = build_model(load_experiment(out2 / "spec.yaml").spec)
-    model.load_state_dict(torch.load(out2 / "state_dict.pt", weights_only=True))
-    _, acc = evaluate(model, load_mnist(data_dir).test)
-    logged = next(c for c in children if c.data.params["seed"] == str(seed)).data.metrics["test/acc"]
-    assert acc == pytest.approx(logged, abs=1e-9)
-
-    # --trial picks a named trial instead of the top K; an unknown one exits 2 before any run.
-    rows = json.loads(runner.invoke(app, ["report", "--json"]).output)["trials"]
-    ranked = [r["trial"] for r in rows if r["state"] == "COMPLETE"]
-    assert len(ranked) == 2
-    bad = runner.invoke(app, ["verify", "--trial", "999", "--data-dir", str(data_dir)])
-    assert bad.exit_code == 2 and "--trial 999: not a completed" in bad.output
-    # --recipe-from: another file's recipe, with the trial's own searched knobs (lr, batch size).
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(
-        re.sub(r"rotation: [\d.]+", "rotation: 3", BUDGET_8K.read_text()).replace("bn: 10000", "bn: 500")
-    )
-    args = ["verify", "--trial", str(ranked[-1]), "--seeds", "1", "--epochs", "1", "--recipe-from", str(changed),
-            "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert f"trial {ranked[-1]} seed 0:" in result.output and f"trial {ranked[0]} seed" not in result.output
-    assert len(client.search_runs([exp_id], filter_string="tags.kind = 'verify'")) == 3
-    run = client.search_runs(
-        [exp_id], filter_string="tags.kind = 'verify-run'", order_by=["start_time DESC"]
-    )[0]
-    trial = optuna.load_study(study_name="budget-8k-b8000", storage=open_storage(None)).trials[ranked[-1]]
-    assert run.data.params["recipe.precise_bn"] == "500" and run.data.params["recipe.rotation"] == "3.0"
-    assert float(run.data.params["recipe.lr"]) == pytest.approx(trial.params["lr"])
-    assert int(run.data.params["recipe.batch_size"]) == trial.params["batch_size"]
-    missing = runner.invoke(
-        app, ["verify", "--recipe-from", str(tmp_path / "nope.yaml"), "--data-dir", str(data_dir)]
-    )
-    assert missing.exit_code == 2 and "experiment file not found" in missing.output

@@ -10,7 +10,8 @@ import torch
 from mnist_search.config import ArchSpec, Recipe
 from mnist_search.data import MNISTData, Split
 from mnist_search.model import build_model
-from mnist_search.train import NonFiniteLoss, augment, fit, make_optimizer, make_scheduler, resolve_device
+from mnist_search.runtime import resolve_device
+from mnist_search.train import NonFiniteLoss, augment, fit, make_optimizer, make_scheduler
 
 SPEC = ArchSpec(stages=[[8, 12], [12, 16]], transitions=[8], batchnorm=True, dropout=0.05, head="gap")
 
@@ -25,8 +26,8 @@ def small(mnist, n_train=4_000, n_eval=2_000) -> MNISTData:
 
 def test_one_epoch_on_real_images_beats_chance_by_far(mnist):
     seen = []
-    recipe = Recipe(optimizer="adam", lr=0.01, batch_size=32)
-    result = fit(build_model(SPEC, seed=0), small(mnist), recipe, torch.device("cpu"), seen.append, epochs=1)
+    recipe = Recipe(optimizer="adam", lr=0.01, batch_size=32, epochs=1)
+    result = fit(build_model(SPEC, seed=0), small(mnist), recipe, torch.device("cpu"), seen.append)
     assert [r.epoch for r in seen] == [1] and seen[0] is result.epochs[0]
     # Chance is 0.10; one epoch on 4,000 real images (125 steps) reaches about 0.84.
     assert result.epochs[0].val_acc > 0.75
@@ -37,7 +38,7 @@ def test_one_epoch_on_real_images_beats_chance_by_far(mnist):
 def test_training_is_reproducible_on_cpu(mnist):
     data = small(mnist, 1_000, 500)
     runs = [
-        fit(build_model(SPEC, seed=3), data, Recipe(rotation=8), torch.device("cpu"), epochs=1, seed=3)
+        fit(build_model(SPEC, seed=3), data, Recipe(rotation=8, epochs=1), torch.device("cpu"), seed=3)
         for _ in range(2)
     ]
     assert runs[0].epochs[0].train_loss == runs[1].epochs[0].train_loss
@@ -48,7 +49,7 @@ def test_absurd_learning_rate_raises_non_finite_loss(mnist):
     data = small(mnist, 1_000, 200)
     spec = ArchSpec(stages=[[8]], batchnorm=False, head="gap")
     with pytest.raises(NonFiniteLoss, match="became (nan|inf)"):
-        fit(build_model(spec), data, Recipe(lr=1e12, momentum=0.9), torch.device("cpu"), epochs=1)
+        fit(build_model(spec), data, Recipe(lr=1e12, momentum=0.9, epochs=1), torch.device("cpu"))
 
 
 def test_augmentation_is_identity_when_off_and_moves_pixels_when_on(mnist):
@@ -103,9 +104,9 @@ def test_onecycle_with_cycle_epochs_anneals_then_holds_the_floor():
 
 def test_precise_bn_replaces_running_averages_by_the_plain_statistics_of_clean_images(mnist):
     data = small(mnist, 1_000, 500)
-    recipe = Recipe(rotation=10, lr=0.05, precise_bn=len(data.train))  # every training image
+    recipe = Recipe(rotation=10, lr=0.05, precise_bn=len(data.train), epochs=1)  # every training image
     model = build_model(SPEC, seed=1)
-    fit(model, data, recipe, torch.device("cpu"), epochs=1)
+    fit(model, data, recipe, torch.device("cpu"))
     conv, relu, bn = model.layers[0], model.layers[1], model.layers[2]
     with torch.no_grad():
         act = relu(conv(data.train.x))  # what the first BatchNorm sees, un-augmented
@@ -113,6 +114,6 @@ def test_precise_bn_replaces_running_averages_by_the_plain_statistics_of_clean_i
     assert torch.allclose(bn.running_var, act.var((0, 2, 3)), rtol=0.05)  # per-batch, not pooled
     # Without it: the same weights, but running averages that track the last (augmented) batches.
     plain = build_model(SPEC, seed=1)
-    fit(plain, data, recipe.model_copy(update={"precise_bn": 0}), torch.device("cpu"), epochs=1)
+    fit(plain, data, recipe.model_copy(update={"precise_bn": 0}), torch.device("cpu"))
     assert torch.equal(plain.layers[0].weight, conv.weight)
     assert not torch.allclose(plain.layers[2].running_mean, act.mean((0, 2, 3)), atol=1e-3)

@@ -1,0 +1,175 @@
+"""The search objective: propose a spec, reject it if over budget, else train and score it.
+
+An over-budget proposal is recorded as an infeasible trial through Optuna 5's
+`trial.set_constraint` (feasible when <= 0), which the constrained TPE sampler learns from, and
+costs microseconds: it is never built. Observers (MLflow, the progress display) follow each trial
+through `TrialHooks`; the objective itself never prints or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import optuna
+import torch
+
+from .config import ArchSpec, Recipe, SearchSpace
+from .data import MNISTData
+from .model import build_model, count_params, mult_adds
+from .records import TrialRecord
+from .space import CONSTRAINT, sample_recipe, sample_spec
+from .train import EpochResult, FitResult, NonFiniteLoss, fit
+
+
+@dataclass
+class TrialEnd:
+    """What the objective hands to its observers when a trained trial ends."""
+
+    number: int
+    state: str  # COMPLETE / PRUNED / FAIL
+    spec: ArchSpec
+    recipe: Recipe
+    params: int
+    result: FitResult
+    seconds: float
+    reason: str = ""
+
+
+class TrialHooks(Protocol):
+    """Observers of a trained trial: MLflow logging and the progress display plug in here."""
+
+    def trial_started(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe) -> None: ...
+
+    def epoch_ended(self, trial: optuna.Trial, r: EpochResult) -> None: ...
+
+    def trial_ended(self, end: TrialEnd, model: torch.nn.Module | None) -> None: ...
+
+
+class NoHooks:
+    def trial_started(self, trial, spec, recipe) -> None: ...
+
+    def epoch_ended(self, trial, r) -> None: ...
+
+    def trial_ended(self, end, model) -> None: ...
+
+
+class FanOut:
+    """Several observers behind one: each event goes to every hook, in order."""
+
+    def __init__(self, *hooks: TrialHooks):
+        self.hooks = hooks
+
+    def trial_started(self, *args) -> None:
+        for hook in self.hooks:
+            hook.trial_started(*args)
+
+    def epoch_ended(self, *args) -> None:
+        for hook in self.hooks:
+            hook.epoch_ended(*args)
+
+    def trial_ended(self, *args) -> None:
+        for hook in self.hooks:
+            hook.trial_ended(*args)
+
+
+class Objective:
+    """Maximise the mean validation accuracy of the last 3 epochs of a budget-feasible spec.
+
+    `recipe.epochs` is the number of epochs per trial (the one source of it). `slot(study, number)`
+    says whether the trial may train ("train"), or the study's total is reached ("stop", "skip").
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        recipe: Recipe,
+        budget: int,
+        data: MNISTData,
+        device: torch.device,
+        hooks: TrialHooks | None = None,
+        *,
+        seed: int = 0,
+        slot: Callable[[optuna.Study, int], str] = lambda study, number: "train",
+    ):
+        self.space, self.recipe, self.budget = space, recipe, budget
+        self.data, self.device, self.hooks = data, device, hooks or NoHooks()
+        self.seed, self.slot = seed, slot
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = sample_spec(trial, self.space)
+        recipe = sample_recipe(trial, self.space, self.recipe)
+        params = count_params(spec)
+        trial.set_constraint(CONSTRAINT, params - (self.budget - 1))
+        TrialRecord.write(trial, params=params, mult_adds=mult_adds(spec), spec=spec.model_dump(mode="json"))
+        if params >= self.budget:
+            # Rejected in microseconds: recorded as infeasible so constrained TPE learns from it.
+            # The value is never used to rank (best_trial and the report skip infeasible trials).
+            TrialRecord.write(trial, feasible=False)
+            return 0.0
+        # A dead worker's trial retried inherits its user attributes: it is not training (yet).
+        TrialRecord.write(
+            trial, feasible=True, training=False, worker=f"{socket.gethostname()}:{os.getpid()}"
+        )
+        slot = self.slot(trial.study, trial.number)
+        if slot != "train":
+            # Not trained, not counted: the study's total is (being) reached by other workers
+            # ("stop": this worker ends), or a dead worker's trial waits to be retried ("skip").
+            TrialRecord.write(trial, surplus=True)
+            if slot == "stop":
+                trial.study.stop()
+            raise optuna.TrialPruned(f"not trained ({slot})")
+        # Now ahead of lower-numbered trials still waiting for a slot.
+        TrialRecord.write(trial, training=True, recipe=recipe.model_dump(mode="json"))
+        return self._train(trial, spec, recipe, params)
+
+    def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
+        seed = self.seed + trial.number  # distinct, reproducible initialisation per trial
+        result = FitResult()
+        start = time.perf_counter()
+
+        def on_epoch(r: EpochResult) -> None:
+            result.epochs.append(r)
+            self.hooks.epoch_ended(trial, r)
+            trial.report(r.val_acc, step=r.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
+
+        def ended(state: str, reason: str = "", trained: torch.nn.Module | None = None) -> None:
+            end = TrialEnd(
+                trial.number, state, spec, recipe, params, result, time.perf_counter() - start, reason
+            )
+            TrialRecord.write(trial, seconds=round(end.seconds, 2), epochs_run=len(result.epochs))
+            if result.epochs:
+                TrialRecord.write(
+                    trial,
+                    test_acc_min_last3=result.test_min_last3,
+                    test_acc=result.epochs[-1].test_acc,
+                    target_met=result.target_met(),
+                )
+            if reason:
+                TrialRecord.write(trial, fail_reason=reason)
+            self.hooks.trial_ended(end, trained)
+
+        try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
+            self.hooks.trial_started(trial, spec, recipe)
+            model = build_model(spec, seed=seed)
+            fit(model, self.data, recipe, self.device, on_epoch, seed=seed)
+        except optuna.TrialPruned as exc:
+            ended("PRUNED", str(exc))
+            raise
+        except NonFiniteLoss as exc:
+            ended("FAIL", str(exc))
+            raise
+        except torch.cuda.OutOfMemoryError:
+            ended("FAIL", "CUDA out of memory")
+            raise
+        except KeyboardInterrupt:
+            ended("FAIL", "interrupted")
+            raise
+        ended("COMPLETE", trained=model)
+        return result.val_score

@@ -1,0 +1,69 @@
+"""What we store on Optuna trials and studies (their user attributes), as typed records.
+
+Every attribute key is a field name here and nowhere else: code reads `TrialRecord.of(trial).params`
+and writes `TrialRecord.write(trial, params=...)`, so a misspelt key is an error, not a silent None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+
+class _Record:
+    _keys: ClassVar[frozenset[str]]
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]):
+        return cls(**{key: attrs[key] for key in cls._keys if key in attrs})
+
+    @classmethod
+    def write(cls, target, **values: Any) -> None:
+        """Store `values` as user attributes of `target` (an Optuna trial or study)."""
+        for key, value in values.items():
+            if key not in cls._keys:
+                raise KeyError(f"{cls.__name__} has no field {key!r}")
+            target.set_user_attr(key, value)
+
+
+@dataclass(frozen=True)
+class TrialRecord(_Record):
+    """One trial's attributes: its proposal, its claim on a training slot, and its outcome."""
+
+    feasible: bool | None = None  # under the budget? None while the proposal is being sampled
+    params: int | None = None  # trainable parameters of the proposed spec
+    mult_adds: int | None = None  # per image
+    spec: dict | None = None  # ArchSpec as JSON
+    recipe: dict | None = None  # Recipe as JSON (with the searched knobs applied)
+    training: bool = False  # holds a training slot (see studies.ahead_of)
+    surplus: bool = False  # not trained: the study's total was (being) reached by other workers
+    worker: str | None = None  # host:pid of the process that trains it
+    seconds: float | None = None  # wall time of its training
+    epochs_run: int = 0
+    test_acc: float | None = None  # last epoch
+    test_acc_min_last3: float | None = None
+    target_met: bool = False  # test acc >= TARGET in each of the last 3 epochs
+    fail_reason: str | None = None  # why it FAILed or was pruned
+    mlflow_run_id: str | None = None  # its child run
+
+    @classmethod
+    def of(cls, trial) -> TrialRecord:
+        return cls.from_attrs(trial.user_attrs)
+
+
+@dataclass(frozen=True)
+class StudyRecord(_Record):
+    """A study's attributes, set when it is created (and the MLflow parent run once it exists)."""
+
+    budget: int | None = None
+    experiment_file: str | None = None  # path or shipped name, as given
+    epochs: int | None = None  # per trial
+    mlflow_parent_run_id: str | None = None
+
+    @classmethod
+    def of(cls, study) -> StudyRecord:
+        return cls.from_attrs(study.user_attrs)
+
+
+TrialRecord._keys = frozenset(f.name for f in fields(TrialRecord))
+StudyRecord._keys = frozenset(f.name for f in fields(StudyRecord))

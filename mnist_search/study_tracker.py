@@ -1,0 +1,177 @@
+"""A study in MLflow: one parent run per study, one nested child run per trained trial.
+
+Written by hand (optuna-integration's MLflowCallback is deprecated and logs only final values).
+The parent's id is kept in the study's attributes, so a resumed study (or a second worker) nests
+its trials under the same parent. Each trained trial's child run (tag mlflow.parentRunId) ends
+FINISHED, KILLED (pruned) or FAILED; over-budget proposals are never trained and get no run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import optuna
+
+from .config import TARGET, ArchSpec, Recipe
+from .leaderboard import completed, feasible_share, leaderboard
+from .objective import TrialEnd
+from .records import StudyRecord, TrialRecord
+from .settings import mask_url
+from .tracking import RunLog, Tracking, git_commit, run_tags, spec_params
+from .train import EpochResult
+
+PARENT_SETTLE_SECONDS = 2.0  # only paid by a worker that creates a study's parent run
+END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def fail_stale_run(trial: optuna.trial.FrozenTrial) -> None:
+    """A dead worker's trial (no heartbeats): end its child run FAILED, which the worker cannot."""
+    run_id = TrialRecord.of(trial).mlflow_run_id
+    if run_id:
+        client = mlflow.MlflowClient()  # the process-wide URI that tracking.connect set
+        client.set_tag(run_id, "state", "FAIL")
+        client.set_tag(run_id, "failure", "worker stopped sending heartbeats (killed?); trial retried")
+        client.set_terminated(run_id, "FAILED")
+
+
+class StudyTracker:
+    """MLflow logging of a study; plugs into the objective as its `TrialHooks`."""
+
+    def __init__(
+        self, tracking: Tracking, study: optuna.Study, storage_url: str, budget: int, experiment_file: str
+    ):
+        self.study, self.budget = study, budget
+        self.storage = mask_url(storage_url)
+        self.experiment_id, self.experiment_file = tracking.experiment_id, experiment_file
+        self.client = tracking.client
+        self.children: dict[int, str] = {}
+        self._own_parent = self._parent()
+
+    @property
+    def parent_id(self) -> str:
+        """Read from the study storage each time: a worker that joined while racers settled the
+        parent converges on the recorded one."""
+        return StudyRecord.of(self.study).mlflow_parent_run_id or self._own_parent
+
+    def _reuse(self, run_id: str | None) -> str | None:
+        """The recorded parent run, set RUNNING again, if it still exists in this store."""
+        if not run_id:
+            return None
+        try:
+            if self.client.get_run(run_id).info.lifecycle_stage != "active":
+                return None
+        except mlflow.exceptions.MlflowException:
+            return None  # deleted, or it lives in another tracking store: start a new one
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+        except mlflow.exceptions.MlflowException:
+            pass  # a racer deleted it meanwhile: parent_id re-reads the winner
+        return run_id
+
+    def _parent(self) -> str:
+        known = self._reuse(StudyRecord.of(self.study).mlflow_parent_run_id)
+        if known:
+            return known
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.study.study_name,
+            tags={
+                "kind": "study",
+                "study_name": self.study.study_name,
+                "storage": self.storage,
+                "budget": str(self.budget),
+                "target": str(TARGET),
+                "experiment_file": self.experiment_file,
+                "git_commit": git_commit(),
+            },
+        )
+        StudyRecord.write(self.study, mlflow_parent_run_id=run.info.run_id)
+        # Workers started together race to create the parent. The storage has no compare-and-set
+        # for user attributes, so let the racers' writes settle, then the last one written wins
+        # and the others delete their run before logging anything under it.
+        time.sleep(PARENT_SETTLE_SECONDS)
+        winner = StudyRecord.of(self.study).mlflow_parent_run_id or run.info.run_id  # from the storage
+        if winner != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return winner
+
+    # TrialHooks -----------------------------------------------------------------------------
+    def trial_started(self, trial, spec: ArchSpec, recipe: Recipe) -> None:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{self.study.study_name}-trial-{trial.number}",
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                "kind": "trial",
+                "trial_number": str(trial.number),
+                "study_name": self.study.study_name,
+                "storage": self.storage,
+                "state": "RUNNING",
+            }
+            | run_tags(spec, self.budget, self.experiment_file),
+        )
+        run_id = run.info.run_id
+        self.children[trial.number] = run_id
+        TrialRecord.write(trial, mlflow_run_id=run_id)
+        log = RunLog(self.client, run_id)
+        log.params(spec_params(spec, recipe) | {"trial_number": str(trial.number)})
+        log.tables(spec)
+
+    def epoch_ended(self, trial, r: EpochResult) -> None:
+        RunLog(self.client, self.children[trial.number]).epoch(r)
+
+    def trial_ended(self, end: TrialEnd, model) -> None:
+        # Popped only once closed: if an interrupt lands mid-way, finish() still closes the run.
+        run_id = self.children.get(end.number)
+        if run_id is None:  # interrupted before its run was created: nothing to close
+            return
+        log = RunLog(self.client, run_id)
+        self.client.set_tag(run_id, "state", end.state)
+        if end.reason:
+            self.client.set_tag(run_id, "failure" if end.state == "FAIL" else "pruned_reason", end.reason)
+        log.outcome(end.result, extra={"final/seconds": end.seconds})
+        if model is not None:
+            log.checkpoint(model)
+            log.model(model)
+        log.end(END_STATUS[end.state])
+        del self.children[end.number]
+
+    # End of an invocation -------------------------------------------------------------------
+    def close_open_children(self, status: str = "KILLED") -> None:
+        for run_id in self.children.values():
+            self.client.set_tag(run_id, "state", "FAIL")
+            self.client.set_terminated(run_id, status)
+        self.children.clear()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Summarise the whole study (all invocations) on the parent run and close it."""
+        from .plots import study_figures
+
+        self.close_open_children()
+        rows = leaderboard(self.study)
+        feasible, proposed = feasible_share(self.study)
+        done = completed(rows)
+        metrics = {
+            "study/trials_trained": len(rows),
+            "study/trials_completed": len(done),
+            "study/trials_pruned": sum(r.state == "PRUNED" for r in rows),
+            "study/trials_failed": sum(r.state == "FAIL" for r in rows),
+            "study/trials_target_met": sum(r.target_met for r in rows),
+            "study/proposals": proposed,
+            "study/feasible_share": feasible / proposed if proposed else 0.0,
+        }
+        if done:
+            best = done[0]
+            metrics |= {"best/val_acc": best.val_acc, "best/params": best.params, "best/trial": best.trial}
+            if best.test_acc_min_last3 is not None:
+                metrics["best/test_acc_min_last3"] = best.test_acc_min_last3
+            self.client.set_tag(self.parent_id, "best_trial", str(best.trial))
+            self.client.set_tag(self.parent_id, "best_spec", str(best.spec))
+            if best.mlflow_run_id:
+                self.client.set_tag(self.parent_id, "best_run_id", best.mlflow_run_id)
+        RunLog(self.client, self.parent_id).metrics(metrics)
+        for path, fig in study_figures(self.study, self.budget).items():
+            self.client.log_figure(self.parent_id, fig, path)
+            fig.clear()
+        self.client.set_terminated(self.parent_id, status)

@@ -1,0 +1,129 @@
+"""A real, tiny study on real MNIST in a temporary local store, run once for this module: what it
+stores, what it tracks in MLflow, `report`, `export`, and resuming it (last: it adds trials)."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from mnist_search.cli import app
+from mnist_search.config import load_experiment
+from mnist_search.data import normalise
+from mnist_search.model import build_model
+from mnist_search.storage import open_storage
+
+from .conftest import local_client, runner, study_args
+
+pytestmark = pytest.mark.slow
+STUDY = "budget-8k-b8000"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """The default search, 4 trained trials of 1 epoch on 3,000 images, in a fresh local store."""
+    root = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNIST_SEARCH_STORE", str(root / "mlruns"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(root)
+        result = runner.invoke(app, study_args(data_dir, 4))
+        assert result.exit_code == 0, result.output
+        assert "4/4 trials trained" in result.output
+        yield root
+
+
+def load(root) -> optuna.Study:
+    return optuna.load_study(
+        study_name=STUDY, storage=open_storage(str(root / "mlruns" / "optuna-journal.log"))
+    )
+
+
+def runs(root):
+    client = local_client(root / "mlruns")
+    exp = client.get_experiment_by_name("mnist-search-studies")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("kind") == "study"]
+    children = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
+    return client, parents, children
+
+
+def test_only_under_budget_proposals_are_trained_and_tracked(trained):
+    study = load(trained)
+    done = [t for t in study.trials if t.user_attrs.get("feasible")]
+    rejected = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    assert len(done) == 4
+    assert all(t.user_attrs["params"] < 8000 for t in done)  # nothing over budget was trained
+    assert all(t.user_attrs["params"] >= 8000 for t in rejected)
+    assert all("mlflow_run_id" not in t.user_attrs for t in rejected)  # ... nor tracked
+    assert all(0.0 < t.value <= 1.0 for t in done if t.state.name == "COMPLETE")
+
+
+def test_one_parent_run_holds_a_closed_child_run_per_trained_trial(trained):
+    client, parents, children = runs(trained)
+    done = [t for t in load(trained).trials if t.user_attrs.get("feasible")]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {int(c.data.tags["trial_number"]) for c in children} == {t.number for t in done}
+    for child in children:
+        assert child.info.status in ("FINISHED", "KILLED")  # never left RUNNING
+        assert child.data.tags["state"] in ("COMPLETE", "PRUNED")
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]
+        assert child.data.tags["study_name"] == STUDY
+        assert child.data.params["recipe.epochs"] == "1"  # --epochs 1: one source, logged true
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/params_vs_accuracy.png"} <= artifacts
+    assert parent.data.metrics["study/trials_trained"] == 4
+
+
+def test_report_json_agrees_with_the_storage(trained):
+    result = runner.invoke(
+        app,
+        ["report", "--study", STUDY, "--json", "--storage", str(trained / "mlruns" / "optuna-journal.log")],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    study = load(trained)
+    by_number = {t.number: t for t in study.trials}
+    assert len(report["trials"]) == len([t for t in study.trials if t.user_attrs.get("feasible")])
+    for row in report["trials"]:
+        t = by_number[row["trial"]]
+        assert row["params"] == t.user_attrs["params"] and row["state"] == t.state.name
+        if t.state.name == "COMPLETE":
+            assert row["val_acc"] == t.value
+    assert report["feasible"] == len([t for t in study.trials if t.user_attrs.get("feasible")])
+    best = max((r for r in report["trials"] if r["state"] == "COMPLETE"), key=lambda r: r["val_acc"])
+    assert report["trials"][0]["trial"] == best["trial"]
+
+
+def test_export_writes_a_program_over_raw_pixels_that_predicts_like_the_trained_net(trained, monkeypatch):
+    monkeypatch.setenv("MNIST_SEARCH_STORE", str(trained / "mlruns"))
+    out = trained / "export"
+    result = runner.invoke(app, ["export", "--study", STUDY, "--trial", "best", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    program = torch.export.load(out / "model.pt2")
+    spec = load_experiment(out / "spec.yaml").spec
+    net = build_model(spec)
+    net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
+    net.eval()
+    pixels = torch.rand(7, 1, 28, 28)
+    logits = program.module()(pixels)
+    assert logits.shape == (7, 10)
+    assert torch.allclose(logits, net(normalise(pixels)), atol=1e-4)
+    assert "Total params" in (out / "layers.txt").read_text()
+
+
+def test_the_same_command_with_a_larger_total_resumes_under_the_same_parent(trained, data_dir, monkeypatch):
+    monkeypatch.setenv("MNIST_SEARCH_STORE", str(trained / "mlruns"))
+    monkeypatch.chdir(trained)
+    result = runner.invoke(app, study_args(data_dir, 6))
+    assert result.exit_code == 0, result.output
+    assert "4/6 trials done" in result.output and "6/6 trials trained" in result.output
+    _, parents, children = runs(trained)
+    assert len(parents) == 1 and len(children) == 6
+    again = runner.invoke(app, study_args(data_dir, 6))
+    assert again.exit_code == 0 and "already has 6 trained trials" in again.output
