@@ -25,7 +25,8 @@ from torch import nn
 from mnist_search.config import load_experiment
 from mnist_search.data import MEAN, STD, load_mnist, resolve_data_dir
 from mnist_search.model import build_model, layer_plan
-from mnist_search.train import configure_threads, fit
+from mnist_search.runtime import configure_threads
+from mnist_search.train import fit
 
 SPEC_FILE = Path(__file__).resolve().parent.parent / "experiments" / "seed-model-2.yaml"
 
@@ -70,7 +71,7 @@ def seed_epoch(spec, raw_root: Path) -> float:
 def project_epoch(spec, recipe, data_dir: Path) -> float:
     data = load_mnist(data_dir, val_size=0)  # all 60k, as the seed trains on
     model = build_model(spec)
-    result = fit(model, data, recipe, torch.device("cpu"), epochs=1, seed=0)
+    result = fit(model, data, recipe.model_copy(update={"epochs": 1}), torch.device("cpu"), seed=0)
     return result.epochs[0].epoch_seconds
 
 

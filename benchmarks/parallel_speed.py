@@ -20,7 +20,8 @@ import torch
 from mnist_search.config import load_experiment
 from mnist_search.data import load_mnist
 from mnist_search.model import build_model, count_params
-from mnist_search.train import available_cores, configure_threads, fit
+from mnist_search.runtime import available_cores, configure_threads
+from mnist_search.train import fit
 
 DEFAULT = Path(__file__).resolve().parent.parent / "results" / "budget-8k" / "experiment.yaml"
 
@@ -30,11 +31,9 @@ def train(args: tuple[str, str | None, int, int, int, int]) -> float:
     experiment, data_dir, limit, epochs, threads, seed = args
     configure_threads(threads)
     exp = load_experiment(experiment)
-    recipe = exp.recipe.model_copy(update={"val_size": 0})
+    recipe = exp.recipe.model_copy(update={"val_size": 0, "epochs": epochs})
     data = load_mnist(data_dir, val_size=0, limit_train=limit)
-    result = fit(
-        build_model(exp.spec, seed=seed), data, recipe, torch.device("cpu"), epochs=epochs, seed=seed
-    )
+    result = fit(build_model(exp.spec, seed=seed), data, recipe, torch.device("cpu"), seed=seed)
     return sum(e.epoch_seconds for e in result.epochs) / len(result.epochs)
 
 
