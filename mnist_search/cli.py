@@ -6,6 +6,7 @@ Errors the user can fix are one line on stderr with exit code 2 (`fail`); a faul
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -36,6 +37,8 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+MAX_SEED = 2**31 - 1  # trial n trains with seed + n: leave room below the generators' limits
+
 # Wrong input, found before anything is written: one line, exit 2.
 USAGE_ERRORS = (ConfigError, DataError, DeviceError, StorageError, TrackingError, BudgetError, ExportError)
 
@@ -60,13 +63,30 @@ StudyName = Annotated[
 Storage = Annotated[
     str | None,
     typer.Option(
-        help="Optuna storage: a journal file path (default mlruns/optuna-journal.log), sqlite:// or postgresql://."
+        envvar="MNIST_SEARCH_STORAGE",
+        help="Optuna storage: a journal file path (default mlruns/optuna-journal.log), sqlite:// or postgresql://"
+        " ($MNIST_SEARCH_STORAGE keeps a password off your command line).",
     ),
 ]
 ExperimentRef = Annotated[
     str,
     typer.Argument(help="Experiment YAML with a `spec` section: a path or a shipped name (seed-model-1)."),
 ]
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings (logger "mnist_search"), one `warning: ...` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _console() -> None:
+    log = logging.getLogger("mnist_search")
+    log.handlers[:] = [_WarningLines()]
+    log.setLevel(logging.WARNING)
+    log.propagate = False
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -102,7 +122,9 @@ def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
 def train(
     path: ExperimentRef,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the recipe's epochs.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling and augmentation.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed for initialisation, shuffling and augmentation.")
+    ] = 0,
     device: Device = "auto",
     data_dir: DataDir = None,
     limit_train: LimitTrain = None,
@@ -162,7 +184,9 @@ def study(
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     device: Device = "auto",
-    seed: Annotated[int, typer.Option(help="Sampler seed; trial n trains with seed + n.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Sampler seed; trial n trains with seed + n.")
+    ] = 0,
     data_dir: DataDir = None,
     limit_train: LimitTrain = None,
     quiet: Annotated[
@@ -197,7 +221,7 @@ def study_worker() -> None:
 
 
 def _run_study(request, quiet: bool) -> None:
-    from .studies import StudyMismatch, prepare_study
+    from .studies import REPEATS_TO_STOP, StudyMismatch, prepare_study
 
     try:
         session = prepare_study(request)
@@ -218,12 +242,14 @@ def _run_study(request, quiet: bool) -> None:
         )
     with StudyProgress(out, request.trials, done, quiet=quiet or request.jobs > 1) as progress:
         outcome = session.run(progress)
-    if outcome.workers_exit_code is not None:
-        out.print(
-            f"study {session.name}: {session.done}/{request.trials} trials trained by {request.jobs} workers",
-            highlight=False,
+    if outcome.workers is not None:
+        _workers_ended(session, outcome)
+    if outcome.repeated_failure is not None:
+        fail(
+            f"{session.name}: the last {REPEATS_TO_STOP} trials failed with the same error ({outcome.repeated_failure}); "
+            "the study stopped; fix the cause and re-run the same command to resume",
+            code=1,
         )
-        raise typer.Exit(outcome.workers_exit_code)
     if outcome.tracking_failure is not None:
         fail(
             f"tracking server {mask_url(session.tracking.uri)} failed mid-study ({outcome.tracking_failure}); "
@@ -237,6 +263,37 @@ def _run_study(request, quiet: bool) -> None:
             "interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False
         )
         raise typer.Exit(130)
+
+
+def _workers_ended(session, outcome) -> NoReturn:
+    """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
+    done, total = session.done, session.request.trials
+    out.print(
+        f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers",
+        highlight=False,
+    )
+    for w in outcome.dead_workers:
+        then = "another worker trained its trial again" if done >= total else "its trial is queued again"
+        err.print(
+            f"warning: worker {w.index} (pid {w.pid}) {w.how}; {then}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    codes = [w.code for w in outcome.workers]
+    if 130 in codes:
+        err.print(
+            "interrupted: the running trials were marked FAIL; run the same command to resume",
+            highlight=False,
+        )
+        raise typer.Exit(130)
+    if done >= total:
+        raise typer.Exit(0)
+    if outcome.dead_workers:
+        fail(
+            f"{done}/{total} trials trained when the workers ended; re-run the same command to finish", code=1
+        )
+    raise typer.Exit(max(codes, key=abs) or 1)
 
 
 def _study_summary(st, trials: int) -> str:
@@ -320,14 +377,10 @@ def export(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Write a trial's model as a torch.export program (model.pt2), its state_dict, spec and tables."""
-    from .export import export_trial
-    from .studies import EXPERIMENT_NAME, load_study
-    from .tracking import connect
+    from .export import export_from_study
 
     try:
-        row, written = export_trial(
-            load_study(study_name, storage), trial, out_dir, connect(tracking_uri, EXPERIMENT_NAME)
-        )
+        row, written = export_from_study(study_name, storage, trial, out_dir, tracking_uri)
     except USAGE_ERRORS as exc:
         fail(str(exc))
     out.print(

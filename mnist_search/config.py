@@ -16,6 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
+# Channels of one conv: tiny networks are the point, and a width in the millions would fail to
+# allocate mid-run instead of being refused here.
+Width = Annotated[int, Field(gt=0, le=1024)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 TARGET = 0.994  # the task: >= 99.4 % test accuracy (in each of the last 3 epochs) ...
@@ -27,7 +30,8 @@ NUM_CLASSES = 10
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never valid settings (`lr: .inf` would overflow mid-training).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ArchSpec(_Strict):
@@ -41,8 +45,8 @@ class ArchSpec(_Strict):
                  k x k conv over the whole remaining feature map ("conv", the seed's 7x7).
     """
 
-    stages: tuple[tuple[PositiveInt, ...], ...] = Field(min_length=1)
-    transitions: tuple[PositiveInt, ...] = ()
+    stages: tuple[tuple[Width, ...], ...] = Field(min_length=1)
+    transitions: tuple[Width, ...] = ()
     padding: bool = False
     batchnorm: bool = True
     dropout: Probability = 0.0
@@ -98,8 +102,8 @@ class Recipe(_Strict):
 
 
 class IntRange(_Strict):
-    low: PositiveInt
-    high: PositiveInt
+    low: Width
+    high: Width
     step: PositiveInt = 1
 
     @model_validator(mode="after")
@@ -121,6 +125,10 @@ class FloatRange(_Strict):
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
         return self
+
+
+# Recipe fields a search space may draw from a float range (batch_size is a list of choices).
+SEARCHED_RECIPE_FLOATS = ("lr", "weight_decay", "rotation")
 
 
 class SearchSpace(_Strict):
@@ -177,19 +185,45 @@ class Experiment(_Strict):
     def _has_something(self) -> Experiment:
         if self.spec is None and self.search is None:
             raise ValueError("an experiment needs a `spec` or a `search` section")
+        if self.search is not None:
+            self._check_search()
         return self
+
+    def _check_search(self) -> None:
+        """A search decides on validation accuracy, and draws recipe knobs the recipe must accept."""
+        if self.recipe.val_size == 0:
+            raise ValueError(
+                "recipe.val_size: a search needs a validation split (> 0); it never decides on the test set"
+            )
+        for knob in SEARCHED_RECIPE_FLOATS:
+            bounds = getattr(self.search, knob)
+            for value in () if bounds is None else (bounds.low, bounds.high):
+                try:
+                    self.recipe.model_validate(self.recipe.model_dump() | {knob: value})
+                except ValidationError as exc:
+                    msg = exc.errors()[0]["msg"]
+                    raise ValueError(
+                        f"search.{knob}: {value} is outside what recipe.{knob} accepts ({msg})"
+                    ) from None
 
 
 class ConfigError(Exception):
     """A file or value the user gave is wrong; the message is one line meant for them."""
 
 
+def check_name(option: str, name: str) -> None:
+    """A study or experiment name both stores can hold (Optuna keys studies by it, MLflow names
+    experiments and runs after it)."""
+    if not name.strip() or len(name) > 200 or not name.isprintable():
+        raise ConfigError(f"{option} {name!r}: use 1 to 200 printable characters")
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")  # a model-level check names its own field
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {msg}{more}"
+    return f"{where}: {msg}{more}" if where else f"{msg}{more}"
 
 
 def shipped_experiments() -> dict[str, Traversable]:

@@ -143,6 +143,10 @@ def load_mnist(
     val_idx, train_idx = order[:val_size], order[val_size:].sort().values
     if limit_train is not None:
         train_idx = train_idx[:limit_train]
+    if len(train_idx) < 2:  # BatchNorm cannot train on a single image
+        raise DataError(
+            f"{len(train_idx)} training image(s) left (val_size {val_size}, limit_train {limit_train}); need 2 or more"
+        )
     test_x = torch.from_numpy(raw["test_images"].copy())
     test_y = torch.from_numpy(raw["test_labels"].astype(np.int64))
     return MNISTData(

@@ -77,3 +77,21 @@ def export_trial(study, trial: str, out_dir: Path, tracking: Tracking) -> tuple[
         model = build_model(ArchSpec.model_validate(row.spec))
         model.load_state_dict(torch.load(Path(local) / "state_dict.pt", weights_only=True))
     return row, export_model(model, out_dir)
+
+
+def check_out_dir(out_dir: Path, option: str = "--out") -> None:
+    """A folder we may write into: absent (created) or a folder, never an existing file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{option} {out_dir}: exists and is not a folder")
+
+
+def export_from_study(
+    study_name: str | None, storage: str | None, trial: str, out_dir: Path, tracking_uri: str | None
+) -> tuple[TrialRow, list[str]]:
+    """`mnist-search export`: every check first, then the study's trial exported from MLflow."""
+    from .studies import EXPERIMENT_NAME, load_study
+    from .tracking import connect
+
+    check_out_dir(out_dir)
+    study = load_study(study_name, storage)
+    return export_trial(study, trial, out_dir, connect(tracking_uri, EXPERIMENT_NAME))

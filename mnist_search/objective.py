@@ -8,8 +8,7 @@ through `TrialHooks`; the objective itself never prints or logs.
 
 from __future__ import annotations
 
-import os
-import socket
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from .config import ArchSpec, Recipe, SearchSpace
 from .data import MNISTData
 from .model import build_model, count_params, mult_adds
+from .owners import this_process
 from .records import TrialRecord
 from .space import CONSTRAINT, sample_recipe, sample_spec
 from .train import EpochResult, FitResult, NonFiniteLoss, fit
@@ -38,6 +38,16 @@ class TrialEnd:
     result: FitResult
     seconds: float
     reason: str = ""
+
+
+class TrialFailed(Exception):
+    """A trial failed for a reason of its own (recorded on it); the study goes on."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class TrialHooks(Protocol):
@@ -82,6 +92,8 @@ class Objective:
 
     `recipe.epochs` is the number of epochs per trial (the one source of it). `slot(study, number)`
     says whether the trial may train ("train"), or the study's total is reached ("stop", "skip").
+    Any exception while a trial trains fails that trial only, with its reason (`TrialFailed`),
+    except the `fatal` ones (a tracking server that went away), which stop the study.
     """
 
     def __init__(
@@ -95,12 +107,16 @@ class Objective:
         *,
         seed: int = 0,
         slot: Callable[[optuna.Study, int], str] = lambda study, number: "train",
+        fatal: tuple[type[BaseException], ...] = (),
     ):
         self.space, self.recipe, self.budget = space, recipe, budget
         self.data, self.device, self.hooks = data, device, hooks or NoHooks()
-        self.seed, self.slot = seed, slot
+        self.seed, self.slot, self.fatal = seed, slot, fatal
+        self.owner = str(this_process())
 
     def __call__(self, trial: optuna.Trial) -> float:
+        # The owner first: from now on a worker that dies leaves a trial that can be told dead.
+        TrialRecord.write(trial, worker=self.owner)
         spec = sample_spec(trial, self.space)
         recipe = sample_recipe(trial, self.space, self.recipe)
         params = count_params(spec)
@@ -112,9 +128,7 @@ class Objective:
             TrialRecord.write(trial, feasible=False)
             return 0.0
         # A dead worker's trial retried inherits its user attributes: it is not training (yet).
-        TrialRecord.write(
-            trial, feasible=True, training=False, worker=f"{socket.gethostname()}:{os.getpid()}"
-        )
+        TrialRecord.write(trial, feasible=True, training=False)
         slot = self.slot(trial.study, trial.number)
         if slot != "train":
             # Not trained, not counted: the study's total is (being) reached by other workers
@@ -135,6 +149,8 @@ class Objective:
         def on_epoch(r: EpochResult) -> None:
             result.epochs.append(r)
             self.hooks.epoch_ended(trial, r)
+            if not math.isfinite(r.val_acc):
+                return  # nothing to judge it by (Optuna's pruners prune a NaN): it FAILs at the end
             trial.report(r.val_acc, step=r.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
@@ -162,14 +178,23 @@ class Objective:
         except optuna.TrialPruned as exc:
             ended("PRUNED", str(exc))
             raise
-        except NonFiniteLoss as exc:
-            ended("FAIL", str(exc))
-            raise
-        except torch.cuda.OutOfMemoryError:
-            ended("FAIL", "CUDA out of memory")
-            raise
         except KeyboardInterrupt:
             ended("FAIL", "interrupted")
             raise
+        except self.fatal:
+            raise  # the tracking store is gone: nothing more can be recorded there
+        except torch.cuda.OutOfMemoryError:
+            ended("FAIL", "CUDA out of memory")
+            raise TrialFailed("CUDA out of memory") from None
+        except NonFiniteLoss as exc:
+            ended("FAIL", str(exc))
+            raise TrialFailed(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 -- any other fault fails this trial only, with its reason
+            ended("FAIL", describe(exc))
+            raise TrialFailed(describe(exc)) from None
+        if not math.isfinite(result.val_score):
+            reason = f"objective is {result.val_score} (no validation accuracy to score)"
+            ended("FAIL", reason)
+            raise TrialFailed(reason)
         ended("COMPLETE", trained=model)
         return result.val_score

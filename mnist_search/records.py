@@ -25,6 +25,14 @@ class _Record:
                 raise KeyError(f"{cls.__name__} has no field {key!r}")
             target.set_user_attr(key, value)
 
+    @classmethod
+    def store(cls, storage, trial_id: int, **values: Any) -> None:
+        """Store `values` on a trial this process does not hold (by its storage id)."""
+        for key, value in values.items():
+            if key not in cls._keys:
+                raise KeyError(f"{cls.__name__} has no field {key!r}")
+            storage.set_trial_user_attr(trial_id, key, value)
+
 
 @dataclass(frozen=True)
 class TrialRecord(_Record):
@@ -37,7 +45,7 @@ class TrialRecord(_Record):
     recipe: dict | None = None  # Recipe as JSON (with the searched knobs applied)
     training: bool = False  # holds a training slot (see studies.ahead_of)
     surplus: bool = False  # not trained: the study's total was (being) reached by other workers
-    worker: str | None = None  # host:pid of the process that trains it
+    worker: str | None = None  # its owner process, host:pid:start time (see owners.Owner)
     seconds: float | None = None  # wall time of its training
     epochs_run: int = 0
     test_acc: float | None = None  # last epoch

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DEFAULT_BUDGET, ArchSpec, ConfigError, Experiment, load_experiment
+from .config import DEFAULT_BUDGET, ArchSpec, ConfigError, Experiment, check_name, load_experiment
 from .data import load_mnist
 from .runtime import setup_device
 from .settings import resolve_tracking_uri
@@ -46,6 +46,7 @@ def load_spec(ref: str) -> tuple[Experiment, ArchSpec]:
 def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | None = None) -> TrainedRun:
     """Check everything (exit-2 errors) before anything is written, then train and log one run."""
     exp, spec = load_spec(request.experiment)
+    check_name("--experiment-name", request.experiment_name)
     recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
     device = setup_device(request.device)
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))

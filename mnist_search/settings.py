@@ -8,6 +8,7 @@ The environment defaults are applied when this module is imported, and the packa
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,9 @@ ENV_DEFAULTS = {
 def apply_env_defaults() -> None:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # MLflow reads its logging level once, when imported; if it was imported before us (by a
+    # script or a test that imports it first), set the level it would have read.
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
 
 apply_env_defaults()
@@ -55,6 +59,37 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
+# Query-string parameters that carry secrets (libpq's password, sslpassword; tokens of HTTP URLs).
+SECRET_QUERY_KEYS = frozenset(
+    {"password", "sslpassword", "passwd", "pwd", "secret", "token", "access_token", "api_key"}
+)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
+
+
+def _mask_one(url: str) -> str:
+    from sqlalchemy.engine import make_url  # imported here: settings loads before anything heavy
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    secret = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}
+    if secret:
+        parsed = parsed.update_query_dict(secret)
+    if parsed.password is None and not secret:
+        return url  # nothing to hide: keep the text exactly as given
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
 def mask_url(text: str) -> str:
-    """Hide the password in scheme://user:password@host URLs (storage and tracking URIs)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", text)
+    """Every URL in `text` with its password hidden: `user:***@`, `:***@` (no user), and secret
+    query parameters (`?password=***`). Rendered by SQLAlchemy's URL, which parses both storage
+    URLs and tracking URIs; text without a URL is returned unchanged."""
+
+    def masked(match: re.Match) -> str:
+        url = match.group(0)
+        end = len(url.rstrip(":;,."))  # sentence punctuation after a URL is not part of it
+        return _mask_one(url[:end]) + url[end:]
+
+    return _URL.sub(masked, text)

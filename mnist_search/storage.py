@@ -1,7 +1,8 @@
 """Where Optuna studies live: a journal file under mlruns/ by default, or an RDB (PostgreSQL).
 
 SQLite is unsafe for parallel writers, so the embedded default is Optuna's journal file storage
-(`mlruns/optuna-journal.log`), which several local processes may share. PostgreSQL URLs get
+(`mlruns/optuna-journal.log`), which several local processes may share, guarded against torn
+writes (`journal`). PostgreSQL URLs get
 heartbeats so that a killed worker's trial becomes FAIL and is retried by a live one. No MLflow
 here: what else must happen to a dead worker's trial (its run closed) is the caller's `on_stale`.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 
+from .journal import GuardedJournalFile
 from .settings import default_storage_url, mask_url
 
 # A RUNNING trial whose worker sent no heartbeat for GRACE seconds is declared FAIL and retried.
@@ -44,18 +45,21 @@ class StorageError(Exception):
 
 
 def open_storage(
-    url: str | None, on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None
+    url: str | None, on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None, create: bool = True
 ) -> optuna.storages.BaseStorage:
     """A journal file path (default), or sqlite:// / postgresql:// (RDB, with heartbeats).
 
     `on_stale(trial)` runs for each trial whose worker stopped sending heartbeats, after Optuna
-    has marked it FAIL and queued its parameters again."""
+    has marked it FAIL and queued its parameters again. `create=False` (reading existing
+    studies): a journal file that does not exist is an error, not a new empty file."""
     url = url or default_storage_url()
     if "://" not in url:
         path = Path(url)
+        if not create and not path.is_file():
+            raise StorageError(f"--storage {url}: no study storage there (the file does not exist)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(GuardedJournalFile(path))
         except OSError as exc:
             raise StorageError(f"--storage {url}: cannot open journal file ({exc.strerror})") from None
     scheme = url.split("://", 1)[0]

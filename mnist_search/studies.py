@@ -8,6 +8,8 @@ wrong and opens both stores (nothing is written to either before all checks pass
 
 from __future__ import annotations
 
+import math
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,20 +20,32 @@ import torch
 from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import DEFAULT_BUDGET, DEFAULT_SEARCH, ConfigError, Experiment, Recipe, load_experiment
+from .config import (
+    DEFAULT_BUDGET,
+    DEFAULT_SEARCH,
+    ConfigError,
+    Experiment,
+    Recipe,
+    check_name,
+    load_experiment,
+)
 from .data import MNISTData, load_mnist
 from .leaderboard import feasible
-from .objective import FanOut, Objective, TrialHooks
+from .objective import FanOut, Objective, TrialFailed, TrialHooks
+from .owners import Owner
 from .records import StudyRecord, TrialRecord
-from .runtime import cuda_out_of_memory, interrupt_on_sigterm, run_workers, setup_device
+from .runtime import WorkerExit, check_jobs, interrupt_on_sigterm, run_workers, setup_device
 from .settings import default_storage_url, mask_url, resolve_tracking_uri
 from .space import check_budget
 from .storage import open_storage
 from .study_tracker import StudyTracker, fail_stale_run
 from .tracking import TRACKING_FAILURES, Tracking, check_tracking, connect, short_reason
-from .train import NonFiniteLoss
 
 EXPERIMENT_NAME = "mnist-search-studies"  # the MLflow experiment of every study
+# Reasons a trial FAILs that are not the trial's own: it does not count, and is trained again.
+INTERRUPTED = "interrupted"
+WORKER_DIED = "worker died"
+REPEATS_TO_STOP = 3  # the same failure this many trials in a row stops the study
 
 
 class StudyMismatch(ValueError):
@@ -40,7 +54,7 @@ class StudyMismatch(ValueError):
 
 def load_study(name: str | None, storage: str | None) -> optuna.Study:
     """An existing study by name; without a name, the storage's only study. ConfigError if none."""
-    store = open_storage(storage)
+    store = open_storage(storage, create=False)
     where = mask_url(storage or default_storage_url())
     if name is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
@@ -144,7 +158,8 @@ def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if trial.state == TrialState.FAIL:
-        return bool(record.fail_reason) and record.fail_reason != "interrupted"
+        reason = record.fail_reason or ""
+        return bool(reason) and reason != INTERRUPTED and not reason.startswith(WORKER_DIED)
     return False
 
 
@@ -168,39 +183,96 @@ def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
     return trial.number < number or record.training
 
 
+def reap_dead_workers(storage, study: optuna.Study, on_dead=None) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials whose owner process on this host is gone (killed, crashed) become FAIL
+    ("worker died", not counted), their parameters are queued again for a live worker, and
+    `on_dead(trial, reason)` closes what else they left open (their MLflow run).
+
+    The journal file has no heartbeats; this is its counterpart for the workers of one machine.
+    Several live workers may find the same dead trial: the first to mark it FAIL queues it."""
+    reaped = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = TrialRecord.of(trial)
+        owner = Owner.parse(record.worker or "")
+        if owner is None or owner.alive() is not False:
+            continue
+        reason = f"{WORKER_DIED} (pid {owner.pid} on {owner.host})"
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            TrialRecord.store(storage, trial_id, fail_reason=reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        if record.feasible:
+            study.enqueue_trial(trial.params)
+        if on_dead is not None:
+            on_dead(trial, reason)
+        reaped.append(trial)
+    return reaped
+
+
 class TotalReached:
     """Stops `optimize` once the study holds `total` trained trials (all workers together)."""
 
-    def __init__(self, total: int, heartbeats: bool, poll_seconds: float = 2.0):
+    def __init__(self, total: int, heartbeats: bool, reap=None, poll_seconds: float = 2.0):
         self.total = total
         self.heartbeats = heartbeats  # does the storage notice dead workers (RDB with heartbeats)?
+        self.reap = reap  # study -> None: fail the trials of dead local workers (journal storage)
         self.poll_seconds = poll_seconds
+
+    def _watched(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Would this trial's death be noticed? With heartbeats always; else if its owner is local."""
+        owner = Owner.parse(TrialRecord.of(trial).worker or "")
+        return self.heartbeats or (owner is not None and owner.alive() is True)
 
     def slot(self, study: optuna.Study, trial_number: int) -> str:
         """May this trial train? "train"; "stop" when the finished trials make the total; "skip"
         when a dead worker's trial was just re-queued (WAITING): let `optimize` run that one next.
 
         While finished trials plus the trials ahead of this one (`ahead_of`) make the total, wait:
-        one of them may still fail (its worker killed) and need replacing. Without heartbeats a
-        dead worker's trial would never end, so this worker stops instead."""
+        one of them may still fail (its worker killed) and need replacing. A trial whose death
+        could never be noticed (another machine's, on the journal file) is not waited for: this
+        worker stops instead."""
         while True:
+            if self.reap is not None:
+                self.reap(study)
             trials = study.get_trials(deepcopy=False)  # one read for both counts
             done = sum(counts_toward_total(t) for t in trials)
             if done >= self.total:
                 return "stop"
-            if done + sum(ahead_of(t, trial_number) for t in trials) < self.total:
+            ahead = [t for t in trials if ahead_of(t, trial_number)]
+            if done + len(ahead) < self.total:
                 return "train"
-            if not self.heartbeats:
+            if not all(self._watched(t) for t in ahead):
                 return "stop"
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            if self.heartbeats:
+                with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
             if study.get_trials(deepcopy=False, states=[TrialState.WAITING]):
                 return "skip"
             time.sleep(self.poll_seconds)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trials_done(study) >= self.total:
+            study.stop()
+
+
+class RepeatedFailure:
+    """Stops `optimize` when this process's last REPEATS_TO_STOP trials failed for the same
+    reason: a fault that is not the trial's own (a broken setup) would otherwise fail every one."""
+
+    def __init__(self, repeats: int = REPEATS_TO_STOP):
+        self.repeats, self.reasons, self.stopped = repeats, [], None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if TrialRecord.of(trial).feasible is not True or TrialRecord.of(trial).surplus:
+            return  # not trained: neither a failure nor a success
+        reason = TrialRecord.of(trial).fail_reason if trial.state == TrialState.FAIL else None
+        self.reasons = [*self.reasons, reason][-self.repeats :]
+        if len(self.reasons) == self.repeats and reason and len(set(self.reasons)) == 1:
+            self.stopped = reason
             study.stop()
 
 
@@ -231,9 +303,14 @@ class StudyRequest(BaseModel):
 
 @dataclass
 class StudyOutcome:
-    status: str  # FINISHED / KILLED (interrupted) / FAILED (tracking server lost)
+    status: str  # FINISHED / KILLED (interrupted) / FAILED (tracking server lost, repeated failure)
     tracking_failure: str | None = None  # why the tracking server failed mid-study
-    workers_exit_code: int | None = None  # --jobs N: the workers' worst exit code
+    repeated_failure: str | None = None  # the reason REPEATS_TO_STOP trials in a row failed with
+    workers: list[WorkerExit] | None = None  # --jobs N: how each worker ended
+
+    @property
+    def dead_workers(self) -> list[WorkerExit]:
+        return [w for w in self.workers or [] if w.code < 0 and w.code != -signal.SIGINT]
 
 
 @dataclass
@@ -242,6 +319,7 @@ class StudySession:
 
     request: StudyRequest
     study: optuna.Study
+    storage: optuna.storages.BaseStorage
     experiment: Experiment
     recipe: Recipe  # with the --epochs override: the one source of epochs per trial
     data: MNISTData
@@ -258,6 +336,12 @@ class StudySession:
     def done(self) -> int:
         return trials_done(self.study)
 
+    def reap(self, study: optuna.Study | None = None) -> list[optuna.trial.FrozenTrial]:
+        """Fail (and queue again) the trials of dead workers on this host; their runs end FAILED."""
+        if self.heartbeats:
+            return []  # the storage's heartbeats do this, on every host
+        return reap_dead_workers(self.storage, study or self.study, on_dead=fail_stale_run)
+
     def run(self, progress: TrialHooks) -> StudyOutcome:
         """Train until the study's total (all workers), the timeout or an interrupt."""
         req = self.request
@@ -267,20 +351,26 @@ class StudySession:
             work = req.model_copy(
                 update={"jobs": 1, "storage": self.storage_url, "tracking_uri": self.tracking.uri}
             )
-            code = run_workers(["study-worker"], req.jobs, stdin=work.model_dump_json())
-            tracker.finish("FINISHED" if code == 0 else "KILLED")
-            return StudyOutcome("FINISHED" if code == 0 else "KILLED", workers_exit_code=code)
-        stopper = TotalReached(req.trials, heartbeats=self.heartbeats)
+            exits = run_workers(["study-worker"], req.jobs, stdin=work.model_dump_json())
+            self.reap()  # a worker that died last, with no live sibling left to notice
+            worst = max((w.code for w in exits), key=abs)
+            status = "FINISHED" if worst == 0 or self.done >= req.trials else "KILLED"
+            tracker.finish(status)
+            return StudyOutcome(status, workers=exits)
+        stopper = TotalReached(req.trials, heartbeats=self.heartbeats, reap=self.reap)
+        repeated = RepeatedFailure()
         objective = Objective(
             self.experiment.search, self.recipe, req.budget, self.data, self.device,
-            FanOut(tracker, progress), seed=req.seed, slot=stopper.slot,
+            FanOut(tracker, progress), seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES,
         )  # fmt: skip
-        status, lost = _optimize(self.study, objective, stopper, req.timeout)
+        status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout)
+        if repeated.stopped and status == "FINISHED":
+            status = "FAILED"
         try:
             tracker.finish(status)
         except TRACKING_FAILURES as exc:
             lost = lost or exc
-        return StudyOutcome(status, short_reason(lost) if lost is not None else None)
+        return StudyOutcome(status, short_reason(lost) if lost is not None else None, repeated.stopped)
 
 
 def prepare_study(request: StudyRequest) -> StudySession:
@@ -294,6 +384,12 @@ def prepare_study(request: StudyRequest) -> StudySession:
             f"{request.experiment}: no `search` section (use `mnist-search train` for a fixed spec)"
         )
     check_budget(exp.search, request.budget)
+    name = request.study_name or f"{exp.name}-b{request.budget}"
+    check_name("--study-name", name)
+    if request.timeout is not None and not math.isfinite(request.timeout):
+        raise ConfigError(f"--timeout {request.timeout}: give a number of seconds")
+    if request.jobs > 1:
+        check_jobs(request.jobs)
     device = setup_device(request.device)
     recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
@@ -303,24 +399,23 @@ def prepare_study(request: StudyRequest) -> StudySession:
     store = open_storage(request.storage, on_stale=fail_stale_run)
     tracking = connect(request.tracking_uri, EXPERIMENT_NAME)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
-    name = request.study_name or f"{exp.name}-b{request.budget}"
     study = open_study(store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment)
     heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
     storage_url = request.storage or default_storage_url()
-    return StudySession(request, study, exp, recipe, data, device, tracking, storage_url, heartbeats)
+    session = StudySession(
+        request, study, store, exp, recipe, data, device, tracking, storage_url, heartbeats
+    )
+    session.reap()  # a worker killed earlier (kill -9, OOM) left its trial RUNNING: retry it now
+    return session
 
 
-def _optimize(study, objective, stopper, timeout: float | None) -> tuple[str, Exception | None]:
+def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, Exception | None]:
     """Run trials until the study's total, the timeout or an interrupt (Ctrl-C or SIGTERM):
     ("FINISHED" | "KILLED" | "FAILED", the tracking failure that stopped it, if one did)."""
     interrupt_on_sigterm()
     try:
         study.optimize(
-            objective,
-            timeout=timeout,
-            callbacks=[stopper],
-            catch=(NonFiniteLoss, cuda_out_of_memory()),
-            gc_after_trial=False,
+            objective, timeout=timeout, callbacks=callbacks, catch=(TrialFailed,), gc_after_trial=False
         )
     except KeyboardInterrupt:
         return "KILLED", None

@@ -25,13 +25,15 @@ PARENT_SETTLE_SECONDS = 2.0  # only paid by a worker that creates a study's pare
 END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
-def fail_stale_run(trial: optuna.trial.FrozenTrial) -> None:
-    """A dead worker's trial (no heartbeats): end its child run FAILED, which the worker cannot."""
+def fail_stale_run(trial: optuna.trial.FrozenTrial, reason: str = "") -> None:
+    """A dead worker's trial: end its child run FAILED with the reason, which the worker cannot."""
     run_id = TrialRecord.of(trial).mlflow_run_id
     if run_id:
         client = mlflow.MlflowClient()  # the process-wide URI that tracking.connect set
         client.set_tag(run_id, "state", "FAIL")
-        client.set_tag(run_id, "failure", "worker stopped sending heartbeats (killed?); trial retried")
+        client.set_tag(
+            run_id, "failure", reason or "worker stopped sending heartbeats (killed?); trial retried"
+        )
         client.set_terminated(run_id, "FAILED")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -52,9 +53,28 @@ def short_reason(exc: BaseException) -> str:
     return mask_url(text)[:200]
 
 
+# Tracking URIs MLflow 3 accepts that we can hand to it (a plain path or file:// is refused by it).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of retries) when an HTTP tracking server is unreachable."""
-    if not uri.startswith(("http://", "https://")):
+    """Refuse a URI MLflow cannot use, before anything is written: a plain path, an SQLite
+    database in a folder that does not exist, an HTTP server that does not answer /health
+    within seconds (not minutes of retries)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise TrackingError(
+            f"tracking URI {mask_url(uri)}: not one MLflow can use; give "
+            "http://HOST:PORT, sqlite:///PATH/mlflow.db or postgresql://… (MLflow 3 has no plain file store)"
+        )
+    if scheme == "sqlite":
+        db = Path(uri.split("://", 1)[1].removeprefix("/"))
+        folder = db.parent.resolve()
+        default = folder == store_dir()  # the local store: created on first use
+        if not default and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist or is not writable")
+        return
+    if scheme not in ("http", "https"):
         return
     parts = urllib.parse.urlsplit(uri)
     bare = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))

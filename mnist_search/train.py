@@ -124,11 +124,21 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     return loss_sum / n, correct / n
 
 
+def batch_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) of each batch of `size` over n images. Never a batch of one image: BatchNorm
+    cannot normalise a lone 1x1 feature map in training ("Expected more than 1 value per
+    channel"), so a single image left over joins the batch before it."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], n]))
+
+
 def recompute_bn_stats(model: nn.Module, x: torch.Tensor) -> None:
     """Replace every BatchNorm's running mean/variance by their plain average over `x` (torch's
     `update_bn`: reset, momentum None, one train-mode pass without gradients)."""
     batch = EVAL_BATCH.get(x.device.type, 1_024)
-    torch.optim.swa_utils.update_bn(x.split(batch), model)
+    torch.optim.swa_utils.update_bn([x[a:b] for a, b in batch_bounds(len(x), batch)], model)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -197,8 +207,7 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(seed)
     optimizer = make_optimizer(model, recipe)
     n = len(data.train)
-    steps = math.ceil(n / recipe.batch_size)
-    scheduler = make_scheduler(optimizer, recipe, steps, epochs)
+    scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), epochs)
     result = FitResult()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -232,11 +241,11 @@ def _train_epoch(
 ) -> tuple[float, float]:
     """One pass over the training images in `order`: (mean loss, accuracy) on the augmented batches."""
     model.train()
-    n, size = len(order), recipe.batch_size
+    n = len(order)
     loss_sum = torch.zeros((), device=order.device)  # summed on device: no sync per batch
     correct = torch.zeros((), device=order.device, dtype=torch.long)
-    for step in range(math.ceil(n / size)):
-        idx = order[step * size : (step + 1) * size]
+    for start, end in batch_bounds(n, recipe.batch_size):
+        idx = order[start:end]
         x = augment(data.train.x[idx], recipe, gen)
         y = data.train.y[idx]
         logits = model(x)

@@ -22,11 +22,11 @@ import torch
 
 from .config import TARGET, ArchSpec, ConfigError, Recipe, experiment_to_yaml, load_experiment
 from .data import load_mnist
-from .export import export_model
+from .export import check_out_dir, export_model
 from .leaderboard import TrialRow, completed, leaderboard
 from .model import build_model
 from .records import StudyRecord, TrialRecord
-from .runtime import available_cores, setup_device
+from .runtime import available_cores, check_jobs, setup_device
 from .settings import resolve_tracking_uri
 from .space import with_searched_knobs
 from .studies import load_study
@@ -151,11 +151,13 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     """Check, train every (trial, seed), report. Raises ConfigError & co. (exit 2) before
     anything is written; NonFiniteLoss, a tracking failure or KeyboardInterrupt mid-way end the
     parent run (FAILED / KILLED) and every running seed's run FAILED, then propagate."""
+    if request.out_dir is not None:
+        check_out_dir(request.out_dir)
+    if request.jobs > 1:
+        check_jobs(request.jobs)
     base_recipe = load_experiment(request.recipe_from).recipe if request.recipe_from else None
     study = load_study(request.study_name, request.storage)
     rows = _choose(study, request)
-    if request.out_dir is not None and request.out_dir.exists() and not request.out_dir.is_dir():
-        raise ConfigError(f"--out {request.out_dir}: exists and is not a folder")
     device = setup_device(request.device)
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
     # All 60k training images: the validation split has done its job in the search.

@@ -13,7 +13,7 @@ import torch
 from mnist_search.cli import app
 from mnist_search.config import load_experiment
 from mnist_search.data import MNISTData, Split
-from mnist_search.objective import NoHooks, Objective
+from mnist_search.objective import NoHooks, Objective, TrialFailed
 from mnist_search.storage import open_storage
 
 from .conftest import (
@@ -136,7 +136,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeyp
     objective = Objective(space, recipe, 8000, data, torch.device("cpu"), hooks)
     study = optuna.create_study(direction="maximize")
     while len(hooks.ended) < 2:
-        study.optimize(objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,))
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,))
     assert hooks.ended[0][1:] == ("FAIL", "CUDA out of memory")
     assert hooks.ended[1][1] == "COMPLETE"
     failed = [t for t in study.trials if t.state.name == "FAIL"]

@@ -19,6 +19,7 @@ import optuna
 import psycopg
 import pytest
 
+from mnist_search.owners import Owner
 from mnist_search.storage import open_storage
 from mnist_search.studies import counts_toward_total
 
@@ -141,7 +142,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_nothing_is_lost(
         for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
             attrs = t.user_attrs
             if attrs.get("feasible") and "mlflow_run_id" in attrs and not attrs.get("surplus"):
-                pid = int(attrs["worker"].rsplit(":", 1)[1])
+                pid = Owner.parse(attrs["worker"]).pid
                 victim = (t.number, attrs["mlflow_run_id"], pid)
                 break
     assert victim is not None, "no trial started training"
@@ -185,3 +186,51 @@ def test_passwords_never_reach_logs_tags_or_params(databases, pg_mlflow, data_di
         values = list(run.data.tags.values()) + list(run.data.params.values())
         assert not any(secret in v for v in values)
         assert run.data.tags["storage"].startswith("postgresql://postgres:***@")
+
+
+def test_no_password_in_any_url_form_reaches_a_command_line_a_log_or_a_tag(
+    databases, pg_mlflow, data_dir, tmp_path
+):
+    """--jobs workers get the URLs on stdin, never on their command lines (`ps` shows those to every
+    local user); the query-string and empty-user forms are masked like user:password@."""
+    import psutil
+
+    secret = "s3cret-pw"  # trust auth ignores it
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(TINY)
+    forms = [  # (storage, tracking URI, extra args)
+        (
+            f"{PG}/{databases[0]}?password={secret}",
+            pg_mlflow.replace("http://", f"http://:{secret}@"),
+            ["--jobs", "2"],
+        ),
+        (f"postgresql://:{secret}@127.0.0.1:5432/{databases[0]}", pg_mlflow, []),  # user: the OS user
+    ]
+    for n, (storage, tracking_uri, extra) in enumerate(forms):
+        args = ["study", "--experiment", str(exp), "--trials", "2", "--study-name", f"masked-{n}",
+                "--limit-train", "500", "--storage", storage, "--tracking-uri", tracking_uri, *extra]  # fmt: skip
+        proc = worker(args, data_dir, tmp_path)
+        seen = []
+        while proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    seen.append(" ".join(child.cmdline()))
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+        text = proc.stdout.read()
+        assert proc.returncode == 0, text
+        assert secret not in text
+        assert all(secret not in line for line in seen)
+        if extra:
+            assert any("study-worker" in line for line in seen)  # the workers were watched
+    _client, parents, children = mlflow_runs(pg_mlflow)
+    assert len(parents) == 2 and len(children) == 4
+    for run in parents + children:
+        values = list(run.data.tags.values()) + list(run.data.params.values())
+        assert not any(secret in v for v in values)
+    storages = {run.data.tags["storage"] for run in parents}
+    assert storages == {
+        f"{PG}/{databases[0]}?password=***",
+        f"postgresql://:***@127.0.0.1:5432/{databases[0]}",
+    }
