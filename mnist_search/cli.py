@@ -230,7 +230,9 @@ def _run_study(request, quiet: bool) -> None:
     done = session.done
     if done >= request.trials:
         out.print(
-            f"study {session.name} already has {done} trained trials (--trials {request.trials}); raise --trials to add more"
+            f"study {session.name} already has {done} trained trials (--trials {request.trials}); raise --trials to add more",
+            highlight=False,
+            soft_wrap=True,
         )
         return
     if request.jobs == 1:

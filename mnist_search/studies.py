@@ -8,6 +8,7 @@ wrong and opens both stores (nothing is written to either before all checks pass
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -41,6 +42,7 @@ from .storage import open_storage
 from .study_tracker import StudyTracker, fail_stale_run
 from .tracking import TRACKING_FAILURES, Tracking, check_tracking, connect, short_reason
 
+log = logging.getLogger("mnist_search")
 EXPERIMENT_NAME = "mnist-search-studies"  # the MLflow experiment of every study
 # Reasons a trial FAILs that are not the trial's own: it does not count, and is trained again.
 INTERRUPTED = "interrupted"
@@ -183,7 +185,9 @@ def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
     return trial.number < number or record.training
 
 
-def reap_dead_workers(storage, study: optuna.Study, on_dead=None) -> list[optuna.trial.FrozenTrial]:
+def reap_dead_workers(
+    storage, study: optuna.Study, on_dead=None
+) -> list[tuple[optuna.trial.FrozenTrial, str]]:
     """RUNNING trials whose owner process on this host is gone (killed, crashed) become FAIL
     ("worker died", not counted), their parameters are queued again for a live worker, and
     `on_dead(trial, reason)` closes what else they left open (their MLflow run).
@@ -208,7 +212,7 @@ def reap_dead_workers(storage, study: optuna.Study, on_dead=None) -> list[optuna
             study.enqueue_trial(trial.params)
         if on_dead is not None:
             on_dead(trial, reason)
-        reaped.append(trial)
+        reaped.append((trial, reason))
     return reaped
 
 
@@ -336,7 +340,7 @@ class StudySession:
     def done(self) -> int:
         return trials_done(self.study)
 
-    def reap(self, study: optuna.Study | None = None) -> list[optuna.trial.FrozenTrial]:
+    def reap(self, study: optuna.Study | None = None) -> list[tuple[optuna.trial.FrozenTrial, str]]:
         """Fail (and queue again) the trials of dead workers on this host; their runs end FAILED."""
         if self.heartbeats:
             return []  # the storage's heartbeats do this, on every host
@@ -405,7 +409,12 @@ def prepare_study(request: StudyRequest) -> StudySession:
     session = StudySession(
         request, study, store, exp, recipe, data, device, tracking, storage_url, heartbeats
     )
-    session.reap()  # a worker killed earlier (kill -9, OOM) left its trial RUNNING: retry it now
+    for trial, reason in session.reap():  # a worker killed earlier (kill -9, OOM) left it RUNNING
+        log.warning(
+            "trial %d: %s; marked FAIL (not counted), its parameters will be trained again",
+            trial.number,
+            reason,
+        )
     return session
 
 

@@ -120,8 +120,12 @@ def test_kill_9_mid_trial_then_the_same_command_retries_the_trial_and_closes_its
     proc.wait(timeout=30)
     assert load(tmp_path).trials[dead.number].state.name == "RUNNING"  # wedged, as it was left
 
-    out, _ = finished(start_cli(args, tmp_path))
+    out, err = finished(start_cli(args, tmp_path))
     assert "1/1 trials trained" in out
+    assert err.strip() == (
+        f"warning: trial {dead.number}: worker died (pid {proc.pid} on {Owner.parse(dead.user_attrs['worker']).host}); "
+        "marked FAIL (not counted), its parameters will be trained again"
+    )
     study = load(tmp_path)
     failed = study.trials[dead.number]
     assert failed.state.name == "FAIL"
