@@ -20,7 +20,7 @@ from .config import DEFAULT_BUDGET, DEFAULT_SEARCH, TARGET, ConfigError
 from .data import DataError
 from .export import ExportError
 from .model import count_params, layer_table, mult_adds, receptive_field_table
-from .progress import EpochProgress, StudyProgress, VerifyDisplay
+from .progress import EpochProgress, StudyProgress, VerifyDisplay, WarningLines, print_report, study_summary
 from .runtime import DeviceError, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
 from .space import BudgetError
@@ -74,17 +74,10 @@ ExperimentRef = Annotated[
 ]
 
 
-class _WarningLines(logging.Handler):
-    """The library's warnings (logger "mnist_search"), one `warning: ...` line each on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        err.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
-
-
 @app.callback()
 def _console() -> None:
     log = logging.getLogger("mnist_search")
-    log.handlers[:] = [_WarningLines()]
+    log.handlers[:] = [WarningLines(err)]
     log.setLevel(logging.WARNING)
     log.propagate = False
 
@@ -195,9 +188,7 @@ def study(
     jobs: Annotated[
         int,
         typer.Option(
-            min=1,
-            help="Local worker processes on this study (each with cores/N torch threads; one per GPU "
-            "when several are present). Other machines join with the same command and --storage.",
+            min=1, help="Worker processes here (cores/N threads each); machines join via --storage."
         ),
     ] = 1,
 ) -> None:
@@ -259,7 +250,7 @@ def _run_study(request, quiet: bool) -> None:
             "re-run the same command to resume",
             code=1,
         )
-    out.print(_study_summary(session.study, request.trials), highlight=False, soft_wrap=True)
+    out.print(study_summary(session.study, request.trials), highlight=False, soft_wrap=True)
     if outcome.status == "KILLED":
         err.print(
             "interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False
@@ -298,25 +289,6 @@ def _workers_ended(session, outcome) -> NoReturn:
     raise typer.Exit(max(codes, key=abs) or 1)
 
 
-def _study_summary(st, trials: int) -> str:
-    """One line: trials trained, the share of proposals under budget, and the best trial."""
-    from .leaderboard import completed, feasible_share, leaderboard
-    from .studies import trials_done
-
-    feasible, proposed = feasible_share(st)
-    line = (
-        f"study {st.study_name}: {trials_done(st)}/{trials} trials trained; "
-        f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
-    )
-    best = next(iter(completed(leaderboard(st))), None)
-    if best:
-        line += (
-            f"; best trial {best.trial}: {best.params:,} params, val {best.val_acc:.4f}, "
-            f"test min(last 3) {best.test_acc_min_last3:.4f}"
-        )
-    return line
-
-
 @app.command()
 def report(
     study_name: StudyName = None,
@@ -343,31 +315,7 @@ def report(
                    "trials": [r.to_dict() for r in rows], "pareto_front": [r.trial for r in front]}  # fmt: skip
         print(json.dumps(payload, indent=2))
         return
-    _print_leaderboard(st.study_name, budget, rows)
-    out.print("Pareto front (smallest model per validation-accuracy level):", highlight=False)
-    for r in front:
-        out.print(f"  trial {r.trial}: {r.params:,} params, val {r.val_acc:.4f}, "
-                  f"test min(last 3) {_fmt(r.test_acc_min_last3)}", highlight=False)  # fmt: skip
-    out.print(f"{feasible}/{proposed} proposals were under the budget.", highlight=False)
-
-
-def _fmt(value, fmt: str = "{:.4f}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def _print_leaderboard(name: str, budget, rows) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"study {name} — budget {budget}")
-    for col in ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for r in rows:
-        table.add_row(
-            str(r.rank), str(r.trial), _fmt(r.params, "{:,}"), _fmt(r.mult_adds and r.mult_adds / 1e3, "{:,.0f}k"),
-            _fmt(r.val_acc), _fmt(r.test_acc_min_last3), "yes" if r.target_met else "no",
-            str(r.epochs_run), r.state[:8], _fmt(r.seconds, "{:.0f}"),
-        )  # fmt: skip
-    (out if out.is_terminal else Console(width=120)).print(table)  # piped: don't squeeze to 80 columns
+    print_report(out, f"study {st.study_name} — budget {budget}", rows, front, (feasible, proposed))
 
 
 @app.command()
@@ -422,12 +370,7 @@ def verify(
         ),
     ] = None,
     jobs: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Runs side by side in N worker processes (each with cores/N torch threads); one line "
-            "per finished run instead of progress bars.",
-        ),
+        int, typer.Option(min=1, help="Runs side by side in N processes (cores/N threads each).")
     ] = 1,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several

@@ -155,7 +155,9 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
 
-        def ended(state: str, reason: str = "", trained: torch.nn.Module | None = None) -> None:
+        def ended(
+            state: str, reason: str = "", trained: torch.nn.Module | None = None, error: bool = False
+        ) -> None:
             end = TrialEnd(
                 trial.number, state, spec, recipe, params, result, time.perf_counter() - start, reason
             )
@@ -168,7 +170,7 @@ class Objective:
                     target_met=result.target_met(),
                 )
             if reason:
-                TrialRecord.write(trial, fail_reason=reason)
+                TrialRecord.write(trial, fail_reason=reason, error=error)
             self.hooks.trial_ended(end, trained)
 
         try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
@@ -184,13 +186,13 @@ class Objective:
         except self.fatal:
             raise  # the tracking store is gone: nothing more can be recorded there
         except torch.cuda.OutOfMemoryError:
-            ended("FAIL", "CUDA out of memory")
+            ended("FAIL", "CUDA out of memory", error=True)
             raise TrialFailed("CUDA out of memory") from None
         except NonFiniteLoss as exc:
             ended("FAIL", str(exc))
             raise TrialFailed(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 -- any other fault fails this trial only, with its reason
-            ended("FAIL", describe(exc))
+            ended("FAIL", describe(exc), error=True)
             raise TrialFailed(describe(exc)) from None
         if not math.isfinite(result.val_score):
             reason = f"objective is {result.val_score} (no validation accuracy to score)"

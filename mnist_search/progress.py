@@ -1,10 +1,12 @@
-"""Progress displays for the CLI: a live rich display on a terminal, plain lines (or nothing) otherwise.
+"""What the CLI shows: progress (a live rich display on a terminal, plain lines or nothing
+otherwise), the study leaderboard and summary line, and the library's warnings.
 
 Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its `on_epoch` callback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
@@ -19,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .leaderboard import TrialRow, completed, feasible_share, leaderboard
 from .train import EpochResult
 
 
@@ -154,3 +157,59 @@ class VerifyDisplay:
         self.console.print(
             f"{runs} runs in {workers} worker processes, torch threads each: {threads}", highlight=False
         )
+
+
+class WarningLines(logging.Handler):
+    """The library's warnings (logger "mnist_search"), one `warning: ...` line each."""
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+
+def study_summary(study, trials: int) -> str:
+    """One line: trials trained, the share of proposals under budget, and the best trial."""
+    from .studies import trials_done
+
+    feasible, proposed = feasible_share(study)
+    line = (
+        f"study {study.study_name}: {trials_done(study)}/{trials} trials trained; "
+        f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
+    )
+    best = next(iter(completed(leaderboard(study))), None)
+    if best:
+        line += (
+            f"; best trial {best.trial}: {best.params:,} params, val {best.val_acc:.4f}, "
+            f"test min(last 3) {best.test_acc_min_last3:.4f}"
+        )
+    return line
+
+
+def _fmt(value, fmt: str = "{:.4f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def print_report(
+    console: Console, title: str, rows: list[TrialRow], front: list[TrialRow], share: tuple[int, int]
+) -> None:
+    """`report`: the leaderboard table, the Pareto front, and the share of proposals under budget."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            str(r.rank), str(r.trial), _fmt(r.params, "{:,}"), _fmt(r.mult_adds and r.mult_adds / 1e3, "{:,.0f}k"),
+            _fmt(r.val_acc), _fmt(r.test_acc_min_last3), "yes" if r.target_met else "no",
+            str(r.epochs_run), r.state[:8], _fmt(r.seconds, "{:.0f}"),
+        )  # fmt: skip
+    (console if console.is_terminal else Console(width=120)).print(table)  # piped: not squeezed to 80 columns
+    console.print("Pareto front (smallest model per validation-accuracy level):", highlight=False)
+    for r in front:
+        console.print(f"  trial {r.trial}: {r.params:,} params, val {r.val_acc:.4f}, "
+                      f"test min(last 3) {_fmt(r.test_acc_min_last3)}", highlight=False)  # fmt: skip
+    console.print(f"{share[0]}/{share[1]} proposals were under the budget.", highlight=False)

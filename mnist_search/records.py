@@ -52,6 +52,7 @@ class TrialRecord(_Record):
     test_acc_min_last3: float | None = None
     target_met: bool = False  # test acc >= TARGET in each of the last 3 epochs
     fail_reason: str | None = None  # why it FAILed or was pruned
+    error: bool = False  # it FAILed on an error not of its own making (not a NaN loss, not its score)
     mlflow_run_id: str | None = None  # its child run
 
     @classmethod

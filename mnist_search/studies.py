@@ -1,4 +1,4 @@
-"""Studies: open or resume one, its sampler and pruner, training slots, and `run_study`.
+"""Studies: open or resume one, its sampler and pruner, training slots, dead workers, running it.
 
 `--trials` is the study's total of trained trials, over every invocation and worker. A study is
 run in two steps so the CLI can print between them: `prepare_study` checks everything that can be
@@ -264,19 +264,21 @@ class TotalReached:
 
 
 class RepeatedFailure:
-    """Stops `optimize` when this process's last REPEATS_TO_STOP trials failed for the same
-    reason: a fault that is not the trial's own (a broken setup) would otherwise fail every one."""
+    """Stops `optimize` when this process's last REPEATS_TO_STOP trained trials failed with the
+    same error: a fault that is not the trials' own (a broken setup, a GPU too small) would fail
+    every one. A NaN loss is a trial's own outcome (its sampled learning rate), not such an error."""
 
     def __init__(self, repeats: int = REPEATS_TO_STOP):
-        self.repeats, self.reasons, self.stopped = repeats, [], None
+        self.repeats, self.errors, self.stopped = repeats, [], None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if TrialRecord.of(trial).feasible is not True or TrialRecord.of(trial).surplus:
+        record = TrialRecord.of(trial)
+        if record.feasible is not True or record.surplus:
             return  # not trained: neither a failure nor a success
-        reason = TrialRecord.of(trial).fail_reason if trial.state == TrialState.FAIL else None
-        self.reasons = [*self.reasons, reason][-self.repeats :]
-        if len(self.reasons) == self.repeats and reason and len(set(self.reasons)) == 1:
-            self.stopped = reason
+        error = record.fail_reason if trial.state == TrialState.FAIL and record.error else None
+        self.errors = [*self.errors, error][-self.repeats :]
+        if len(self.errors) == self.repeats and error and len(set(self.errors)) == 1:
+            self.stopped = error
             study.stop()
 
 
