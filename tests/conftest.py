@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,22 @@ def poll(probe, what: str, timeout: float = 300, every: float = 0.5):
         if found is not None:
             return found
     raise TimeoutError(what)
+
+
+@contextmanager
+def store_with_default_study(root: Path, data_dir, trials: int):
+    """A local store in `root` holding the default search with `trials` trained trials (1 epoch,
+    3,000 images), made once for a test module; the environment points at it while in use."""
+    from mnist_search.cli import app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNIST_SEARCH_STORE", str(root / "mlruns"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(root)
+        result = runner.invoke(app, study_args(data_dir, trials))
+        assert result.exit_code == 0, result.output
+        assert f"{trials}/{trials} trials trained" in result.output
+        yield root
 
 
 def tiny_trained_study(tmp_path, data_dir) -> list[str]:

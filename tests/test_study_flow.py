@@ -15,7 +15,7 @@ from mnist_search.data import normalise
 from mnist_search.model import build_model
 from mnist_search.storage import open_storage
 
-from .conftest import local_client, runner, study_args
+from .conftest import local_client, runner, store_with_default_study, study_args
 
 pytestmark = pytest.mark.slow
 STUDY = "budget-8k-b8000"
@@ -24,14 +24,7 @@ STUDY = "budget-8k-b8000"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     """The default search, 4 trained trials of 1 epoch on 3,000 images, in a fresh local store."""
-    root = tmp_path_factory.mktemp("study")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MNIST_SEARCH_STORE", str(root / "mlruns"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.chdir(root)
-        result = runner.invoke(app, study_args(data_dir, 4))
-        assert result.exit_code == 0, result.output
-        assert "4/4 trials trained" in result.output
+    with store_with_default_study(tmp_path_factory.mktemp("study"), data_dir, 4) as root:
         yield root
 
 

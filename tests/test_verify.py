@@ -18,7 +18,7 @@ from mnist_search.runtime import available_cores
 from mnist_search.storage import open_storage
 from mnist_search.train import evaluate
 
-from .conftest import EXPERIMENTS, local_client, runner, runs_of, study_args
+from .conftest import EXPERIMENTS, local_client, runner, runs_of, store_with_default_study
 
 pytestmark = pytest.mark.slow
 STUDY = "budget-8k-b8000"
@@ -27,12 +27,7 @@ VERIFY = "mnist-search-verify"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("verify")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MNIST_SEARCH_STORE", str(root / "mlruns"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.chdir(root)
-        assert runner.invoke(app, study_args(data_dir, 2)).exit_code == 0
+    with store_with_default_study(tmp_path_factory.mktemp("verify"), data_dir, 2) as root:
         yield root
 
 
