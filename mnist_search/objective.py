@@ -22,6 +22,7 @@ from .data import MNISTData
 from .model import build_model, count_params, mult_adds
 from .owners import this_process
 from .records import TrialRecord
+from .settings import mask_url
 from .space import CONSTRAINT, sample_recipe, sample_spec
 from .train import EpochResult, FitResult, NonFiniteLoss, fit
 
@@ -45,9 +46,10 @@ class TrialFailed(Exception):
 
 
 def describe(exc: BaseException) -> str:
-    """One line for an exception: its type and the first line of its message."""
+    """One line for an exception: its type and the first line of its message (URLs masked: it
+    is stored in the study and in MLflow)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return mask_url(f"{type(exc).__name__}: {text[0]}"[:300]) if text else type(exc).__name__
 
 
 class TrialHooks(Protocol):
