@@ -43,6 +43,13 @@ def finished(proc, timeout=300) -> tuple[str, str]:
     return out, err
 
 
+def invoked(args) -> tuple[str, str]:
+    """The command in this process (the `store` fixture's local store): stdout, stderr; exit 0."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
 def no_run_left_running(tmp_path) -> list:
     client = local_client(tmp_path / "mlruns")
     runs = runs_of(client, "mnist-search-studies")
@@ -56,16 +63,17 @@ def no_run_left_running(tmp_path) -> list:
 
 
 @pytest.mark.slow
-def test_a_torn_journal_tail_is_cut_with_a_backup_and_every_study_in_the_file_survives(tmp_path, data_dir):
+def test_a_torn_journal_tail_is_cut_with_a_backup_and_every_study_in_the_file_survives(
+    store, tmp_path, data_dir
+):
     (tmp_path / "tiny.yaml").write_text(TINY)
-    finished(start_cli(tiny_args(data_dir), tmp_path))
-    finished(start_cli(tiny_args(data_dir, 1, "--study-name", "other"), tmp_path))
+    invoked(tiny_args(data_dir))
+    invoked(tiny_args(data_dir, 1, "--study-name", "other"))
     intact = journal(tmp_path).read_bytes()
     with journal(tmp_path).open("ab") as f:  # a crash mid-append
         f.write(TORN)
 
-    report = start_cli(["report", "--study", "tiny-b8000", "--json"], tmp_path)
-    out, err = finished(report)
+    out, err = invoked(["report", "--study", "tiny-b8000", "--json"])
     assert [line for line in err.splitlines() if line] == [err.strip()]  # one line
     assert err.startswith("warning: ") and "cut a partial last record (41 bytes" in err
     assert json.loads(out)["trials"][0]["state"] == "COMPLETE"
@@ -74,8 +82,8 @@ def test_a_torn_journal_tail_is_cut_with_a_backup_and_every_study_in_the_file_su
     assert backup.read_bytes() == intact + TORN  # the file as it was, kept
 
     # Both studies go on in the same file: the next appends start on a fresh line.
-    finished(start_cli(tiny_args(data_dir, 2), tmp_path))
-    finished(start_cli(tiny_args(data_dir, 2, "--study-name", "other"), tmp_path))
+    invoked(tiny_args(data_dir, 2))
+    invoked(tiny_args(data_dir, 2, "--study-name", "other"))
     assert torn_bytes(journal(tmp_path)) == 0
     for name in ("tiny-b8000", "other"):
         assert sum(t.state.name == "COMPLETE" for t in load(tmp_path, name).trials) == 2
