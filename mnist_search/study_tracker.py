@@ -148,7 +148,7 @@ class StudyTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         """Summarise the whole study (all invocations) on the parent run and close it."""
-        from .plots import study_figures
+        from .plots import plt, study_figures
 
         self.close_open_children()
         rows = leaderboard(self.study)
@@ -175,5 +175,5 @@ class StudyTracker:
         RunLog(self.client, self.parent_id).metrics(metrics)
         for path, fig in study_figures(self.study, self.budget).items():
             self.client.log_figure(self.parent_id, fig, path)
-            fig.clear()
+            plt.close(fig)  # pyplot keeps every figure until closed
         self.client.set_terminated(self.parent_id, status)
