@@ -18,19 +18,22 @@ class _Record:
         return cls(**{key: attrs[key] for key in cls._keys if key in attrs})
 
     @classmethod
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(values) - cls._keys
+        if unknown:
+            raise KeyError(f"{cls.__name__} has no field {min(unknown)!r}")
+        return values
+
+    @classmethod
     def write(cls, target, **values: Any) -> None:
         """Store `values` as user attributes of `target` (an Optuna trial or study)."""
-        for key, value in values.items():
-            if key not in cls._keys:
-                raise KeyError(f"{cls.__name__} has no field {key!r}")
+        for key, value in cls._checked(values).items():
             target.set_user_attr(key, value)
 
     @classmethod
     def store(cls, storage, trial_id: int, **values: Any) -> None:
         """Store `values` on a trial this process does not hold (by its storage id)."""
-        for key, value in values.items():
-            if key not in cls._keys:
-                raise KeyError(f"{cls.__name__} has no field {key!r}")
+        for key, value in cls._checked(values).items():
             storage.set_trial_user_attr(trial_id, key, value)
 
 

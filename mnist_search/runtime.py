@@ -83,6 +83,9 @@ class WorkerExit:
         return f"exited with code {self.code}"
 
 
+WORKER_GIB = 0.9  # resident memory of one worker process (measured ~860 MB)
+
+
 def check_jobs(jobs: int, option: str = "--jobs") -> None:
     """Refuse more workers than this machine can run: one per core at most, and each worker holds
     its own copy of torch, MNIST and MLflow (~0.9 GiB measured) in memory that must be free."""
@@ -96,9 +99,6 @@ def check_jobs(jobs: int, option: str = "--jobs") -> None:
             f"{option} {jobs}: this machine runs at most {fit} workers ({cores} cores, "
             f"{free_gib:.1f} GiB free memory, ~{WORKER_GIB} GiB per worker)"
         )
-
-
-WORKER_GIB = 0.9  # resident memory of one worker process (measured ~860 MB)
 
 
 def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]:

@@ -31,7 +31,6 @@ from .config import (
     load_experiment,
 )
 from .data import MNISTData, load_mnist
-from .leaderboard import feasible
 from .objective import FanOut, Objective, TrialFailed, TrialHooks
 from .owners import Owner
 from .records import StudyRecord, TrialRecord
@@ -155,7 +154,7 @@ def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
     their own (NaN loss, out of memory). Interrupted trials and trials of killed workers do not
     count, so running the command again replaces them."""
     record = TrialRecord.of(trial)
-    if not feasible(trial) or record.surplus:
+    if record.feasible is not True or record.surplus:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
