@@ -191,6 +191,15 @@ def study(
             min=1, help="Worker processes here (cores/N threads each); machines join via --storage."
         ),
     ] = 1,
+    service_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86_400,
+            envvar="MNIST_SEARCH_SERVICE_WAIT",
+            help="Seconds to keep retrying a tracking server or database that is still starting.",
+        ),
+    ] = 0,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     from .studies import StudyRequest
@@ -198,7 +207,7 @@ def study(
     request = StudyRequest(
         budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs,
         study_name=study_name, storage=storage, tracking_uri=tracking_uri, device=device, seed=seed,
-        data_dir=_str(data_dir), limit_train=limit_train, jobs=jobs,
+        data_dir=_str(data_dir), limit_train=limit_train, jobs=jobs, service_wait=service_wait,
     )  # fmt: skip
     _run_study(request, quiet)
 

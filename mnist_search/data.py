@@ -70,7 +70,23 @@ def read_idx(path: Path, magic: int, count: int) -> np.ndarray:
     return array
 
 
+def _writable_ancestor(path: Path) -> tuple[Path, bool]:
+    """The nearest folder at or above `path` that exists, and whether we may write there
+    (False on a read-only mount, too)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path, os.access(path, os.W_OK)
+
+
 def _download(data_dir: Path, raw: Path, missing: list[str]) -> None:
+    folder, writable = _writable_ancestor(raw)
+    if not writable:
+        raise DataError(
+            f"MNIST files {', '.join(missing)} not found in {raw}, and they cannot be downloaded "
+            f"there: {folder} is read-only; put the IDX files (.gz or raw) there, or mount or point "
+            "--data-dir / MNIST_SEARCH_DATA_DIR at a writable folder"
+        )
     try:
         from torchvision.datasets import MNIST
 

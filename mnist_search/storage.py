@@ -20,6 +20,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 
 from .journal import GuardedJournalFile
 from .settings import default_storage_url, mask_url
+from .waiting import ServiceError, patiently
 
 # A RUNNING trial whose worker sent no heartbeat for GRACE seconds is declared FAIL and retried.
 # Overridable by environment (the tests shorten them to see a killed worker sooner).
@@ -40,18 +41,22 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
             self.on_stale(trial)
 
 
-class StorageError(Exception):
+class StorageError(ServiceError):
     """The storage URL cannot be parsed or the database cannot be reached; one line."""
 
 
 def open_storage(
-    url: str | None, on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None, create: bool = True
+    url: str | None,
+    on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    create: bool = True,
+    wait: float = 0.0,
 ) -> optuna.storages.BaseStorage:
     """A journal file path (default), or sqlite:// / postgresql:// (RDB, with heartbeats).
 
     `on_stale(trial)` runs for each trial whose worker stopped sending heartbeats, after Optuna
     has marked it FAIL and queued its parameters again. `create=False` (reading existing
-    studies): a journal file that does not exist is an error, not a new empty file."""
+    studies): a journal file that does not exist is an error, not a new empty file. `wait`:
+    seconds to keep trying a database server that cannot be reached yet (still starting)."""
     url = url or default_storage_url()
     if "://" not in url:
         path = Path(url)
@@ -79,7 +84,12 @@ def open_storage(
                 "heartbeat_stale_trial_callback": RetryStale(on_stale, max_retry=3),
                 "engine_kwargs": {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
             }
-    for attempt in range(4):
+    return patiently(lambda: _open_rdb(url, kwargs), wait)
+
+
+def _open_rdb(url: str, kwargs: dict) -> RDBStorage:
+    attempt = 0
+    while True:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -89,5 +99,20 @@ def open_storage(
             # Workers starting together on a new database race to create its tables: retry.
             racing = "already exists" in reason or "duplicate key" in reason
             if not racing or attempt == 3:
-                raise StorageError(f"--storage {mask_url(url)}: cannot open ({reason})") from None
-            time.sleep(1 + attempt)
+                raise StorageError(
+                    f"--storage {mask_url(url)}: cannot open ({mask_url(reason)})",
+                    transient=_unreachable(exc),
+                ) from None
+            attempt += 1
+            time.sleep(attempt)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """A server that cannot be reached (yet): refused, no such host, timed out — not a wrong
+    password or a missing database, which waiting does not mend."""
+    import sqlalchemy.exc
+
+    if not isinstance(exc, sqlalchemy.exc.OperationalError):
+        return False
+    reason = str(exc.orig or exc).lower()
+    return not any(s in reason for s in ("authentication", "does not exist", "permission denied"))

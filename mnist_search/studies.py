@@ -304,6 +304,7 @@ class StudyRequest(BaseModel):
     data_dir: str | None = None
     limit_train: int | None = None
     jobs: int = Field(1, gt=0)
+    service_wait: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds for a starting server
 
 
 @dataclass
@@ -397,11 +398,11 @@ def prepare_study(request: StudyRequest) -> StudySession:
         check_jobs(request.jobs)
     device = setup_device(request.device)
     recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
-    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
+    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False), wait=request.service_wait)
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
     if request.jobs == 1:
         data = data.to(device)  # with --jobs, loaded only to check it: each worker loads its own
-    store = open_storage(request.storage, on_stale=fail_stale_run)
+    store = open_storage(request.storage, on_stale=fail_stale_run, wait=request.service_wait)
     tracking = connect(request.tracking_uri, EXPERIMENT_NAME)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
     study = open_study(store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment)

@@ -37,9 +37,10 @@ from .config import TARGET, ArchSpec, Recipe, spec_to_yaml
 from .model import build_model, count_params, layer_table, mult_adds, receptive_field_table
 from .settings import mask_url, resolve_tracking_uri, store_dir
 from .train import EpochResult, FitResult, NonFiniteLoss, fit
+from .waiting import ServiceError, patiently
 
 
-class TrackingError(Exception):
+class TrackingError(ServiceError):
     """The tracking server cannot be reached or refused us; one line for the user."""
 
 
@@ -57,10 +58,11 @@ def short_reason(exc: BaseException) -> str:
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
-def check_tracking(uri: str, timeout: float = 5.0) -> None:
+def check_tracking(uri: str, timeout: float = 5.0, wait: float = 0.0) -> None:
     """Refuse a URI MLflow cannot use, before anything is written: a plain path, an SQLite
     database in a folder that does not exist, an HTTP server that does not answer /health
-    within seconds (not minutes of retries)."""
+    within seconds (not minutes of retries). `wait`: seconds to keep asking a server that is
+    unreachable or answers 5xx (still starting), instead of failing at once."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme not in TRACKING_SCHEMES:
         raise TrackingError(
@@ -74,8 +76,11 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         if not default and not (folder.is_dir() and os.access(folder, os.W_OK)):
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist or is not writable")
         return
-    if scheme not in ("http", "https"):
-        return
+    if scheme in ("http", "https"):
+        patiently(lambda: _check_health(uri, timeout), wait)
+
+
+def _check_health(uri: str, timeout: float) -> None:
     parts = urllib.parse.urlsplit(uri)
     bare = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
     request = urllib.request.Request(urllib.parse.urlunsplit(bare).rstrip("/") + "/health")
@@ -86,9 +91,18 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError(f"tracking server {mask_url(uri)} answered HTTP {resp.status}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except urllib.error.HTTPError as exc:  # it answered: only a server error may pass with time
+        raise TrackingError(
+            f"tracking server {mask_url(uri)} answered HTTP {exc.code} {exc.reason}",
+            transient=exc.code >= 500,
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, no such host (yet), timed out
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"tracking server {mask_url(uri)} is unreachable ({reason})") from None
+        raise TrackingError(
+            f"tracking server {mask_url(uri)} is unreachable ({reason})", transient=True
+        ) from None
+    except ValueError as exc:  # a malformed URI
+        raise TrackingError(f"tracking URI {mask_url(uri)}: {exc}") from None
 
 
 @dataclass(frozen=True)

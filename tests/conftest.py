@@ -63,8 +63,10 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def start_mlflow_server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_mlflow_server(
+    backend: str, artifacts: Path, log: Path, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", backend,
