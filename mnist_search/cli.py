@@ -30,9 +30,10 @@ from .train import NonFiniteLoss
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
-    add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    # Click's plain help: wraps at any width (80 columns too) and never cuts an option's name.
+    rich_markup_mode=None,
 )
 out = Console()
 err = Console(stderr=True)
@@ -68,14 +69,33 @@ Storage = Annotated[
         " ($MNIST_SEARCH_STORAGE keeps a password off your command line).",
     ),
 ]
+ExperimentName = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_EXPERIMENT_NAME",
+        help="MLflow experiment of the runs (default: mnist-search-studies, -train or -verify).",
+    ),
+]
 ExperimentRef = Annotated[
     str,
     typer.Argument(help="Experiment YAML with a `spec` section: a path or a shipped name (seed-model-1)."),
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"mnist-search {version('mnist-search')}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _console() -> None:
+def _console(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     log = logging.getLogger("mnist_search")
     log.handlers[:] = [WarningLines(err)]
     log.setLevel(logging.WARNING)
@@ -122,15 +142,16 @@ def train(
     data_dir: DataDir = None,
     limit_train: LimitTrain = None,
     tracking_uri: TrackingUri = None,
-    experiment_name: Annotated[str, typer.Option(help="MLflow experiment.")] = "mnist-search-train",
+    experiment_name: ExperimentName = None,
     budget: Budget = DEFAULT_BUDGET,
 ) -> None:
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
-    from .runs import TrainRequest, load_spec, run_train
+    from .runs import EXPERIMENT_NAME, TrainRequest, load_spec, run_train
 
     request = TrainRequest(
-        path, epochs, seed, device, _str(data_dir), limit_train, tracking_uri, experiment_name, budget
-    )
+        path, epochs, seed, device, _str(data_dir), limit_train, tracking_uri,
+        experiment_name or EXPERIMENT_NAME, budget,
+    )  # fmt: skip
     try:
         exp, _ = load_spec(path)
         with EpochProgress(epochs or exp.recipe.epochs, out, label=exp.name or "train") as progress:
@@ -200,14 +221,16 @@ def study(
             help="Seconds to keep retrying a tracking server or database that is still starting.",
         ),
     ] = 0,
+    experiment_name: ExperimentName = None,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
-    from .studies import StudyRequest
+    from .studies import EXPERIMENT_NAME, StudyRequest
 
     request = StudyRequest(
         budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs,
         study_name=study_name, storage=storage, tracking_uri=tracking_uri, device=device, seed=seed,
         data_dir=_str(data_dir), limit_train=limit_train, jobs=jobs, service_wait=service_wait,
+        experiment_name=experiment_name or EXPERIMENT_NAME,
     )  # fmt: skip
     _run_study(request, quiet)
 
@@ -381,15 +404,17 @@ def verify(
     jobs: Annotated[
         int, typer.Option(min=1, help="Runs side by side in N processes (cores/N threads each).")
     ] = 1,
+    experiment_name: ExperimentName = None,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
-    from .verify import VerifyRequest, run_verify
+    from .verify import EXPERIMENT_NAME, VerifyRequest, run_verify
 
     request = VerifyRequest(
         study_name, top, tuple(trial_numbers or ()), seeds, epochs, storage, tracking_uri, device,
         _str(data_dir), limit_train, out_dir, recipe_from, jobs, f"mnist-search verify {shlex.join(sys.argv[2:])}",
+        experiment_name or EXPERIMENT_NAME,
     )  # fmt: skip
     try:
         report = run_verify(request, VerifyDisplay(out))
@@ -451,11 +476,14 @@ def main() -> None:
     # MLflow run ends FAILED (a study's trial FAIL, interrupted), and the command exits 130.
     interrupt_on_sigterm()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="mnist-search")
     except TyperException as exc:
         if not hasattr(exc, "format_message"):
             raise
-        err.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help, not an error line
+            out.print(exc.format_message(), markup=False, highlight=False, soft_wrap=True)
+        else:
+            err.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
         err.print("aborted", highlight=False)

@@ -8,6 +8,7 @@ absent. Every file is checked (magic number, counts, shape, label range) and a b
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,18 +103,23 @@ def _download(data_dir: Path, raw: Path, missing: list[str]) -> None:
 
 def load_raw(data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """The four MNIST arrays, downloading them first if (and only if) they are absent."""
+    return _load_files(data_dir)[0]
+
+
+def _load_files(data_dir: str | Path | None) -> tuple[dict[str, np.ndarray], Source]:
     data_dir = resolve_data_dir(data_dir)
     raw = data_dir / "MNIST" / "raw"
     missing = [stem for stem, _, _ in FILES.values() if _find(raw, stem) is None]
     if missing:
         _download(data_dir, raw, missing)
-    arrays = {}
+    arrays, digest = {}, hashlib.sha256()
     for key, (stem, magic, count) in FILES.items():
         path = _find(raw, stem)
         if path is None:
             raise DataError(f"{raw / stem}[.gz]: not found after download")
         arrays[key] = read_idx(path, magic, count)
-    return arrays
+        digest.update(arrays[key].tobytes())  # the decoded contents: .gz or not, the same digest
+    return arrays, Source(str(raw.resolve()), digest.hexdigest()[:16])
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -137,14 +143,27 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where the images came from: the folder and a digest of the four IDX files' bytes."""
+
+    folder: str
+    digest: str
+
+
 @dataclass
 class MNISTData:
     train: Split
     val: Split  # held out of the 60k training images; the only set that steers decisions
     test: Split  # the official 10k; measured and logged, never used to choose
+    source: Source | None = None
 
     def to(self, device: torch.device | str) -> MNISTData:
-        return MNISTData(self.train.to(device), self.val.to(device), self.test.to(device))
+        return MNISTData(self.train.to(device), self.val.to(device), self.test.to(device), self.source)
+
+    def example(self, n: int = 4) -> torch.Tensor:
+        """The first `n` test digits as raw pixels in [0, 1], (n, 1, 28, 28): a model's input example."""
+        return (self.test.x[:n].cpu() * STD + MEAN).clamp_(0.0, 1.0)
 
 
 def load_mnist(
@@ -152,7 +171,7 @@ def load_mnist(
 ) -> MNISTData:
     """MNIST in memory. The validation split is a fixed seeded draw from the 60k training images;
     `limit_train` then keeps the first N of the remaining training images (for smoke runs)."""
-    raw = load_raw(data_dir)
+    raw, source = _load_files(data_dir)
     x = torch.from_numpy(raw["train_images"].copy())
     y = torch.from_numpy(raw["train_labels"].astype(np.int64))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -169,4 +188,5 @@ def load_mnist(
         train=Split(normalise(x[train_idx]), y[train_idx]),
         val=Split(normalise(x[val_idx]), y[val_idx]),
         test=Split(normalise(test_x), test_y),
+        source=source,
     )

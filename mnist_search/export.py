@@ -13,23 +13,12 @@ from torch import nn
 from .config import ArchSpec, spec_to_yaml
 from .data import MEAN, STD
 from .leaderboard import TrialRow, completed, leaderboard
-from .model import build_model, layer_table, receptive_field_table
+from .model import WithNormalisation, build_model, layer_table, receptive_field_table
 from .tracking import Tracking
 
 
 class ExportError(Exception):
     """The trial's checkpoint cannot be found or read."""
-
-
-class WithNormalisation(nn.Module):
-    """Raw pixels in [0, 1], shape (N, 1, 28, 28) -> 10 logits; MNIST normalisation inside."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - MEAN) / STD)
 
 
 FILES = ["model.pt2", "state_dict.pt", "spec.yaml", "layers.txt", "receptive_field.txt"]
@@ -39,7 +28,7 @@ def export_model(model: nn.Module, out_dir: Path) -> list[str]:
     """model.pt2 (raw [0, 1] pixels -> logits, dynamic batch), state_dict.pt, spec.yaml, tables."""
     spec: ArchSpec = model.spec
     model = model.to("cpu").eval()
-    wrapped = WithNormalisation(model).eval()
+    wrapped = WithNormalisation(model, MEAN, STD).eval()
     batch = torch.export.Dim("batch", min=1, max=65_536)
     program = torch.export.export(wrapped, (torch.rand(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,18 @@ class TinyNet(nn.Module):
         return self.layers(x).flatten(1)  # (N, 10) logits
 
 
+class WithNormalisation(nn.Module):
+    """The one input contract of every model we hand out (MLflow, the registry, `export`): raw
+    pixels in [0, 1], shape (N, 1, 28, 28) -> 10 logits; MNIST's normalisation is inside."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.net, self.mean, self.std = net, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
 def build_model(spec: ArchSpec, seed: int | None = None) -> TinyNet:
     """The only constructor of networks. With `seed`, the initial weights depend on it alone
     (the global RNG is left as it was)."""

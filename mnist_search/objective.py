@@ -41,6 +41,11 @@ class TrialEnd:
     reason: str = ""
 
 
+def trial_seed(base: int, number: int) -> int:
+    """Trial n trains with seed base + n: a distinct, reproducible initialisation per trial."""
+    return base + number
+
+
 class TrialFailed(Exception):
     """A trial failed for a reason of its own (recorded on it); the study goes on."""
 
@@ -144,7 +149,7 @@ class Objective:
         return self._train(trial, spec, recipe, params)
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
-        seed = self.seed + trial.number  # distinct, reproducible initialisation per trial
+        seed = trial_seed(self.seed, trial.number)
         result = FitResult()
         start = time.perf_counter()
 

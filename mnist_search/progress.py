@@ -7,6 +7,8 @@ Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its 
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
@@ -22,6 +24,7 @@ from rich.progress import (
 )
 
 from .leaderboard import TrialRow, completed, feasible_share, leaderboard
+from .model import count_params
 from .train import EpochResult
 
 
@@ -64,8 +67,30 @@ class EpochProgress:
             self.progress.update(self.task, completed=r.epoch, status=status)
 
 
+def study_progress(console: Console) -> Progress:
+    """Like `make_progress`, with our own ETA: rich's estimate averages a window shorter than one
+    trial, so it never shows one; ours is the mean finished-trial duration x trials left."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[eta]}"),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=False,
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class StudyProgress:
-    """Trials done / planned, pruned, failed, best so far, elapsed and ETA.
+    """Trials done / planned, the running trial (size, epoch k/N), pruned, failed, best so far,
+    elapsed and ETA.
 
     "best" is the best completed trial: its params, validation accuracy (mean of its last 3
     epochs: the objective) and test accuracy (min of its last 3 epochs).
@@ -80,14 +105,28 @@ class StudyProgress:
         self.total, self.done = total, already
         self.pruned = self.failed = 0
         self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
-        self.progress = make_progress(console) if self.live else None
+        self.progress = study_progress(console) if self.live else None
         self.task = None
+        self.durations: list[float] = []  # of the trials trained here
+        self.running = ""  # "#7 7,520p", the trial training now
+        self.started = 0.0  # when it started (monotonic)
 
     def __enter__(self) -> Self:
         if self.progress is not None:
             self.progress.start()
-            self.task = self.progress.add_task("trials", total=self.total, completed=self.done, status="")
+            self.task = self.progress.add_task(
+                "trials", total=self.total, completed=self.done, status="", eta=self._eta()
+            )
         return self
+
+    def _eta(self) -> str:
+        left = self.total - self.done
+        if left <= 0:
+            return ""
+        if not self.durations:
+            return "eta after 1st trial"
+        running = time.monotonic() - self.started if self.running else 0.0
+        return f"eta {_clock(max(0.0, statistics.fmean(self.durations) * left - running))}"
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
@@ -102,12 +141,19 @@ class StudyProgress:
 
     # TrialHooks
     def trial_started(self, trial, spec, recipe) -> None:
+        self.running, self.epochs = f"#{trial.number} {count_params(spec):,}p", recipe.epochs
+        self.started = time.monotonic()
         if self.progress is not None:
-            self.progress.update(self.task, description=f"#{trial.number}")
+            self.progress.update(self.task, description=f"{self.running} ep 0/{self.epochs}", eta=self._eta())
 
     def epoch_ended(self, trial, r) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, status=f"ep {r.epoch} val {r.val_acc:.4f} | {self._status()}")
+            self.progress.update(
+                self.task,
+                description=f"{self.running} ep {r.epoch}/{self.epochs}",
+                status=f"val {r.val_acc:.4f} | {self._status()}",
+                eta=self._eta(),
+            )
 
     def trial_ended(self, end, model) -> None:
         if end.reason == "interrupted":
@@ -115,11 +161,13 @@ class StudyProgress:
         self.done += 1
         self.pruned += end.state == "PRUNED"
         self.failed += end.state == "FAIL"
+        self.durations.append(end.seconds)
+        self.running = ""
         res = end.result
         if end.state == "COMPLETE" and (self.best is None or res.val_score > self.best[0]):
             self.best = (res.val_score, end.params, res.test_min_last3, end.number)
         if self.progress is not None:
-            self.progress.update(self.task, completed=self.done, status=self._status())
+            self.progress.update(self.task, completed=self.done, status=self._status(), eta=self._eta())
         else:
             last = res.epochs[-1] if res.epochs else None
             figures = f"val {last.val_acc:.4f} test {last.test_acc:.4f} " if last else ""

@@ -14,6 +14,12 @@ from .settings import resolve_tracking_uri
 from .tracking import check_tracking, connect, tracked_fit
 from .train import EpochResult, FitResult
 
+EXPERIMENT_NAME = "mnist-search-train"
+DESCRIPTION = (
+    "mnist-search train: one run per fixed spec (an experiment file's `spec`), with its per-epoch "
+    "metrics, layer and receptive-field tables, and the model (raw [0, 1] pixels in, 10 logits out)."
+)
+
 
 @dataclass(frozen=True)
 class TrainRequest:
@@ -24,7 +30,7 @@ class TrainRequest:
     data_dir: str | None = None
     limit_train: int | None = None
     tracking_uri: str | None = None
-    experiment_name: str = "mnist-search-train"
+    experiment_name: str = EXPERIMENT_NAME
     budget: int = DEFAULT_BUDGET
 
 
@@ -51,7 +57,7 @@ def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | N
     device = setup_device(request.device)
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train).to(device)
-    tracking = connect(request.tracking_uri, request.experiment_name)
+    tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
     run_id, result, _ = tracked_fit(
         tracking, spec, data, recipe, device, seed=request.seed, budget=request.budget,
         experiment_file=request.experiment, run_name=f"{exp.name}-s{request.seed}", tags={"kind": "train"},

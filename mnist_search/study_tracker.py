@@ -13,12 +13,15 @@ import time
 import mlflow
 import optuna
 
-from .config import TARGET, ArchSpec, Recipe
+from .config import TARGET, ArchSpec, Experiment, Recipe, spec_to_yaml
+from .data import MNISTData
 from .leaderboard import completed, feasible_share, leaderboard
-from .objective import TrialEnd
+from .model import count_params
+from .objective import TrialEnd, trial_seed
 from .records import StudyRecord, TrialRecord
+from .registry import point_best, register, registered_name
 from .settings import mask_url
-from .tracking import RunLog, Tracking, git_commit, run_tags, spec_params
+from .tracking import RunLog, Tracking, git_commit, run_tags, source_tags, spec_params
 from .train import EpochResult
 
 PARENT_SETTLE_SECONDS = 2.0  # only paid by a worker that creates a study's parent run
@@ -41,11 +44,20 @@ class StudyTracker:
     """MLflow logging of a study; plugs into the objective as its `TrialHooks`."""
 
     def __init__(
-        self, tracking: Tracking, study: optuna.Study, storage_url: str, budget: int, experiment_file: str
+        self,
+        tracking: Tracking,
+        study: optuna.Study,
+        storage_url: str,
+        budget: int,
+        experiment_file: str,
+        experiment: Experiment,
+        data: MNISTData,
+        seed: int,
     ):
         self.study, self.budget = study, budget
         self.storage = mask_url(storage_url)
         self.experiment_id, self.experiment_file = tracking.experiment_id, experiment_file
+        self.experiment, self.data, self.seed = experiment, data, seed
         self.client = tracking.client
         self.children: dict[int, str] = {}
         self._own_parent = self._parent()
@@ -86,7 +98,8 @@ class StudyTracker:
                 "target": str(TARGET),
                 "experiment_file": self.experiment_file,
                 "git_commit": git_commit(),
-            },
+            }
+            | source_tags("study"),
         )
         StudyRecord.write(self.study, mlflow_parent_run_id=run.info.run_id)
         # Workers started together race to create the parent. The storage has no compare-and-set
@@ -96,13 +109,29 @@ class StudyTracker:
         winner = StudyRecord.of(self.study).mlflow_parent_run_id or run.info.run_id  # from the storage
         if winner != run.info.run_id:
             self.client.delete_run(run.info.run_id)
+        else:
+            log = RunLog(self.client, winner)
+            log.params(self.search_params())
+            log.dataset(self.data, "search")
         return winner
+
+    def search_params(self) -> dict[str, str]:
+        """What defines the search, fixed for the study's life: its space, sampler and pruner."""
+        space = {f"search.{k}": v for k, v in self.experiment.search.model_dump(mode="json").items()}
+        pruner = {f"pruner.{k}": v for k, v in self.experiment.pruner.model_dump(mode="json").items()}
+        sampler = "TPE (multivariate, constrained: params < budget), one sampler seeded per trial"
+        return {k: str(v) for k, v in (space | pruner).items()} | {
+            "sampler": sampler,
+            "seed": str(self.seed),
+            "budget": str(self.budget),
+        }
 
     # TrialHooks -----------------------------------------------------------------------------
     def trial_started(self, trial, spec: ArchSpec, recipe: Recipe) -> None:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"{self.study.study_name}-trial-{trial.number}",
+            # Short, so the runs table shows it whole: trial number and size.
+            run_name=f"t{trial.number}-{count_params(spec)}p",
             tags={
                 "mlflow.parentRunId": self.parent_id,
                 "kind": "trial",
@@ -111,13 +140,20 @@ class StudyTracker:
                 "storage": self.storage,
                 "state": "RUNNING",
             }
-            | run_tags(spec, self.budget, self.experiment_file),
+            | run_tags(spec, self.budget, self.experiment_file)
+            | source_tags("study"),
         )
         run_id = run.info.run_id
         self.children[trial.number] = run_id
         TrialRecord.write(trial, mlflow_run_id=run_id)
         log = RunLog(self.client, run_id)
-        log.params(spec_params(spec, recipe) | {"trial_number": str(trial.number)})
+        # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
+        knobs = {f"knob.{k}": str(v) for k, v in trial.params.items()}
+        extra = {"trial_number": str(trial.number), "seed": str(trial_seed(self.seed, trial.number)),
+                 "epochs": str(recipe.epochs)}  # fmt: skip
+        log.params(spec_params(spec, recipe) | knobs | extra)
+        log.sizes(spec)
+        log.dataset(self.data, "training")
         log.tables(spec)
 
     def epoch_ended(self, trial, r: EpochResult) -> None:
@@ -135,7 +171,7 @@ class StudyTracker:
         log.outcome(end.result, extra={"final/seconds": end.seconds})
         if model is not None:
             log.checkpoint(model)
-            log.model(model)
+            log.model(model, self.data.example())
         log.end(END_STATUS[end.state])
         del self.children[end.number]
 
@@ -169,11 +205,29 @@ class StudyTracker:
             if best.test_acc_min_last3 is not None:
                 metrics["best/test_acc_min_last3"] = best.test_acc_min_last3
             self.client.set_tag(self.parent_id, "best_trial", str(best.trial))
-            self.client.set_tag(self.parent_id, "best_spec", str(best.spec))
+            self.client.set_tag(self.parent_id, "best_spec", spec_to_yaml(ArchSpec.model_validate(best.spec)))
             if best.mlflow_run_id:
                 self.client.set_tag(self.parent_id, "best_run_id", best.mlflow_run_id)
+                self._register(best)
         RunLog(self.client, self.parent_id).metrics(metrics)
         for path, fig in study_figures(self.study, self.budget).items():
             self.client.log_figure(self.parent_id, fig, path)
             plt.close(fig)  # pyplot keeps every figure until closed
         self.client.set_terminated(self.parent_id, status)
+
+    def _register(self, best) -> None:
+        """The best trial's model into the registry (alias `best`), linked from the parent's note."""
+        version = register(
+            self.client, best.mlflow_run_id, self.budget,
+            tags={"val_acc": f"{best.val_acc:.6f}", "params": str(best.params), "study": self.study.study_name,
+                  "trial": str(best.trial)},
+        )  # fmt: skip
+        point_best(self.client, self.budget)
+        name = registered_name(self.budget)
+        note = (
+            f"Study **{self.study.study_name}** (budget {self.budget:,} parameters).\n\n"
+            f"Best trial: [trial {best.trial}](#/experiments/{self.experiment_id}/runs/{best.mlflow_run_id}), "
+            f"{best.params:,} parameters, validation accuracy {best.val_acc:.4f}; registered as "
+            f"[{name} version {version}](#/models/{name}/versions/{version})."
+        )
+        self.client.set_tag(self.parent_id, "mlflow.note.content", note)

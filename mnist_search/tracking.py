@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import getpass
 import io
+import json
 import os
 import socket
 import subprocess
@@ -26,15 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import requests
 import torch
 from filelock import FileLock
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.models import infer_signature
 
 from .config import TARGET, ArchSpec, Recipe, spec_to_yaml
-from .model import build_model, count_params, layer_table, mult_adds, receptive_field_table
+from .data import MEAN, STD, MNISTData
+from .model import WithNormalisation, build_model, count_params, layer_table, mult_adds, receptive_field_table
 from .settings import mask_url, resolve_tracking_uri, store_dir
 from .train import EpochResult, FitResult, NonFiniteLoss, fit
 from .waiting import ServiceError, patiently
@@ -114,8 +116,14 @@ class Tracking:
     client: mlflow.MlflowClient
 
 
-def connect(tracking_uri: str | None, experiment_name: str) -> Tracking:
-    """Check and open the store, and select (creating if needed) the experiment."""
+# MLflow 3 opens an experiment without a kind on its GenAI overview (traces, latency, tokens);
+# this kind opens it on its runs table. The note is the experiment's description in the UI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def connect(tracking_uri: str | None, experiment_name: str, description: str = "") -> Tracking:
+    """Check and open the store, and select (creating if needed) the experiment, marked as model
+    development (so the UI opens on its runs) with `description`."""
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
     # Model logging and artifact downloads go through MLflow's module-level functions, which
@@ -127,11 +135,15 @@ def connect(tracking_uri: str | None, experiment_name: str) -> Tracking:
     with FileLock(uri.removeprefix("sqlite:///") + ".lock") if sqlite else contextlib.nullcontext():
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment_name)
+    tags = EXPERIMENT_KIND | ({"mlflow.note.content": description} if description else {})
     if exp is not None:
+        for key, value in tags.items():  # an experiment made by an older release: mark it now
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return Tracking(uri, exp.experiment_id, client)
     artifacts = (store_dir() / "artifacts").as_uri() if sqlite else None  # local: beside the db
     try:
-        exp_id = client.create_experiment(experiment_name, artifact_location=artifacts)
+        exp_id = client.create_experiment(experiment_name, artifact_location=artifacts, tags=tags)
     except mlflow.exceptions.MlflowException as exc:
         # Workers starting together race to create it: the loser uses the winner's.
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -155,6 +167,15 @@ def spec_params(spec: ArchSpec, recipe: Recipe) -> dict[str, str]:
     params = {f"spec.{k}": v for k, v in spec.model_dump(mode="json").items()}
     params.update({f"recipe.{k}": v for k, v in recipe.model_dump(mode="json").items()})
     return {k: str(v) for k, v in params.items()}
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own source and user tags (the runs table's Source and User columns)."""
+    return {
+        "mlflow.source.name": f"mnist-search {command}",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
 
 
 def run_tags(spec: ArchSpec, budget: int, experiment_file: str | None) -> dict[str, str]:
@@ -192,6 +213,32 @@ class RunLog:
     def epoch(self, r: EpochResult) -> None:
         self.metrics(r.metrics(), step=r.epoch)
 
+    def sizes(self, spec: ArchSpec) -> None:
+        """Parameters and mult-adds as metrics: MLflow's scatter and parallel-coordinates plots
+        offer metrics and numeric params, never tags."""
+        self.metrics({"params": count_params(spec), "mult_adds": mult_adds(spec)})
+
+    def dataset(self, data: MNISTData, context: str) -> None:
+        """MNIST as the run's dataset input: its files' digest, folder and split sizes."""
+        if data.source is None:
+            return
+        profile = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+        dataset = Dataset(
+            name="mnist", digest=data.source.digest, source_type="local", source=data.source.folder,
+            profile=json.dumps(profile),
+        )  # fmt: skip
+        tags = [InputTag("mlflow.data.context", context)]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
+                return
+            except mlflow.exceptions.MlflowException as exc:
+                # Workers logging the same (new) dataset at once: the server's insert of it is not
+                # idempotent (a unique-key violation for the loser). Once it exists, linking works.
+                if attempt == 2 or "dataset" not in str(exc).lower() or "unique" not in str(exc).lower():
+                    raise
+                time.sleep(0.5)
+
     def tables(self, spec: ArchSpec) -> None:
         self.client.log_text(self.run_id, layer_table(spec), "summary/layers.txt")
         self.client.log_text(self.run_id, receptive_field_table(spec), "summary/receptive_field.txt")
@@ -219,16 +266,17 @@ class RunLog:
             (Path(tmp) / "spec.yaml").write_text(spec_to_yaml(model.spec))
             self.client.log_artifacts(self.run_id, tmp, "checkpoint")
 
-    def model(self, model: torch.nn.Module) -> None:
-        """The trained network with a signature: (N, 1, 28, 28) normalised float32 -> (N, 10) logits.
+    def model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """The trained network as every model we hand out: raw pixels in [0, 1], (N, 1, 28, 28)
+        float32 -> (N, 10) logits, normalisation inside; `example` (real digits) is its input example.
 
         `mlflow.pytorch.log_model` has no run-id argument: it logs into the active run, so this is
         the one place that activates one (and leaves it when done; the caller ends the run)."""
-        model = model.to("cpu").eval()
-        example = torch.zeros(2, 1, 28, 28)
+        model = WithNormalisation(model.to("cpu"), MEAN, STD).eval()
+        example = example.to("cpu", torch.float32)
         with torch.no_grad():
             out = model(example).numpy()
-        signature = infer_signature(example.numpy().astype(np.float32), out)
+        signature = infer_signature(example.numpy(), out)
         with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id):
             warnings.simplefilter("ignore", UserWarning)  # torch.export's "No complete tensor found"
             mlflow.pytorch.log_model(
@@ -266,11 +314,16 @@ def tracked_fit(
     run = tracking.client.create_run(
         tracking.experiment_id,
         run_name=run_name,
-        tags=run_tags(spec, budget, experiment_file) | tags | parent,
+        tags=run_tags(spec, budget, experiment_file)
+        | source_tags(tags["kind"].split("-")[0])
+        | tags
+        | parent,
     )
     log = RunLog(tracking.client, run.info.run_id)
     try:
         log.params(spec_params(spec, recipe) | {"seed": str(seed), "epochs": str(recipe.epochs)})
+        log.sizes(spec)
+        log.dataset(data, "training")
         log.tables(spec)
 
         def logged(r: EpochResult) -> None:
@@ -281,7 +334,7 @@ def tracked_fit(
         result = fit(model, data, recipe, device, logged, seed=seed)
         log.outcome(result)
         log.checkpoint(model)
-        log.model(model)
+        log.model(model, data.example())
     except BaseException as exc:
         with contextlib.suppress(*TRACKING_FAILURES):  # a server that went away: the caller reports it
             if isinstance(exc, NonFiniteLoss):

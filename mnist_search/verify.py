@@ -20,20 +20,35 @@ from typing import Protocol
 
 import torch
 
-from .config import TARGET, ArchSpec, ConfigError, Recipe, experiment_to_yaml, load_experiment
+from .config import TARGET, ArchSpec, ConfigError, Recipe, check_name, experiment_to_yaml, load_experiment
 from .data import load_mnist
 from .export import check_out_dir, export_model
 from .leaderboard import TrialRow, completed, leaderboard
 from .model import build_model
 from .records import StudyRecord, TrialRecord
+from .registry import crown
 from .runtime import available_cores, check_jobs, setup_device
 from .settings import resolve_tracking_uri
 from .space import with_searched_knobs
 from .studies import load_study
-from .tracking import TRACKING_FAILURES, RunLog, Tracking, check_tracking, connect, git_commit, tracked_fit
+from .tracking import (
+    TRACKING_FAILURES,
+    RunLog,
+    Tracking,
+    check_tracking,
+    connect,
+    git_commit,
+    source_tags,
+    tracked_fit,
+)
 from .train import EpochResult, FitResult
 
 EXPERIMENT_NAME = "mnist-search-verify"
+DESCRIPTION = (
+    "mnist-search verify: the best trials of a study retrained on all 60,000 training images, once "
+    "per seed, and scored on the test set. Each verify is a parent run (its table in verify.md) "
+    "with a child run per trial and seed; the best is registered as `champion`."
+)
 
 
 @dataclass
@@ -71,6 +86,11 @@ class Verified:
     def held(self) -> bool:
         """Target held in every seed: test acc >= 99.4 % in each of the last 3 epochs."""
         return bool(self.runs) and all(r.result.target_met(TARGET) for r in self.runs)
+
+
+def best_seed(v: Verified) -> SeedRun:
+    """The seed whose model is exported and registered: the best min of the last 3 epochs."""
+    return max(v.runs, key=lambda r: r.min_last3)
 
 
 def verify_table(rows: list[Verified], epochs: int) -> str:
@@ -121,6 +141,7 @@ class VerifyRequest:
     recipe_from: str | None = None
     jobs: int = 1
     command: str = ""  # the command line, written into verify.md
+    experiment_name: str = EXPERIMENT_NAME
 
 
 @dataclass
@@ -153,6 +174,7 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     parent run (FAILED / KILLED) and every running seed's run FAILED, then propagate."""
     if request.out_dir is not None:
         check_out_dir(request.out_dir)
+    check_name("--experiment-name", request.experiment_name)
     if request.jobs > 1:
         check_jobs(request.jobs)
     base_recipe = load_experiment(request.recipe_from).recipe if request.recipe_from else None
@@ -162,7 +184,7 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
     # All 60k training images: the validation split has done its job in the search.
     data = load_mnist(request.data_dir, val_size=0, limit_train=request.limit_train)
-    tracking = connect(request.tracking_uri, EXPERIMENT_NAME)
+    tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
     record = StudyRecord.of(study)
     budget = record.budget or 0
     experiment_file = str(request.recipe_from or record.experiment_file or "")
@@ -176,6 +198,7 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
             "budget": str(budget),
             "git_commit": git_commit(),
         }
+        | source_tags("verify")
         | ({"recipe_from": str(request.recipe_from)} if request.recipe_from else {}),
     )
     parent_id = parent.info.run_id
@@ -185,7 +208,9 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     )
     models = _train_all(tasks, results, request, context, hooks)
     wall = time.perf_counter() - started
-    report = _report(study.study_name, results, request.epochs, wall, str(device.type), parent_id, tracking)
+    report = _report(
+        study.study_name, results, request.epochs, wall, str(device.type), parent_id, tracking, budget
+    )
     if request.out_dir is not None:
         _write_out(report, models, request)
     return report
@@ -246,7 +271,7 @@ def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: 
         workers = min(request.jobs, len(tasks))
         setup = WorkerSetup(
             max(1, available_cores() // workers), str(ctx.device), request.data_dir, request.limit_train,
-            ctx.tracking.uri, EXPERIMENT_NAME, ctx.budget, ctx.experiment_file, ctx.parent_run_id,
+            ctx.tracking.uri, request.experiment_name, ctx.budget, ctx.experiment_file, ctx.parent_run_id,
         )  # fmt: skip
         hooks.pool_started(len(tasks), workers, setup.threads)
         finished = _rebuilt(run_in_parallel(tasks, request.jobs, setup))
@@ -293,10 +318,19 @@ def _rebuilt(runs) -> Iterator:
         runs.close()
 
 
-def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking) -> VerifyReport:
+def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking, budget: int) -> VerifyReport:
     table = verify_table(results, epochs)
     best = max(results, key=lambda v: (v.held, v.mean))
     client = tracking.client
+    if budget:  # the verified best (its best seed, as exported) into the registry
+        seed_run = best_seed(best)
+        version, champion = crown(
+            client, seed_run.run_id, budget, best.held, best.mean,
+            tags={"study": name, "trial": str(best.trial), "seed": str(seed_run.seed), "params": str(best.params)},
+            table=f"Verified: study {name}, trial {best.trial}, seed {seed_run.seed}.\n\n{table}",
+        )  # fmt: skip
+        client.set_tag(parent_id, "registered_version", version)
+        client.set_tag(parent_id, "champion", str(champion).lower())
     client.log_text(parent_id, table, "verify.md")
     RunLog(client, parent_id).metrics(
         {
@@ -313,7 +347,7 @@ def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking) 
 def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> None:
     """The best verified model (its best seed), its experiment file and the verify table."""
     best, out_dir = report.best, request.out_dir
-    seed_run = max(best.runs, key=lambda r: r.min_last3)
+    seed_run = best_seed(best)
     export_model(models[(best.trial, seed_run.seed)], out_dir)
     (out_dir / "experiment.yaml").write_text(
         experiment_to_yaml(

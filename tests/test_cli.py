@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
+
 import mlflow
 import pytest
 
 from mnist_search.cli import app
 
-from .conftest import BAD_YAML, EXPERIMENTS, runner
+from .conftest import BAD_YAML, EXPERIMENTS, TINY, runner
 
 
 def test_summary_prints_the_seed_table_and_budget_verdict():
@@ -118,3 +124,49 @@ def test_usage_errors_from_the_console_script_are_one_line_exit_2(args, message,
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(message), proc.stderr
     assert not store.exists()
+
+
+def console_script(*args: str, columns: int = 80, **env: str) -> subprocess.CompletedProcess:
+    """`mnist-search ARGS` as the console script runs it, at a given terminal width."""
+    return subprocess.run(
+        [sys.executable, "-c", "from mnist_search.cli import main; main()", *args],
+        check=False, capture_output=True, text=True, timeout=120,
+        env=os.environ | {"COLUMNS": str(columns)} | env,
+    )  # fmt: skip
+
+
+def test_version_completion_and_a_bare_command():
+    from importlib.metadata import version
+
+    assert console_script("--version").stdout.strip() == f"mnist-search {version('mnist-search')}"
+    # The shell is detected from the process tree, else $SHELL (a background job has no terminal).
+    assert "_mnist_search_completion" in console_script("--show-completion", SHELL="/bin/bash").stdout
+    bare = console_script()
+    assert bare.stdout.startswith("Usage: mnist-search [OPTIONS] COMMAND") and bare.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["study", "train", "verify", "server", "export"])
+def test_help_fits_80_columns_and_names_every_option_whole(command):
+    help_text = console_script(command, "--help").stdout
+    assert help_text.startswith(f"Usage: mnist-search {command}")
+    assert max(len(line) for line in help_text.splitlines()) <= 80
+    assert "…" not in help_text and "<bool>" not in help_text
+    if command == "server":
+        assert "--artifacts-destination" in help_text
+
+
+@pytest.mark.slow
+def test_the_live_study_display_shows_the_running_trial_and_an_eta(tmp_path, data_dir):
+    """Under a pseudo-terminal (as a user sees it): `#N SIZEp ep k/E` and an ETA once a trial ended."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    command = shlex.join([sys.executable, "-m", "mnist_search", "study", "--experiment", "tiny.yaml", "--trials",
+                          "2", "--epochs", "2", "--limit-train", "2000", "--data-dir", str(data_dir), "--device", "cpu"])  # fmt: skip
+    env = os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "mlruns"), "COLUMNS": "150"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(["script", "-qfec", command, str(tmp_path / "typescript")], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    screen = (tmp_path / "typescript").read_text(errors="replace")
+    assert re.search(r"#0 [\d,]+p ep 1/2", screen) and re.search(r"#1 [\d,]+p ep 2/2", screen)
+    assert "eta after 1st trial" in screen
+    assert re.search(r"eta 0:\d\d:\d\d", screen)  # after trial 0: its duration x trials left

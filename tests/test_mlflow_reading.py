@@ -1,0 +1,122 @@
+"""What a user reads in MLflow, checked on a real `mlflow server` over HTTP: the experiment opens
+on its runs; each trial run carries its knobs as numeric params, its size as metrics, true epochs
+and seed, source/user tags and MNIST as a dataset input; the parent holds the search's definition
+and links the best run; the registry's aliases (`best` from a study, `champion` from verify)
+load with mlflow.pyfunc and predict raw [0, 1] pixels at the accuracy their run logged."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from mnist_search.cli import app
+from mnist_search.data import load_raw
+
+from .conftest import TINY, runner
+
+pytestmark = pytest.mark.slow
+BUDGET = 8000
+NAME = f"mnist-search-b{BUDGET}"
+
+
+@pytest.fixture(scope="module")
+def served(mlflow_server, data_dir, tmp_path_factory):
+    """A 2-trial tiny study and a 1-seed verify of its best trial, both on the server."""
+    root = tmp_path_factory.mktemp("reading")
+    (root / "tiny.yaml").write_text(TINY)
+    common = ["--data-dir", str(data_dir), "--device", "cpu", "--tracking-uri", mlflow_server]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MNIST_SEARCH_STORE", str(root / "mlruns"))
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", "reading-studies")  # honoured, as --experiment-name
+        mp.chdir(root)
+        study = runner.invoke(app, ["study", "--experiment", "tiny.yaml", "--trials", "2", "--epochs", "2",
+                                    "--limit-train", "3000", "--quiet", *common])  # fmt: skip
+        assert study.exit_code == 0, study.output
+        mp.delenv("MLFLOW_EXPERIMENT_NAME")
+        verify = runner.invoke(app, ["verify", "--study", "tiny-b8000", "--seeds", "1", "--epochs", "2",
+                                     "--limit-train", "3000", "--experiment-name", "reading-verify", *common])  # fmt: skip
+        assert verify.exit_code == 0, verify.output
+    return mlflow.MlflowClient(mlflow_server)
+
+
+def runs(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, experiment
+    found = client.search_runs([exp.experiment_id])
+    parent = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1
+    return exp, parent[0], children
+
+
+def test_the_experiments_open_on_their_runs_with_a_description(served):
+    for name in ("reading-studies", "reading-verify"):
+        exp = served.get_experiment_by_name(name)
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert exp.tags["mlflow.note.content"].startswith("mnist-search ")
+    assert served.get_experiment_by_name("mnist-search-studies") is None  # the env var was honoured
+
+
+def test_every_trial_run_has_numeric_knobs_size_metrics_true_epochs_and_its_dataset(served, data_dir):
+    _, _, children = runs(served, "reading-studies")
+    assert len(children) == 2
+    for run in children:
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        knobs = {k: v for k, v in params.items() if k.startswith("knob.")}
+        assert {"knob.s1c1", "knob.s1c2", "knob.s2c1", "knob.t1"} <= set(knobs)
+        assert all(4 <= float(v) <= 8 for v in knobs.values())  # numbers MLflow can plot
+        assert metrics["params"] == float(tags["params"]) and metrics["mult_adds"] == float(tags["mult_adds"])
+        assert params["epochs"] == params["recipe.epochs"] == "2"
+        assert params["seed"] == tags["trial_number"]  # seed 0 + trial number
+        assert run.info.run_name == f"t{tags['trial_number']}-{tags['params']}p"
+        assert tags["mlflow.source.name"] == "mnist-search study" and tags["mlflow.user"]
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "mnist" and len(dataset.dataset.digest) == 16
+        assert yaml.safe_load(dataset.dataset.profile) == {"train": 3000, "val": 10000, "test": 10000}
+        assert dataset.tags[0].value == "training"
+
+
+def test_the_parent_defines_the_search_and_links_its_best_run(served):
+    exp, parent, children = runs(served, "reading-studies")
+    params = parent.data.params
+    assert "search.stages" in params and "sampler" in params and params["pruner.kind"] == "none"
+    assert params["budget"] == str(BUDGET)
+    best = parent.data.tags["best_run_id"]
+    assert best in {c.info.run_id for c in children}
+    assert yaml.safe_load(parent.data.tags["best_spec"])["spec"]["stages"]  # YAML, not a Python repr
+    assert f"#/experiments/{exp.experiment_id}/runs/{best}" in parent.data.tags["mlflow.note.content"]
+
+
+def raw_test_set(data_dir):
+    raw = load_raw(data_dir)
+    return (raw["test_images"][:, None].astype(np.float32) / 255.0), raw["test_labels"]
+
+
+@pytest.mark.parametrize("alias", ["best", "champion"])
+def test_registry_aliases_load_and_predict_raw_pixels_at_the_logged_accuracy(served, alias, data_dir):
+    version = served.get_model_version_by_alias(NAME, alias)
+    run = served.get_run(version.run_id)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{alias}")
+    x, y = raw_test_set(data_dir)
+    logits = np.concatenate([model.predict(x[i : i + 2000]) for i in range(0, len(x), 2000)])
+    accuracy = float((logits.argmax(1) == y).mean())
+    assert accuracy == pytest.approx(run.data.metrics["final/test_acc"], abs=1e-4)
+    assert accuracy > 0.3  # well above chance (0.1) after 2 epochs on 3,000 images: raw pixels understood
+    # One input contract: a signature over (N, 1, 28, 28) float32, a real digit as the example.
+    info = mlflow.models.get_model_info(f"models:/{NAME}@{alias}")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 28, 28)
+    example = np.asarray(mlflow.models.Model.load(info.model_uri).load_input_example(info.model_uri))
+    assert example.shape[1:] == (1, 28, 28) and 0.0 <= example.min() and example.max() <= 1.0
+    assert example.max() > 0.9  # ink on it, not zeros
+
+
+def test_champion_carries_the_verify_table(served):
+    version = served.get_model_version_by_alias(NAME, "champion")
+    assert "| trial | params | seed |" in version.description
+    assert version.tags["target_held"] in {"true", "false"} and float(version.tags["test_acc_mean"]) > 0.3
+    _, parent, _ = runs(served, "reading-verify")
+    assert (
+        parent.data.tags["champion"] == "true" and parent.data.tags["registered_version"] == version.version
+    )
