@@ -52,16 +52,22 @@ def params_vs_accuracy(rows: list[TrialRow], budget: int) -> Figure:
     return fig
 
 
+def trained_study(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy holding the completed, under-budget (trained) trials only: over-budget
+    proposals carry a placeholder value that must not enter importances or plots."""
+    done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if TrialRecord.of(t).feasible]  # fmt: skip
+    trained = optuna.create_study(direction="maximize", study_name=study.study_name)
+    trained.add_trials(done)
+    return trained
+
+
 def importances(study: optuna.Study) -> Figure | None:
     """fANOVA-style importances over completed feasible trials; None when too few to say."""
     try:
-        done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-                if TrialRecord.of(t).feasible]  # fmt: skip
-        if len(done) < 3:
+        trained = trained_study(study)
+        if len(trained.trials) < 3:
             return None
-        # Infeasible proposals carry a placeholder value: rank importances on trained trials only.
-        trained = optuna.create_study(direction="maximize")
-        trained.add_trials(done)
         scores = optuna.importance.get_param_importances(trained)
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
@@ -72,6 +78,23 @@ def importances(study: optuna.Study) -> Figure | None:
     ax.set_title("Hyperparameter importances")
     fig.tight_layout()
     return fig
+
+
+def interactive_page(study: optuna.Study) -> str | None:
+    """One self-contained HTML page (plotly.js inlined once: no internet needed to view it) with
+    optuna.visualization's history, parallel coordinates and importances over the trained trials;
+    None before 2 trials completed."""
+    import optuna.visualization as vis
+
+    trained = trained_study(study)
+    if len(trained.trials) < 2:
+        return None
+    figures = [vis.plot_optimization_history(trained), vis.plot_parallel_coordinate(trained)]
+    if len(trained.trials) >= 3:
+        figures.append(vis.plot_param_importances(trained))
+    title = f"{study.study_name}: {len(trained.trials)} trained trials (over-budget proposals left out)"
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    return f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{''.join(parts)}</body></html>"
 
 
 def study_figures(study: optuna.Study, budget: int) -> dict[str, Figure]:

@@ -184,7 +184,7 @@ class StudyTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         """Summarise the whole study (all invocations) on the parent run and close it."""
-        from .plots import plt, study_figures
+        from .plots import interactive_page, plt, study_figures
 
         self.close_open_children()
         rows = leaderboard(self.study)
@@ -213,6 +213,9 @@ class StudyTracker:
         for path, fig in study_figures(self.study, self.budget).items():
             self.client.log_figure(self.parent_id, fig, path)
             plt.close(fig)  # pyplot keeps every figure until closed
+        page = interactive_page(self.study)
+        if page is not None:
+            self.client.log_text(self.parent_id, page, "plots/interactive.html")
         self.client.set_terminated(self.parent_id, status)
 
     def _register(self, best) -> None:

@@ -87,6 +87,13 @@ def test_the_parent_defines_the_search_and_links_its_best_run(served):
     assert best in {c.info.run_id for c in children}
     assert yaml.safe_load(parent.data.tags["best_spec"])["spec"]["stages"]  # YAML, not a Python repr
     assert f"#/experiments/{exp.experiment_id}/runs/{best}" in parent.data.tags["mlflow.note.content"]
+    # Interactive plots beside the PNGs, over trained trials only, viewable offline (plotly.js inside).
+    page = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/plots/interactive.html")
+    assert (
+        "tiny-b8000: 2 trained trials" in page
+        and "Plotly.newPlot" in page
+        and 'src="https://cdn.plot.ly' not in page
+    )
 
 
 def raw_test_set(data_dir):
