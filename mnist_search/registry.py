@@ -41,7 +41,8 @@ def register(
         if description:
             client.update_model_version(name, version.version, description=description)
         return version.version
-    model = client.get_run(run_id).outputs.model_outputs  # MLflow 3: the run's logged models
+    outputs = client.get_run(run_id).outputs  # MLflow 3: the run's logged models
+    model = outputs.model_outputs if outputs is not None else []
     source = f"models:/{model[0].model_id}" if model else f"runs:/{run_id}/model"
     version = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=description or None,

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pydantic
 import requests
 import torch
+import yaml
 from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.models import infer_signature
@@ -270,6 +272,11 @@ class RunLog:
         """The trained network as every model we hand out: raw pixels in [0, 1], (N, 1, 28, 28)
         float32 -> (N, 10) logits, normalisation inside; `example` (real digits) is its input example.
 
+        Saved as a pickle with this package beside it (`code_paths`), not as MLflow 3's default
+        torch.export program: a pt2 program holds its weights' device, and MLflow refuses to load
+        CPU weights on a machine with a GPU (seen on an H200), while the pickle loads anywhere and
+        moves to the GPU there. `export` still writes a pt2 program (`model.pt2`) for serving.
+
         `mlflow.pytorch.log_model` has no run-id argument: it logs into the active run, so this is
         the one place that activates one (and leaves it when done; the caller ends the run)."""
         model = WithNormalisation(model.to("cpu"), MEAN, STD).eval()
@@ -283,9 +290,16 @@ class RunLog:
                 model,
                 name="model",
                 signature=signature,
-                input_example=example.numpy(),  # MLflow 3's default pt2 format traces with it
-                # Naming the requirement skips MLflow's import-scanning subprocess (seconds per model).
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                input_example=example.numpy(),
+                serialization_format="pickle",
+                code_paths=[str(Path(__file__).parent)],  # the classes the pickle names
+                # Naming the requirements skips MLflow's import-scanning subprocess (seconds per model);
+                # the packaged code needs pydantic and PyYAML beside torch.
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"pydantic=={pydantic.VERSION}",
+                    f"pyyaml=={yaml.__version__}",
+                ],
             )
 
     def end(self, status: str) -> None:
