@@ -173,10 +173,14 @@ def spec_params(spec: ArchSpec, recipe: Recipe) -> dict[str, str]:
 
 def source_tags(command: str) -> dict[str, str]:
     """MLflow's own source and user tags (the runs table's Source and User columns)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry (`docker run --user 1234`)
+        user = str(os.getuid())
     return {
         "mlflow.source.name": f"mnist-search {command}",
         "mlflow.source.type": "LOCAL",
-        "mlflow.user": getpass.getuser(),
+        "mlflow.user": user,
     }
 
 

@@ -127,3 +127,16 @@ def test_champion_carries_the_verify_table(served):
     assert (
         parent.data.tags["champion"] == "true" and parent.data.tags["registered_version"] == version.version
     )
+
+
+def test_a_uid_without_a_passwd_entry_still_gets_a_user_tag(monkeypatch):
+    """As in `docker run --user 1234`: getpass finds no name; the uid stands in, nothing fails."""
+    import os
+    import pwd
+
+    from mnist_search.tracking import source_tags
+
+    for key in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+    assert source_tags("study")["mlflow.user"] == str(os.getuid())
