@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -196,6 +197,18 @@ def run_tags(spec: ArchSpec, budget: int, experiment_file: str | None) -> dict[s
     }
 
 
+@contextlib.contextmanager
+def _errors_only(name: str):
+    """Within the block, the named logger reports errors only."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -288,8 +301,10 @@ class RunLog:
         with torch.no_grad():
             out = model(example).numpy()
         signature = infer_signature(example.numpy(), out)
-        with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id):
-            warnings.simplefilter("ignore", UserWarning)  # torch.export's "No complete tensor found"
+        # MLflow warns at every pickled model that unpickling runs code: the choice is made above,
+        # on purpose, and the warning would be a line per trial on the user's console.
+        with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id), _errors_only("mlflow.pytorch"):
+            warnings.simplefilter("ignore", UserWarning)
             mlflow.pytorch.log_model(
                 model,
                 name="model",
