@@ -145,7 +145,7 @@ class Split:
 
 @dataclass(frozen=True)
 class Source:
-    """Where the images came from: the folder and a digest of the four IDX files' bytes."""
+    """Where the images came from: the folder and a digest of the four IDX files' decoded contents."""
 
     folder: str
     digest: str
