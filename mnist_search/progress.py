@@ -28,13 +28,16 @@ from .model import count_params
 from .train import EpochResult
 
 
-def make_progress(console: Console) -> Progress:
+def make_progress(console: Console, eta: bool = False) -> Progress:
+    """`eta`: our own ETA column (`task.fields["eta"]`) instead of rich's, whose estimate averages
+    a window shorter than one trial and so never shows one in a study."""
+    remaining = TextColumn("{task.fields[eta]}") if eta else TimeRemainingColumn()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        remaining,
         TextColumn("{task.fields[status]}"),
         console=console,
         transient=False,
@@ -67,21 +70,6 @@ class EpochProgress:
             self.progress.update(self.task, completed=r.epoch, status=status)
 
 
-def study_progress(console: Console) -> Progress:
-    """Like `make_progress`, with our own ETA: rich's estimate averages a window shorter than one
-    trial, so it never shows one; ours is the mean finished-trial duration x trials left."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=16),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[eta]}"),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=False,
-    )
-
-
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -105,7 +93,7 @@ class StudyProgress:
         self.total, self.done = total, already
         self.pruned = self.failed = 0
         self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
-        self.progress = study_progress(console) if self.live else None
+        self.progress = make_progress(console, eta=True) if self.live else None
         self.task = None
         self.durations: list[float] = []  # of the trials trained here
         self.running = ""  # "#7 7,520p", the trial training now

@@ -227,3 +227,12 @@ BAD_YAML = {
     ),
     "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
 }
+
+
+def console_script(*args: str, columns: int = 80, **env: str) -> subprocess.CompletedProcess:
+    """`mnist-search ARGS` as the console script runs it, at a given terminal width."""
+    return subprocess.run(
+        [sys.executable, "-c", "from mnist_search.cli import main; main()", *args],
+        check=False, capture_output=True, text=True, timeout=120,
+        env=os.environ | {"COLUMNS": str(columns)} | env,
+    )  # fmt: skip

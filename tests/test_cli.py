@@ -13,7 +13,7 @@ import pytest
 
 from mnist_search.cli import app
 
-from .conftest import BAD_YAML, EXPERIMENTS, TINY, runner
+from .conftest import BAD_YAML, EXPERIMENTS, TINY, console_script, runner
 
 
 def test_summary_prints_the_seed_table_and_budget_verdict():
@@ -113,26 +113,11 @@ def test_missing_file_and_bad_device_exit_2(tmp_path, store):
     ],
 )
 def test_usage_errors_from_the_console_script_are_one_line_exit_2(args, message, store):
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", "from mnist_search.cli import main; main()", *args],
-        check=False, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = console_script(*args)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(message), proc.stderr
     assert not store.exists()
-
-
-def console_script(*args: str, columns: int = 80, **env: str) -> subprocess.CompletedProcess:
-    """`mnist-search ARGS` as the console script runs it, at a given terminal width."""
-    return subprocess.run(
-        [sys.executable, "-c", "from mnist_search.cli import main; main()", *args],
-        check=False, capture_output=True, text=True, timeout=120,
-        env=os.environ | {"COLUMNS": str(columns)} | env,
-    )  # fmt: skip
 
 
 def test_version_completion_and_a_bare_command():

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import http.server
 import logging
-import os
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -18,6 +16,7 @@ from mnist_search.storage import StorageError, open_storage
 from mnist_search.tracking import TrackingError, check_tracking
 
 from .conftest import (
+    console_script,
     free_port,
     one_line_exit_2,
     runner,
@@ -122,10 +121,7 @@ def test_a_missing_database_is_not_waited_for(warned):
     ],
 )
 def test_service_wait_must_be_a_number_of_seconds(args, env, message, store):
-    proc = subprocess.run(
-        [sys.executable, "-c", "from mnist_search.cli import main; main()", "study", *args],
-        check=False, capture_output=True, text=True, timeout=120, env=os.environ | env,
-    )  # fmt: skip
+    proc = console_script("study", *args, **env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: Invalid value for '--service-wait'") and message in proc.stderr
