@@ -25,7 +25,7 @@ from .runtime import DeviceError, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
 from .space import BudgetError
 from .storage import StorageError
-from .tracking import TRACKING_FAILURES, TrackingError, short_reason
+from .tracking import TRACKING_FAILURES, TrackingError, runs_link, short_reason
 from .train import NonFiniteLoss
 
 app = typer.Typer(
@@ -171,6 +171,7 @@ def train(
         f"({last.epoch_seconds:.1f} s/epoch on {run.device.type})",
         highlight=False,
     )
+    _print_link(run.link)
 
 
 @app.command()
@@ -283,11 +284,17 @@ def _run_study(request, quiet: bool) -> None:
             code=1,
         )
     out.print(study_summary(session.study, request.trials), highlight=False, soft_wrap=True)
+    _print_link(runs_link(session.tracking))
     if outcome.status == "KILLED":
         err.print(
             "interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False
         )
         raise typer.Exit(130)
+
+
+def _print_link(link: str) -> None:
+    if link:
+        out.print(f"MLflow: {link}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _workers_ended(session, outcome) -> NoReturn:
@@ -313,6 +320,7 @@ def _workers_ended(session, outcome) -> NoReturn:
         )
         raise typer.Exit(130)
     if done >= total:
+        _print_link(runs_link(session.tracking))
         raise typer.Exit(0)
     if outcome.dead_workers:
         fail(
@@ -433,6 +441,7 @@ def verify(
         raise typer.Exit(130) from None
     out.print(report.table, markup=False, highlight=False, soft_wrap=True)
     out.print(f"wall time {report.wall_seconds / 60:.1f} min", highlight=False)
+    _print_link(report.link)
     if out_dir is not None:
         out.print(f"best verified model written to {out_dir}", highlight=False)
 

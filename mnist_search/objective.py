@@ -2,7 +2,9 @@
 
 An over-budget proposal is recorded as an infeasible trial through Optuna 5's
 `trial.set_constraint` (feasible when <= 0), which the constrained TPE sampler learns from, and
-costs microseconds: it is never built. Observers (MLflow, the progress display) follow each trial
+costs microseconds: it is never built. Its state is PRUNED ("over budget"), not COMPLETE: it has
+no accuracy, so nothing that reads completed trials (optuna-dashboard's importances, `best_trial`)
+mistakes it for a trained one scoring 0. Observers (MLflow, the progress display) follow each trial
 through `TrialHooks`; the objective itself never prints or logs.
 """
 
@@ -23,7 +25,7 @@ from .model import build_model, count_params, mult_adds
 from .owners import this_process
 from .records import TrialRecord
 from .settings import mask_url
-from .space import CONSTRAINT, sample_recipe, sample_spec
+from .space import record_budget, sample_recipe, sample_spec
 from .train import EpochResult, FitResult, NonFiniteLoss, fit
 
 
@@ -127,13 +129,13 @@ class Objective:
         spec = sample_spec(trial, self.space)
         recipe = sample_recipe(trial, self.space, self.recipe)
         params = count_params(spec)
-        trial.set_constraint(CONSTRAINT, params - (self.budget - 1))
+        under = record_budget(trial, params, self.budget)
         TrialRecord.write(trial, params=params, mult_adds=mult_adds(spec), spec=spec.model_dump(mode="json"))
-        if params >= self.budget:
-            # Rejected in microseconds: recorded as infeasible so constrained TPE learns from it.
-            # The value is never used to rank (best_trial and the report skip infeasible trials).
+        if not under:
+            # Rejected in microseconds: recorded as infeasible so constrained TPE learns from it
+            # (TPE treats an infeasible trial alike whether COMPLETE or PRUNED).
             TrialRecord.write(trial, feasible=False)
-            return 0.0
+            raise optuna.TrialPruned(f"over budget: {params:,} >= {self.budget:,} params")
         # A dead worker's trial retried inherits its user attributes: it is not training (yet).
         TrialRecord.write(trial, feasible=True, training=False)
         slot = self.slot(trial.study, trial.number)

@@ -24,7 +24,9 @@ def register(
     description: str = "",
 ) -> str:
     """The run's logged model as a version of the budget's registered model (the same run twice
-    gives the existing version): its version number."""
+    gives the existing version): its version number. Workers registering one run at the same
+    moment may each create a version (check, then create); each then keeps the lowest-numbered
+    version of the run and deletes the others, so they agree on one."""
     name = registered_name(budget)
     try:
         client.get_registered_model(name)
@@ -44,11 +46,25 @@ def register(
     outputs = client.get_run(run_id).outputs  # MLflow 3: the run's logged models
     model = outputs.model_outputs if outputs is not None else []
     source = f"models:/{model[0].model_id}" if model else f"runs:/{run_id}/model"
-    version = client.create_model_version(
+    client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=description or None,
         model_id=model[0].model_id if model else None,
     )  # fmt: skip
-    return version.version
+    return _one_version(client, name, run_id)
+
+
+def _one_version(client: mlflow.MlflowClient, name: str, run_id: str) -> str:
+    """The run's lowest-numbered version, once any duplicates (a registration race) are gone."""
+    versions = sorted(
+        (v.version for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")), key=int
+    )
+    for duplicate in versions[1:]:
+        try:
+            client.delete_model_version(name, duplicate)
+        except mlflow.exceptions.MlflowException as exc:  # the other worker deleted it first
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    return versions[0]
 
 
 def point_best(client: mlflow.MlflowClient, budget: int) -> str | None:

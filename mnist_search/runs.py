@@ -11,7 +11,7 @@ from .config import DEFAULT_BUDGET, ArchSpec, ConfigError, Experiment, check_nam
 from .data import load_mnist
 from .runtime import setup_device
 from .settings import resolve_tracking_uri
-from .tracking import check_tracking, connect, tracked_fit
+from .tracking import check_tracking, connect, runs_link, tracked_fit
 from .train import EpochResult, FitResult
 
 EXPERIMENT_NAME = "mnist-search-train"
@@ -40,6 +40,7 @@ class TrainedRun:
     spec: ArchSpec
     result: FitResult
     device: torch.device
+    link: str  # the experiment's runs in MLflow's UI
 
 
 def load_spec(ref: str) -> tuple[Experiment, ArchSpec]:
@@ -63,4 +64,4 @@ def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | N
         experiment_file=request.experiment, run_name=f"{exp.name}-s{request.seed}", tags={"kind": "train"},
         on_epoch=on_epoch,
     )  # fmt: skip
-    return TrainedRun(run_id, spec, result, device)
+    return TrainedRun(run_id, spec, result, device, runs_link(tracking))

@@ -16,9 +16,23 @@ from .model import count_params
 # The constraint Optuna 5 records per trial (trial.set_constraint): params - (budget - 1), so that
 # <= 0 (feasible) means params < budget.
 CONSTRAINT = "params_over_budget"
+# optuna-dashboard (0.21) reads only the list format Optuna 4 wrote (system attr "constraints"),
+# not Optuna 5's per-name keys: without it the dashboard cannot tell an infeasible trial.
+DASHBOARD_CONSTRAINTS = "constraints"
 
 # Recipe fields a search space may vary; each is a trial parameter of the same name.
 RECIPE_KNOBS = ("lr", "weight_decay", "rotation", "batch_size")
+
+
+def record_budget(trial: optuna.Trial, params: int, budget: int) -> bool:
+    """Record the budget constraint on the trial (for TPE, and in the form optuna-dashboard
+    reads); True when the spec is under budget."""
+    violation = params - (budget - 1)
+    trial.set_constraint(CONSTRAINT, violation)
+    # Optuna 5 reads this list too, as a second constraint "0" of the same value: feasibility and
+    # TPE's ranking of infeasible trials (by summed violation) are unchanged.
+    trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [float(violation)])
+    return violation <= 0
 
 
 class BudgetError(ValueError):

@@ -119,6 +119,21 @@ class Tracking:
     client: mlflow.MlflowClient
 
 
+def runs_link(tracking: Tracking) -> str:
+    """Where to read the runs in MLflow's UI: the experiment's runs table in the Model training
+    view (MLflow 3.17's UI otherwise opens on GenAI). A local store needs a UI started on it."""
+    page = f"#/experiments/{tracking.experiment_id}/runs?workflowType=machine_learning"
+    parts = urllib.parse.urlsplit(tracking.uri)
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host  # no credentials in a printed link
+        netloc += f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/{page}"
+    if parts.scheme == "sqlite":
+        return f"http://127.0.0.1:5000/{page} (after: mlflow ui --backend-store-uri {tracking.uri})"
+    return ""
+
+
 # MLflow 3 opens an experiment without a kind on its GenAI overview (traces, latency, tokens);
 # this kind opens it on its runs table. The note is the experiment's description in the UI.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

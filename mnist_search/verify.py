@@ -38,6 +38,7 @@ from .tracking import (
     check_tracking,
     connect,
     git_commit,
+    runs_link,
     source_tags,
     tracked_fit,
 )
@@ -153,6 +154,7 @@ class VerifyReport:
     device: str
     best: Verified
     parent_run_id: str
+    link: str  # the experiment's runs in MLflow's UI
 
 
 class VerifyHooks(Protocol):
@@ -341,7 +343,7 @@ def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking, 
         }
     )
     client.set_tag(parent_id, "target_held", str(best.held).lower())
-    return VerifyReport(name, results, table, wall, device, best, parent_id)
+    return VerifyReport(name, results, table, wall, device, best, parent_id, runs_link(tracking))
 
 
 def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> None:

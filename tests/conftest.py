@@ -63,6 +63,17 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def start_server_process(cmd: list[str], ready_url: str, log: Path) -> subprocess.Popen:
+    """A server in its own process group, once `ready_url` answers 200; its log on failure."""
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(ready_url, proc)
+    except Exception:  # noqa: BLE001 - any failure: stop the server, show its log
+        stop_server(proc, signal.SIGKILL)
+        raise RuntimeError(f"{cmd[0]} did not start; see {log}:\n{log.read_text()[-2000:]}") from None
+    return proc
+
+
 def start_mlflow_server(
     backend: str, artifacts: Path, log: Path, port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
@@ -75,14 +86,8 @@ def start_mlflow_server(
     ]  # fmt: skip
     # Its own process group: `mlflow server` serves from uvicorn child processes, and stopping
     # the server means stopping all of them.
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", proc)
-    except Exception:  # noqa: BLE001 - any failure: stop the server, show its log
-        stop_server(proc, signal.SIGKILL)
-        raise RuntimeError(f"mlflow server did not start; see {log}:\n{log.read_text()[-2000:]}") from None
-    return proc, uri
+    return start_server_process(cmd, uri + "/health", log), uri
 
 
 def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from mnist_search.cli import app
 
-from .conftest import BAD_YAML, EXPERIMENTS, TINY, console_script, runner
+from .conftest import BAD_YAML, EXPERIMENTS, TINY, console_script, local_client, runner
 
 
 def test_summary_prints_the_seed_table_and_budget_verdict():
@@ -69,6 +69,12 @@ def test_train_defaults_to_the_local_store_under_mlruns(store, data_dir):
     assert result.exit_code == 0, result.output
     assert (store / "mlflow.db").is_file()
     assert list((store / "artifacts").rglob("layers.txt"))
+    # The last line says where to read the run: a UI on this store, opened on its runs table.
+    exp_id = local_client(store).get_experiment_by_name("mnist-search-train").experiment_id
+    assert result.stdout.rstrip().splitlines()[-1] == (
+        f"MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning "
+        f"(after: mlflow ui --backend-store-uri sqlite:///{store / 'mlflow.db'})"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BAD_YAML))

@@ -6,6 +6,9 @@ load with mlflow.pyfunc and predict raw [0, 1] pixels at the accuracy their run 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import mlflow
 import numpy as np
 import pytest
@@ -38,7 +41,9 @@ def served(mlflow_server, data_dir, tmp_path_factory):
         verify = runner.invoke(app, ["verify", "--study", "tiny-b8000", "--seeds", "1", "--epochs", "2",
                                      "--limit-train", "3000", "--experiment-name", "reading-verify", *common])  # fmt: skip
         assert verify.exit_code == 0, verify.output
-    return mlflow.MlflowClient(mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    client.printed = {"study": study.output, "verify": verify.output}  # what the commands printed
+    return client
 
 
 def runs(client, experiment: str):
@@ -57,6 +62,13 @@ def test_the_experiments_open_on_their_runs_with_a_description(served):
         assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
         assert exp.tags["mlflow.note.content"].startswith("mnist-search ")
     assert served.get_experiment_by_name("mnist-search-studies") is None  # the env var was honoured
+
+
+def test_study_and_verify_end_by_printing_their_runs_table_link(served, mlflow_server):
+    for command, experiment in (("study", "reading-studies"), ("verify", "reading-verify")):
+        exp_id = served.get_experiment_by_name(experiment).experiment_id
+        link = f"MLflow: {mlflow_server}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        assert served.printed[command].rstrip().splitlines()[-1] == link
 
 
 def test_every_trial_run_has_numeric_knobs_size_metrics_true_epochs_and_its_dataset(served, data_dir):
@@ -127,6 +139,26 @@ def test_champion_carries_the_verify_table(served):
     assert (
         parent.data.tags["champion"] == "true" and parent.data.tags["registered_version"] == version.version
     )
+
+
+def test_workers_registering_one_run_at_once_agree_on_one_version(served):
+    """The check-then-create race of two workers finishing a study together: several threads
+    register the same run at the same moment; one version remains and all of them return it."""
+    from mnist_search.registry import register, registered_name
+
+    _, _, children = runs(served, "reading-studies")
+    run_id = children[0].info.run_id
+    start = threading.Barrier(4)
+
+    def one(_):
+        start.wait()
+        return register(served, run_id, 999, tags={"race": "yes"})
+
+    with ThreadPoolExecutor(4) as pool:
+        returned = list(pool.map(one, range(4)))
+    remaining = served.search_model_versions(f"name='{registered_name(999)}' and run_id='{run_id}'")
+    assert [v.version for v in remaining] == [returned[0]] and set(returned) == {returned[0]}
+    assert register(served, run_id, 999, tags={}) == returned[0]  # and again later: the same one
 
 
 def test_a_uid_without_a_passwd_entry_still_gets_a_user_tag(monkeypatch):

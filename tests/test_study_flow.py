@@ -4,6 +4,7 @@ stores, what it tracks in MLflow, `report`, `export`, and resuming it (last: it 
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import optuna
 import pytest
@@ -15,7 +16,15 @@ from mnist_search.data import normalise
 from mnist_search.model import build_model
 from mnist_search.storage import open_storage
 
-from .conftest import local_client, runner, store_with_default_study, study_args
+from .conftest import (
+    free_port,
+    local_client,
+    runner,
+    start_server_process,
+    stop_server,
+    store_with_default_study,
+    study_args,
+)
 
 pytestmark = pytest.mark.slow
 STUDY = "budget-8k-b8000"
@@ -52,6 +61,42 @@ def test_only_under_budget_proposals_are_trained_and_tracked(trained):
     assert all(t.user_attrs["params"] >= 8000 for t in rejected)
     assert all("mlflow_run_id" not in t.user_attrs for t in rejected)  # ... nor tracked
     assert all(0.0 < t.value <= 1.0 for t in done if t.state.name == "COMPLETE")
+
+
+def test_optuna_dashboard_sees_feasibility_and_ranks_knobs_over_trained_trials_only(trained, tmp_path):
+    """optuna-dashboard (a real server on the study's journal) shows each proposal's constraint,
+    over-budget ones as infeasible and never as a completed trial scoring 0."""
+    study = load(trained)
+    rejected = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    assert rejected, "the default search proposes over-budget specs in its first trials"
+    port = free_port()
+    journal = trained / "mlruns" / "optuna-journal.log"
+    proc = start_server_process(
+        ["optuna-dashboard", str(journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        f"http://127.0.0.1:{port}/api/meta",
+        tmp_path / "dashboard.log",
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        (entry,) = [s for s in get_json(base)["study_summaries"] if s["study_name"] == STUDY]
+        shown = {t["number"]: t for t in get_json(f"{base}/{entry['study_id']}?after=0")["trials"]}
+        importances = get_json(f"{base}/{entry['study_id']}/param_importances")["param_importances"]
+    finally:
+        stop_server(proc)
+    for t in study.trials:
+        violation = t.user_attrs["params"] - (8000 - 1)
+        assert shown[t.number]["constraints"] == [violation]  # > 0: infeasible
+    for t in rejected:
+        assert shown[t.number]["state"] == "Pruned" and shown[t.number].get("values") is None
+    completed = [n for n, t in shown.items() if t["state"] == "Complete"]
+    assert completed and all(study.trials[n].user_attrs["feasible"] for n in completed)
+    assert all(0.0 < shown[n]["values"][0] <= 1.0 for n in completed)
+    assert importances and {p["name"] for p in importances[0]} <= set(study.trials[completed[0]].params)
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
 
 
 def test_one_parent_run_holds_a_closed_child_run_per_trained_trial(trained):
