@@ -134,8 +134,9 @@ class Objective:
         if not under:
             # Rejected in microseconds: recorded as infeasible so constrained TPE learns from it
             # (TPE treats an infeasible trial alike whether COMPLETE or PRUNED).
-            TrialRecord.write(trial, feasible=False)
-            raise optuna.TrialPruned(f"over budget: {params:,} >= {self.budget:,} params")
+            reason = f"over budget: {params:,} >= {self.budget:,} params, not trained"
+            TrialRecord.write(trial, feasible=False, fail_reason=reason)  # shown by optuna-dashboard
+            raise optuna.TrialPruned(reason)
         # A dead worker's trial retried inherits its user attributes: it is not training (yet).
         TrialRecord.write(trial, feasible=True, training=False)
         slot = self.slot(trial.study, trial.number)

@@ -124,7 +124,7 @@ class StudyProgress:
         best = "-"
         if self.best:
             val, params, test, trial = self.best
-            best = f"#{trial} {params:,}p val {val:.4f} test {test:.4f}"
+            best = f"#{trial} {params:,}p val {val:.4f} test min3 {test:.4f}"
         return f"pruned {self.pruned} failed {self.failed} best {best}"
 
     # TrialHooks
@@ -157,8 +157,13 @@ class StudyProgress:
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done, status=self._status(), eta=self._eta())
         else:
+            # The figures the study ranks by, as in "best" and `report`: val = mean of the last 3
+            # epochs, test min3 = their minimum. A trial stopped early: its last epoch.
             last = res.epochs[-1] if res.epochs else None
-            figures = f"val {last.val_acc:.4f} test {last.test_acc:.4f} " if last else ""
+            if end.state == "COMPLETE":
+                figures = f"val {res.val_score:.4f} test min3 {res.test_min_last3:.4f} "
+            else:
+                figures = f"val {last.val_acc:.4f} at epoch {last.epoch} " if last else ""
             self.console.print(
                 f"trial {end.number} {end.state} {end.params:,} params {figures}"
                 f"({end.seconds:.0f} s) [{self.done}/{self.total}] {self._status()}"

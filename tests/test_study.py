@@ -211,3 +211,30 @@ def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(s
     assert result.exit_code == 0 and "4/4 trials trained" in result.output, result.output
     study = optuna.load_study(study_name="explode-b8000", storage=open_storage(None))
     assert [t.state.name for t in study.trials if t.user_attrs.get("feasible")] == ["FAIL"] * 4
+
+
+def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
+    """--quiet / piped: a completed trial's line shows its objective (mean val of the last 3
+    epochs) and min test of the last 3, the figures "best" and `report` use — not the last epoch."""
+    import io
+
+    from rich.console import Console
+
+    from mnist_search.config import Recipe, load_experiment
+    from mnist_search.objective import TrialEnd
+    from mnist_search.progress import StudyProgress
+    from mnist_search.train import EpochResult, FitResult
+
+    spec = load_experiment("seed-model-3").spec
+    result = FitResult(
+        [EpochResult(e, 0.1, 0.9, 0.1, val, 0.1, test, 0.01, 1.0)
+         for e, val, test in ((1, 0.95, 0.96), (2, 0.97, 0.95), (3, 0.99, 0.97), (4, 0.98, 0.99))]
+    )  # fmt: skip
+    console = Console(file=io.StringIO(), width=200)
+    with StudyProgress(console, total=2, already=0, quiet=True) as progress:
+        progress.trial_ended(TrialEnd(3, "COMPLETE", spec, Recipe(), 3928, result, 12.0), None)
+        progress.trial_ended(TrialEnd(4, "PRUNED", spec, Recipe(), 3928, FitResult(result.epochs[:2]), 5.0), None)
+    first, second = console.file.getvalue().splitlines()
+    assert "3,928 params val 0.9800 test min3 0.9500 " in first  # (0.97+0.99+0.98)/3, min(0.95, 0.97, 0.99)
+    assert first.endswith("best #3 3,928p val 0.9800 test min3 0.9500")
+    assert "val 0.9700 at epoch 2 " in second

@@ -88,6 +88,8 @@ def test_optuna_dashboard_sees_feasibility_and_ranks_knobs_over_trained_trials_o
         assert shown[t.number]["constraints"] == [violation]  # > 0: infeasible
     for t in rejected:
         assert shown[t.number]["state"] == "Pruned" and shown[t.number].get("values") is None
+        reason = {a["key"]: a["value"] for a in shown[t.number]["user_attrs"]}["fail_reason"]
+        assert reason == f"over budget: {t.user_attrs['params']:,} >= 8,000 params, not trained"
     completed = [n for n, t in shown.items() if t["state"] == "Complete"]
     assert completed and all(study.trials[n].user_attrs["feasible"] for n in completed)
     assert all(0.0 < shown[n]["values"][0] <= 1.0 for n in completed)
