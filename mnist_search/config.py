@@ -99,6 +99,12 @@ class Recipe(_Strict):
     # dominated by the last ~10 augmented training batches); N > 0 recomputes them after every
     # epoch over N un-augmented training images ("precise BN"). Weights are not touched.
     precise_bn: Annotated[int, Field(ge=0)] = 0
+    # A study trains each proposal with this many seeds at once, packed into one grouped network
+    # (see packed.py); its objective is their mean validation score. `train` and `verify` take
+    # their seeds from the command line.
+    seeds: Annotated[int, Field(ge=1, le=64)] = 1
+    # torch.compile the network for training (opt-in): faster steps after a warm-up of seconds.
+    compile: bool = False
 
 
 class IntRange(_Strict):

@@ -23,10 +23,11 @@ from .config import ArchSpec, Recipe, SearchSpace
 from .data import MNISTData
 from .model import build_model, count_params, mult_adds
 from .owners import this_process
+from .packed import pack
 from .records import TrialRecord
 from .settings import mask_url
 from .space import record_budget, sample_recipe, sample_spec
-from .train import EpochResult, FitResult, NonFiniteLoss, fit
+from .train import EpochResult, NonFiniteLoss, ReplicaResults, fit_replicas, mean_epoch
 
 
 @dataclass
@@ -38,7 +39,7 @@ class TrialEnd:
     spec: ArchSpec
     recipe: Recipe
     params: int
-    result: FitResult
+    result: ReplicaResults  # per seed; reads like one FitResult (the mean, the worst seed)
     seconds: float
     reason: str = ""
 
@@ -46,6 +47,13 @@ class TrialEnd:
 def trial_seed(base: int, number: int) -> int:
     """Trial n trains with seed base + n: a distinct, reproducible initialisation per trial."""
     return base + number
+
+
+def replica_seeds(base: int, number: int, replicas: int) -> list[int]:
+    """The seeds of trial n's K replicas: (base + n) * K + k, distinct across the trials of a
+    study; with K = 1 the trial's seed itself."""
+    first = trial_seed(base, number) * replicas
+    return list(range(first, first + replicas))
 
 
 class TrialFailed(Exception):
@@ -64,7 +72,8 @@ class TrialHooks(Protocol):
 
     def trial_started(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe) -> None: ...
 
-    def epoch_ended(self, trial: optuna.Trial, r: EpochResult) -> None: ...
+    def epoch_ended(self, trial: optuna.Trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
+        """`r`: the epoch's mean over the trial's seeds; `per_seed`: each seed's own."""
 
     def trial_ended(self, end: TrialEnd, model: torch.nn.Module | None) -> None: ...
 
@@ -72,7 +81,7 @@ class TrialHooks(Protocol):
 class NoHooks:
     def trial_started(self, trial, spec, recipe) -> None: ...
 
-    def epoch_ended(self, trial, r) -> None: ...
+    def epoch_ended(self, trial, r, per_seed) -> None: ...
 
     def trial_ended(self, end, model) -> None: ...
 
@@ -152,13 +161,14 @@ class Objective:
         return self._train(trial, spec, recipe, params)
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
-        seed = trial_seed(self.seed, trial.number)
-        result = FitResult()
+        seeds = replica_seeds(self.seed, trial.number, recipe.seeds)
+        result = ReplicaResults.empty(seeds)
         start = time.perf_counter()
 
-        def on_epoch(r: EpochResult) -> None:
-            result.epochs.append(r)
-            self.hooks.epoch_ended(trial, r)
+        def on_epoch(epoch: list[EpochResult]) -> None:
+            result.add(epoch)
+            r = mean_epoch(epoch)
+            self.hooks.epoch_ended(trial, r, dict(zip(seeds, epoch)))
             if not math.isfinite(r.val_acc):
                 return  # nothing to judge it by (Optuna's pruners prune a NaN): it FAILs at the end
             trial.report(r.val_acc, step=r.epoch)
@@ -179,14 +189,18 @@ class Objective:
                     test_acc=result.epochs[-1].test_acc,
                     target_met=result.target_met(),
                 )
+                if len(seeds) > 1 and len(result.results[0].epochs) >= 1:
+                    TrialRecord.write(trial, val_acc_worst=result.val_worst)
             if reason:
                 TrialRecord.write(trial, fail_reason=reason, error=error)
             self.hooks.trial_ended(end, trained)
 
         try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
             self.hooks.trial_started(trial, spec, recipe)
-            model = build_model(spec, seed=seed)
-            fit(model, self.data, recipe, self.device, on_epoch, seed=seed)
+            TrialRecord.write(trial, seeds=seeds)
+            net = pack([build_model(spec, seed=s) for s in seeds])
+            fit_replicas(net, self.data, recipe, self.device, on_epoch, seeds=seeds)
+            model = net.replica(result.best)  # the seed with the best validation score
         except optuna.TrialPruned as exc:
             ended("PRUNED", str(exc))
             raise

@@ -134,7 +134,7 @@ class StudyProgress:
         if self.progress is not None:
             self.progress.update(self.task, description=f"{self.running} ep 0/{self.epochs}", eta=self._eta())
 
-    def epoch_ended(self, trial, r) -> None:
+    def epoch_ended(self, trial, r, per_seed) -> None:
         if self.progress is not None:
             self.progress.update(
                 self.task,

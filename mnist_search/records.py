@@ -52,7 +52,9 @@ class TrialRecord(_Record):
     seconds: float | None = None  # wall time of its training
     epochs_run: int = 0
     test_acc: float | None = None  # last epoch
-    test_acc_min_last3: float | None = None
+    test_acc_min_last3: float | None = None  # with several seeds: the worst seed's
+    seeds: list[int] | None = None  # the seeds its replicas trained with (recipe.seeds of them)
+    val_acc_worst: float | None = None  # several seeds: the worst seed's validation score
     target_met: bool = False  # test acc >= TARGET in each of the last 3 epochs
     fail_reason: str | None = None  # why it FAILed or was pruned
     error: bool = False  # it FAILed on an error not of its own making (not a NaN loss, not its score)

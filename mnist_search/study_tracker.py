@@ -17,7 +17,7 @@ from .config import TARGET, ArchSpec, Experiment, Recipe, spec_to_yaml
 from .data import MNISTData
 from .leaderboard import completed, feasible_share, leaderboard
 from .model import count_params
-from .objective import TrialEnd, trial_seed
+from .objective import TrialEnd, replica_seeds
 from .records import StudyRecord, TrialRecord
 from .registry import point_best, register, registered_name
 from .settings import mask_url
@@ -25,6 +25,8 @@ from .tracking import RunLog, Tracking, git_commit, run_tags, source_tags, spec_
 from .train import EpochResult
 
 PARENT_SETTLE_SECONDS = 2.0  # only paid by a worker that creates a study's parent run
+# Per-seed curves: the splits' loss and accuracy (lr and epoch time are the pack's, one for all).
+SPLITS = ("train", "val", "test")
 END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -149,15 +151,25 @@ class StudyTracker:
         log = RunLog(self.client, run_id)
         # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
         knobs = {f"knob.{k}": str(v) for k, v in trial.params.items()}
-        extra = {"trial_number": str(trial.number), "seed": str(trial_seed(self.seed, trial.number)),
-                 "epochs": str(recipe.epochs)}  # fmt: skip
+        seeds = replica_seeds(self.seed, trial.number, recipe.seeds)
+        seed = {"seed": str(seeds[0])} if len(seeds) == 1 else {"seeds": ",".join(map(str, seeds))}
+        extra = {"trial_number": str(trial.number), "epochs": str(recipe.epochs)} | seed
         log.params(spec_params(spec, recipe) | knobs | extra)
         log.sizes(spec)
         log.dataset(self.data, "training")
         log.tables(spec)
 
-    def epoch_ended(self, trial, r: EpochResult) -> None:
-        RunLog(self.client, self.children[trial.number]).epoch(r)
+    def epoch_ended(self, trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
+        """The mean over seeds under the usual keys (train/*, val/*, test/*); with several seeds,
+        each seed's curves too, as seed_<s>/val/acc ... (a chart section per seed in MLflow)."""
+        log = RunLog(self.client, self.children[trial.number])
+        metrics = r.metrics()
+        if len(per_seed) > 1:
+            for seed, own in per_seed.items():
+                metrics |= {
+                    f"seed_{seed}/{k}": v for k, v in own.metrics().items() if k.split("/")[0] in SPLITS
+                }
+        log.metrics(metrics, step=r.epoch)
 
     def trial_ended(self, end: TrialEnd, model) -> None:
         # Popped only once closed: if an interrupt lands mid-way, finish() still closes the run.
@@ -168,7 +180,16 @@ class StudyTracker:
         self.client.set_tag(run_id, "state", end.state)
         if end.reason:
             self.client.set_tag(run_id, "failure" if end.state == "FAIL" else "pruned_reason", end.reason)
-        log.outcome(end.result, extra={"final/seconds": end.seconds})
+        extra = {"final/seconds": end.seconds}
+        res = end.result
+        if len(res.seeds) > 1 and res.results[0].epochs:
+            extra["final/val_acc_last3_worst"] = res.val_worst
+            for seed, own in zip(res.seeds, res.results):
+                extra |= {f"seed_{seed}/final/val_acc_last3": own.val_score,
+                          f"seed_{seed}/final/test_acc_min_last3": own.test_min_last3}  # fmt: skip
+            if model is not None:
+                self.client.set_tag(run_id, "model_seed", str(res.seeds[res.best]))
+        log.outcome(res, extra=extra)
         if model is not None:
             log.checkpoint(model)
             log.model(model, self.data.example())

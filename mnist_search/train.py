@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from .config import TARGET, Recipe
 from .data import MNISTData, Split
+from .packed import PackedNet, pack, unpack
 
 # Images per no-grad forward pass when measuring. On CPU small batches stay in cache: measured on
 # 2 cores, 10k test images of seed model 2 took 0.53 s at 128 and 1.78 s at 2,000.
@@ -80,32 +81,96 @@ class FitResult:
         return {"epochs": [asdict(e) for e in self.epochs]}
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+@dataclass
+class ReplicaResults:
+    """One spec trained with several seeds at once (`fit_replicas`): each seed's results, and
+    the figures a search reads off them. Reads like a FitResult (val_score, test_min_last3,
+    target_met, epochs), so one seed is just the case K = 1."""
+
+    seeds: list[int]
+    results: list[FitResult]
+
+    @classmethod
+    def empty(cls, seeds: Sequence[int]) -> ReplicaResults:
+        return cls(list(seeds), [FitResult() for _ in seeds])
+
+    def add(self, epoch: Sequence[EpochResult]) -> None:
+        for result, r in zip(self.results, epoch):
+            result.epochs.append(r)
+
+    @property
+    def epochs(self) -> list[EpochResult]:
+        """The mean over seeds, epoch by epoch (the time is the pack's)."""
+        if len(self.results) == 1:
+            return self.results[0].epochs
+        return [mean_epoch(rs) for rs in zip(*(r.epochs for r in self.results))]
+
+    @property
+    def val_score(self) -> float:
+        """The objective: the mean over seeds of each seed's mean val accuracy of its last 3 epochs."""
+        return sum(r.val_score for r in self.results) / len(self.results)
+
+    @property
+    def val_worst(self) -> float:
+        return min(r.val_score for r in self.results)
+
+    @property
+    def test_min_last3(self) -> float:
+        """The worst seed's minimum test accuracy over its last 3 epochs."""
+        return min(r.test_min_last3 for r in self.results)
+
+    def target_met(self, target: float = TARGET) -> bool:
+        """In every seed: test accuracy >= target in each of the last 3 epochs."""
+        return all(r.target_met(target) for r in self.results)
+
+    @property
+    def best(self) -> int:
+        """Index of the seed with the best validation score (the model a trial hands out)."""
+        return max(range(len(self.results)), key=lambda i: self.results[i].val_score)
 
 
-def augment(x: torch.Tensor, recipe: Recipe, generator: torch.Generator | None) -> torch.Tensor:
-    """Random rotation / translation / scale of a whole batch with one affine grid sample."""
+def mean_epoch(rs: Sequence[EpochResult]) -> EpochResult:
+    """The mean of several seeds' results for one epoch."""
+
+    def mean(key: str) -> float:
+        return sum(getattr(r, key) for r in rs) / len(rs)
+
+    first = rs[0]
+    return EpochResult(
+        first.epoch, mean("train_loss"), mean("train_acc"), mean("val_loss"), mean("val_acc"),
+        mean("test_loss"), mean("test_acc"), first.lr, first.epoch_seconds,
+    )  # fmt: skip
+
+
+def warp_params(n: int, recipe: Recipe, generator: torch.Generator | None) -> torch.Tensor | None:
+    """n random affine warps (rotation / translation / scale) as (n, 2, 3), drawn from
+    `generator`; None when the recipe augments nothing."""
     if recipe.rotation == 0 and recipe.translate == 0 and recipe.scale == 0:
-        return x
-    n = x.shape[0]
+        return None
 
     def uniform(bound: float) -> torch.Tensor:
         u = torch.rand(n, generator=generator, device=generator.device if generator else "cpu")
-        return ((u * 2 - 1) * bound).to(x.device)
+        return (u * 2 - 1) * bound
 
     angle = uniform(math.radians(recipe.rotation))
     zoom = 1 + uniform(recipe.scale)
     shift = torch.stack([uniform(2 * recipe.translate), uniform(2 * recipe.translate)], 1)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Apply per-image affine warps with one grid sample (the identity when theta is None)."""
+    if theta is None:
+        return x
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     # Normalised background is (0 - MEAN) / STD; pad with the border (background) value.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def augment(x: torch.Tensor, recipe: Recipe, generator: torch.Generator | None) -> torch.Tensor:
+    """Random rotation / translation / scale of a whole batch with one affine grid sample."""
+    return warp(x, warp_params(x.shape[0], recipe, generator))
 
 
 @torch.no_grad()
@@ -195,66 +260,131 @@ def fit(
     *,
     seed: int = 0,
 ) -> FitResult:
-    """Train `model` on `data.train` for `recipe.epochs`, measuring val and test after every epoch.
-
-    `data` should already be on `device` (move it once, outside any trial loop). Raises
-    NonFiniteLoss when the loss becomes NaN/inf. `on_epoch` may raise to stop early (pruning).
-    """
-    epochs = recipe.epochs
-    seed_everything(seed)
-    # channels_last: measured 10-15 % faster per step on CPU (max-pool alone ~10x) for these nets.
+    """Train one network (a pack of one: the same code as `fit_replicas`); `model` holds the
+    trained weights afterwards, on `device`."""
+    net = pack([model])
+    results = fit_replicas(
+        net,
+        data,
+        recipe,
+        device,
+        (lambda rs: on_epoch(rs[0])) if on_epoch is not None else None,
+        seeds=[seed],
+    )
+    model.load_state_dict(unpack(net, 0).state_dict())
     model.to(device, memory_format=torch.channels_last)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    optimizer = make_optimizer(model, recipe)
+    return results[0]
+
+
+def fit_replicas(
+    net: PackedNet,
+    data: MNISTData,
+    recipe: Recipe,
+    device: torch.device,
+    on_epoch: Callable[[list[EpochResult]], None] | None = None,
+    *,
+    seeds: Sequence[int],
+) -> list[FitResult]:
+    """Train the K replicas of `net` for `recipe.epochs`, replica k as an independent training
+    with seed `seeds[k]`: its own shuffling, augmentation and dropout (generators seeded with its
+    seed), its own BatchNorm statistics, its own loss (summed: the gradients never mix). Measures
+    val and test after every epoch and reports per replica: `on_epoch([EpochResult] * K)`.
+
+    `data` should already be on `device`. Raises NonFiniteLoss when a replica's loss becomes
+    NaN/inf. `on_epoch` may raise to stop early (pruning)."""
+    k = net.replicas
+    if len(seeds) != k:
+        raise ValueError(f"{k} replicas need {k} seeds, got {len(seeds)}")
+    epochs = recipe.epochs
+    # channels_last: measured 10-15 % faster per step on CPU (max-pool alone ~10x) for these nets.
+    net.to(device, memory_format=torch.channels_last)
+    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # shuffling, augmentation
+    net.set_dropout_generators([torch.Generator(device=device).manual_seed(s) for s in seeds])
+    optimizer = make_optimizer(net, recipe)
     n = len(data.train)
     scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), epochs)
-    result = FitResult()
+    results = [FitResult() for _ in seeds]
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        order = torch.randperm(n, generator=gen, device=device)
-        train_loss, train_acc = _train_epoch(model, data, recipe, order, optimizer, scheduler, gen)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+        orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
+        losses, accs = _train_epoch(net, data, recipe, orders, optimizer, scheduler, gens)
+        for seed, loss in zip(seeds, losses):
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"training loss became {loss} in epoch {epoch}" + (f" (seed {seed})" if k > 1 else "")
+                )
         if recipe.precise_bn:
-            recompute_bn_stats(model, data.train.x[order[: recipe.precise_bn]])
-        val_loss, val_acc = evaluate(model, data.val) if len(data.val) else (float("nan"), float("nan"))
-        test_loss, test_acc = evaluate(model, data.test)
-        res = EpochResult(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            test_loss=test_loss,
-            test_acc=test_acc,
-            lr=optimizer.param_groups[0]["lr"],
-            epoch_seconds=time.perf_counter() - start,
-        )
-        result.epochs.append(res)
+            recompute_bn_stats(net, _replica_images(data.train.x, orders[:, : recipe.precise_bn]))
+        nan = (float("nan"), float("nan"))
+        val = evaluate_replicas(net, data.val) if len(data.val) else [nan] * k
+        test = evaluate_replicas(net, data.test)
+        lr = optimizer.param_groups[0]["lr"]
+        seconds = time.perf_counter() - start
+        epoch_results = [
+            EpochResult(epoch, losses[i], accs[i], *val[i], *test[i], lr=lr, epoch_seconds=seconds)
+            for i in range(k)
+        ]
+        for result, r in zip(results, epoch_results):
+            result.epochs.append(r)
         if on_epoch is not None:
-            on_epoch(res)
-    return result
+            on_epoch(epoch_results)
+    return results
+
+
+def _replica_images(x: torch.Tensor, index: torch.Tensor, thetas: list | None = None) -> torch.Tensor:
+    """Replica k's images x[index[k]] in channel k: (B, K, 28, 28), channels-last; warped by
+    `thetas[k]` (B, 2, 3) when given."""
+    k, b = index.shape
+    images = x[index.reshape(-1)]  # (K*B, 1, 28, 28)
+    if thetas is not None and thetas[0] is not None:
+        images = warp(images, torch.cat(thetas))
+    images = images.view(k, b, *images.shape[-2:]).transpose(0, 1)
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def evaluate_replicas(net: PackedNet, split: Split) -> list[tuple[float, float]]:
+    """Per replica, (mean cross-entropy loss, accuracy) over a split, in large no-grad batches."""
+    net.eval()
+    k = net.replicas
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros(k, dtype=torch.long, device=split.x.device)
+    batch = EVAL_BATCH.get(split.x.device.type, 1_024)
+    for start in range(0, len(split), batch):
+        x = split.x[start : start + batch]
+        y = split.y[start : start + batch, None].expand(-1, k)  # (B, K)
+        if k > 1:
+            x = x.expand(-1, k, -1, -1).contiguous(memory_format=torch.channels_last)
+        logits = net(x)  # (B, K, 10)
+        loss_sum += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(0).double()
+        correct += (logits.argmax(2) == y).sum(0)
+    n = max(1, len(split))
+    return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
 
 
 def _train_epoch(
-    model, data: MNISTData, recipe: Recipe, order, optimizer, scheduler, gen
-) -> tuple[float, float]:
-    """One pass over the training images in `order`: (mean loss, accuracy) on the augmented batches."""
-    model.train()
-    n = len(order)
-    loss_sum = torch.zeros((), device=order.device)  # summed on device: no sync per batch
-    correct = torch.zeros((), device=order.device, dtype=torch.long)
+    net: PackedNet, data: MNISTData, recipe: Recipe, orders, optimizer, scheduler, gens
+) -> tuple[list[float], list[float]]:
+    """One pass over the training images, replica k in `orders[k]`: per replica (mean loss,
+    accuracy) on its augmented batches."""
+    net.train()
+    k, n = orders.shape
+    loss_sum = torch.zeros(k, device=orders.device)  # summed on device: no sync per batch
+    correct = torch.zeros(k, device=orders.device, dtype=torch.long)
     for start, end in batch_bounds(n, recipe.batch_size):
-        idx = order[start:end]
-        x = augment(data.train.x[idx], recipe, gen)
-        y = data.train.y[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        idx = orders[:, start:end]  # (K, B)
+        thetas = [warp_params(end - start, recipe, g) for g in gens]
+        x = _replica_images(data.train.x, idx, thetas)
+        y = data.train.y[idx].t()  # (B, K)
+        logits = net(x)  # (B, K, 10)
+        per_replica = F.cross_entropy(
+            logits.transpose(1, 2), y, label_smoothing=recipe.label_smoothing, reduction="none"
+        ).mean(0)  # (K,): each replica's own mean loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        per_replica.sum().backward()  # replicas share no weights: each gets its own gradient
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-    return loss_sum.item() / n, correct.item() / n
+        loss_sum += per_replica.detach() * (end - start)
+        correct += (logits.detach().argmax(2) == y).sum(0)
+    return [v / n for v in loss_sum.tolist()], [c / n for c in correct.tolist()]

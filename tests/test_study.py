@@ -223,7 +223,7 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
     from mnist_search.config import Recipe, load_experiment
     from mnist_search.objective import TrialEnd
     from mnist_search.progress import StudyProgress
-    from mnist_search.train import EpochResult, FitResult
+    from mnist_search.train import EpochResult, FitResult, ReplicaResults
 
     spec = load_experiment("seed-model-3").spec
     result = FitResult(
@@ -232,10 +232,10 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
     )  # fmt: skip
     console = Console(file=io.StringIO(), width=200)
     with StudyProgress(console, total=2, already=0, quiet=True) as progress:
-        progress.trial_ended(TrialEnd(3, "COMPLETE", spec, Recipe(), 3928, result, 12.0), None)
-        progress.trial_ended(
-            TrialEnd(4, "PRUNED", spec, Recipe(), 3928, FitResult(result.epochs[:2]), 5.0), None
-        )
+        done = ReplicaResults([3], [result])
+        progress.trial_ended(TrialEnd(3, "COMPLETE", spec, Recipe(), 3928, done, 12.0), None)
+        pruned = ReplicaResults([4], [FitResult(result.epochs[:2])])
+        progress.trial_ended(TrialEnd(4, "PRUNED", spec, Recipe(), 3928, pruned, 5.0), None)
     first, second = console.file.getvalue().splitlines()
     assert "3,928 params val 0.9800 test min3 0.9500 " in first  # (0.97+0.99+0.98)/3, min(0.95, 0.97, 0.99)
     assert first.endswith("best #3 3,928p val 0.9800 test min3 0.9500")

@@ -1,0 +1,130 @@
+"""K replicas of one spec as one grouped network: K independent trainings at once.
+
+Every conv of the spec becomes one conv with `groups=K` (K times the channels), so replica k owns
+channels [k*C, (k+1)*C) of every layer and its weights never meet another replica's: BatchNorm,
+ReLU, pooling and dropout act per channel, hence per replica. The input is (B, K, 28, 28), replica
+k's images in channel k; the output (B, K, 10). `pack` builds one from K `TinyNet`s (their
+weights, exactly) and `unpack` gives replica k back as a plain `TinyNet` that loads strictly.
+
+Dropout draws each replica's mask from that replica's own generator, in the order and layout a
+`TinyNet` trained alone draws it from the global generator seeded with its seed (CPU), so replica
+k of a packed run follows a run alone with seed k (`fit`, tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .config import NUM_CLASSES, ArchSpec
+from .model import Layer, TinyNet, build_model, cpu_dropout_mask, layer_plan
+
+# Parameter or buffer tensors of a TinyNet that are per channel (concatenated along dim 0 when
+# packed); anything else (BatchNorm's num_batches_tracked) is one scalar shared by the replicas.
+_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
+
+
+class PackedDropout(nn.Module):
+    """Element-wise dropout over (B, K*C, H, W), each replica's mask from its own generator
+    (`generators`, set by the trainer; the global generator when None)."""
+
+    def __init__(self, p: float, replicas: int):
+        super().__init__()
+        self.p, self.replicas = p, replicas
+        self.generators: Sequence[torch.Generator] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        k = self.replicas
+        b, kc, h, w = x.shape
+        gens = self.generators or [None] * k
+        if x.device.type == "cpu":
+            masks = [cpu_dropout_mask(torch.Size((b, kc // k, h, w)), self.p, g) for g in gens]
+        else:  # one kernel per replica, from its generator
+            masks = [
+                torch.empty((b, kc // k, h, w), device=x.device).bernoulli_(1 - self.p, generator=g)
+                for g in gens
+            ]
+            masks = [m.div_(1 - self.p) for m in masks]
+        mask = masks[0] if k == 1 else torch.stack(masks, 1).view(b, kc, h, w)
+        return x * mask.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, replicas={self.replicas}"
+
+
+def _module(layer: Layer, k: int) -> nn.Module:
+    if layer.kind == "Conv2d":
+        return nn.Conv2d(
+            layer.in_channels * k, layer.out_channels * k, layer.kernel,
+            padding=layer.padding, bias=False, groups=k,
+        )  # fmt: skip
+    if layer.kind == "ReLU":
+        return nn.ReLU(inplace=True)
+    if layer.kind == "BatchNorm2d":
+        return nn.BatchNorm2d(layer.out_channels * k)
+    if layer.kind == "Dropout":
+        return PackedDropout(layer.p, k)
+    if layer.kind == "MaxPool2d":
+        return nn.MaxPool2d(layer.kernel, layer.stride)
+    if layer.kind == "AvgPool2d":
+        return nn.AvgPool2d(layer.kernel)
+    raise ValueError(f"unknown layer kind {layer.kind}")
+
+
+class PackedNet(nn.Module):
+    """`replicas` copies of `spec`'s network side by side: (B, K, 28, 28) -> (B, K, 10) logits."""
+
+    def __init__(self, spec: ArchSpec, replicas: int):
+        super().__init__()
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        self.spec, self.replicas = spec, replicas
+        self.layers = nn.Sequential(*(_module(layer, replicas) for layer in layer_plan(spec)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).view(x.shape[0], self.replicas, NUM_CLASSES)
+
+    def set_dropout_generators(self, generators: Sequence[torch.Generator] | None) -> None:
+        for module in self.layers:
+            if isinstance(module, PackedDropout):
+                module.generators = generators
+
+    def replica(self, k: int) -> TinyNet:
+        """Replica k as a plain TinyNet (a copy, on the CPU), loaded strictly."""
+        return unpack(self, k)
+
+
+def pack(models: Sequence[TinyNet]) -> PackedNet:
+    """One PackedNet holding `models` (same spec) as its replicas, weights and BatchNorm
+    statistics exactly theirs."""
+    spec = models[0].spec
+    if any(m.spec != spec for m in models):
+        raise ValueError("pack: every replica must have the same spec")
+    net = PackedNet(spec, len(models)).to(next(models[0].parameters()).dtype)
+    states = [m.state_dict() for m in models]
+    packed = {}
+    for key in net.state_dict():
+        parts = [s[key].detach().to("cpu") for s in states]
+        packed[key] = torch.cat(parts, 0) if key.rsplit(".", 1)[-1] in _PER_CHANNEL else parts[0]
+    net.load_state_dict(packed, strict=True)
+    return net
+
+
+def unpack(net: PackedNet, k: int) -> TinyNet:
+    """Replica k of `net` as a plain TinyNet (CPU), its state loaded strictly."""
+    if not 0 <= k < net.replicas:
+        raise IndexError(f"replica {k} of {net.replicas}")
+    model = build_model(net.spec).to(next(net.parameters()).dtype)
+    state = {}
+    for key, value in net.state_dict().items():
+        value = value.detach().to("cpu")
+        if key.rsplit(".", 1)[-1] in _PER_CHANNEL:
+            size = value.shape[0] // net.replicas
+            value = value[k * size : (k + 1) * size]
+        state[key] = value.clone()
+    model.load_state_dict(state, strict=True)
+    return model
