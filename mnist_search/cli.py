@@ -21,7 +21,7 @@ from .data import DataError
 from .export import ExportError
 from .model import count_params, layer_table, mult_adds, receptive_field_table
 from .progress import EpochProgress, StudyProgress, VerifyDisplay, WarningLines, print_report, study_summary
-from .runtime import DeviceError, interrupt_on_sigterm
+from .runtime import DeviceError, available_cores, default_jobs, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
 from .space import BudgetError
 from .storage import StorageError
@@ -195,12 +195,25 @@ def study(
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Epochs per trial (default: the recipe's).")
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Seeds per trial, trained at once and scored by their mean (default: the recipe's).",
+        ),
+    ] = None,
     study_name: StudyName = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     device: Device = "auto",
     seed: Annotated[
-        int, typer.Option(min=0, max=MAX_SEED, help="Sampler seed; trial n trains with seed + n.")
+        int,
+        typer.Option(
+            min=0,
+            max=MAX_SEED,
+            help="Sampler seed; trial n trains seeds (seed + n) x K ... + K-1, K = --seeds.",
+        ),
     ] = 0,
     data_dir: DataDir = None,
     limit_train: LimitTrain = None,
@@ -208,11 +221,15 @@ def study(
         bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")
     ] = False,
     jobs: Annotated[
-        int,
+        int | None,
         typer.Option(
-            min=1, help="Worker processes here (cores/N threads each); machines join via --storage."
+            min=1,
+            envvar="MNIST_SEARCH_JOBS",
+            help="Worker processes here, cores/N torch threads each (default: one per core on "
+            "the CPU, 1 on a GPU); other machines join via --storage.",
+            show_default=False,
         ),
-    ] = 1,
+    ] = None,
     service_wait: Annotated[
         float,
         typer.Option(
@@ -227,8 +244,13 @@ def study(
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     from .studies import EXPERIMENT_NAME, StudyRequest
 
+    if jobs is None:
+        try:
+            jobs = default_jobs(device)
+        except DeviceError as exc:
+            fail(str(exc))
     request = StudyRequest(
-        budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs,
+        budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs, seeds=seeds,
         study_name=study_name, storage=storage, tracking_uri=tracking_uri, device=device, seed=seed,
         data_dir=_str(data_dir), limit_train=limit_train, jobs=jobs, service_wait=service_wait,
         experiment_name=experiment_name or EXPERIMENT_NAME,
@@ -241,10 +263,10 @@ def study_worker() -> None:
     """One of `study --jobs N`'s workers: the study's options arrive as JSON on standard input."""
     from .studies import StudyRequest
 
-    _run_study(StudyRequest.model_validate_json(sys.stdin.read()), quiet=True)
+    _run_study(StudyRequest.model_validate_json(sys.stdin.read()), quiet=True, worker=True)
 
 
-def _run_study(request, quiet: bool) -> None:
+def _run_study(request, quiet: bool, worker: bool = False) -> None:
     from .studies import REPEATS_TO_STOP, StudyMismatch, prepare_study
 
     try:
@@ -259,10 +281,16 @@ def _run_study(request, quiet: bool) -> None:
             soft_wrap=True,
         )
         return
-    if request.jobs == 1:
+    if not worker:
+        where = f"on {session.device.type}"
+        if request.jobs > 1:
+            threads = max(1, available_cores() // request.jobs)
+            where = (
+                f"{request.jobs} worker processes, {threads} torch thread{'s' if threads > 1 else ''} each"
+            )
         out.print(
-            f"study {session.name}: {done}/{request.trials} trials done; storage {mask_url(session.storage_url)}; "
-            f"tracking {mask_url(session.tracking.uri)}",
+            f"study {session.name}: {done}/{request.trials} trials done; {where}; "
+            f"storage {mask_url(session.storage_url)}; tracking {mask_url(session.tracking.uri)}",
             highlight=False,
             soft_wrap=True,
         )
@@ -410,7 +438,12 @@ def verify(
         ),
     ] = None,
     jobs: Annotated[
-        int, typer.Option(min=1, help="Runs side by side in N processes (cores/N threads each).")
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes (cores/N threads each), each training packs of seeds; with more "
+            "workers than trials, a trial's seeds are split into several packs.",
+        ),
     ] = 1,
     experiment_name: ExperimentName = None,
 ) -> None:

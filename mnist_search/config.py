@@ -103,8 +103,6 @@ class Recipe(_Strict):
     # (see packed.py); its objective is their mean validation score. `train` and `verify` take
     # their seeds from the command line.
     seeds: Annotated[int, Field(ge=1, le=64)] = 1
-    # torch.compile the network for training (opt-in): faster steps after a warm-up of seconds.
-    compile: bool = False
 
 
 class IntRange(_Strict):

@@ -25,7 +25,7 @@ from rich.progress import (
 
 from .leaderboard import TrialRow, completed, feasible_share, leaderboard
 from .model import count_params
-from .train import EpochResult
+from .train import EpochResult, mean_epoch
 
 
 def make_progress(console: Console, eta: bool = False) -> Progress:
@@ -175,28 +175,28 @@ class StudyProgress:
 
 
 class VerifyDisplay:
-    """`verify`'s hooks: a progress bar per run trained here, one line per finished run."""
+    """`verify`'s hooks: a progress bar per pack of seeds trained here (the seeds' mean), one line
+    per finished run."""
 
     def __init__(self, console: Console):
         self.console = console
 
     @contextmanager
     def run_progress(self, task) -> Iterator:
-        with EpochProgress(
-            task.recipe.epochs, self.console, label=f"trial {task.trial} seed {task.seed}"
-        ) as bar:
-            yield bar.update
+        with EpochProgress(task.recipe.epochs, self.console, label=task.label) as bar:
+            yield lambda epoch: bar.update(mean_epoch(epoch))
 
-    def run_finished(self, task, result) -> None:
+    def run_finished(self, task, seed, result) -> None:
         self.console.print(
-            f"trial {task.trial} seed {task.seed}: test {result.epochs[-1].test_acc:.4f}, "
+            f"trial {task.trial} seed {seed}: test {result.epochs[-1].test_acc:.4f}, "
             f"min(last 3) {result.test_min_last3:.4f}",
             highlight=False,
         )
 
-    def pool_started(self, runs: int, workers: int, threads: int) -> None:
+    def pool_started(self, packs: int, workers: int, threads: int) -> None:
         self.console.print(
-            f"{runs} runs in {workers} worker processes, torch threads each: {threads}", highlight=False
+            f"{packs} packs of seeds in {workers} worker processes, torch threads each: {threads}",
+            highlight=False,
         )
 
 

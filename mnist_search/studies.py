@@ -302,6 +302,7 @@ class StudyRequest(BaseModel):
     trials: int = Field(20, gt=0)
     timeout: float | None = None
     epochs: int | None = None  # per trial; None: the recipe's
+    seeds: int | None = Field(None, ge=1, le=64)  # per trial; None: the recipe's
     study_name: str | None = None
     storage: str | None = None
     tracking_uri: str | None = None
@@ -334,7 +335,7 @@ class StudySession:
     study: optuna.Study
     storage: optuna.storages.BaseStorage
     experiment: Experiment
-    recipe: Recipe  # with the --epochs override: the one source of epochs per trial
+    recipe: Recipe  # with the --epochs / --seeds overrides: the one source of epochs and seeds per trial
     data: MNISTData
     device: torch.device
     tracking: Tracking
@@ -408,7 +409,9 @@ def prepare_study(request: StudyRequest) -> StudySession:
     if request.jobs > 1:
         check_jobs(request.jobs)
     device = setup_device(request.device)
-    recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
+    recipe = exp.recipe.model_copy(
+        update={"epochs": request.epochs or exp.recipe.epochs, "seeds": request.seeds or exp.recipe.seeds}
+    )
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False), wait=request.service_wait)
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
     if request.jobs == 1:

@@ -40,8 +40,9 @@ from mlflow.models import infer_signature
 from .config import TARGET, ArchSpec, Recipe, spec_to_yaml
 from .data import MEAN, STD, MNISTData
 from .model import WithNormalisation, build_model, count_params, layer_table, mult_adds, receptive_field_table
+from .packed import pack
 from .settings import mask_url, resolve_tracking_uri, store_dir
-from .train import EpochResult, FitResult, NonFiniteLoss, fit
+from .train import EpochResult, FitResult, NonFiniteLoss, fit_replicas
 from .waiting import ServiceError, patiently
 
 
@@ -355,42 +356,72 @@ def tracked_fit(
     on_epoch=None,
     parent_run_id: str | None = None,
 ) -> tuple[str, FitResult, torch.nn.Module]:
-    """Build, train and log one run (params, per-epoch metrics, tables, outcome, checkpoint and
-    model). Any exception ends the run FAILED (NonFiniteLoss with its reason) and is re-raised."""
-    model = build_model(spec, seed=seed)
+    """Build, train and log one run: `tracked_fits` with one seed."""
+    (run,) = tracked_fits(
+        tracking, spec, data, recipe, device, seeds=[seed], budget=budget, experiment_file=experiment_file,
+        run_names=[run_name], tags=tags, on_epoch=(lambda rs: on_epoch(rs[0])) if on_epoch else None,
+        parent_run_id=parent_run_id,
+    )  # fmt: skip
+    return run
+
+
+def tracked_fits(
+    tracking: Tracking,
+    spec: ArchSpec,
+    data,
+    recipe: Recipe,
+    device: torch.device,
+    *,
+    seeds: list[int],
+    budget: int,
+    experiment_file: str,
+    run_names: list[str],
+    tags: dict[str, str],
+    on_epoch=None,
+    parent_run_id: str | None = None,
+) -> list[tuple[str, FitResult, torch.nn.Module]]:
+    """Train `spec` with each seed at once (packed replicas, `fit_replicas`), each seed logged as
+    its own run (params, per-epoch metrics, tables, outcome, checkpoint and model):
+    [(run id, FitResult, model)] per seed. Any exception ends every run FAILED (NonFiniteLoss
+    with its reason) and is re-raised. `on_epoch` gets the per-seed results of each epoch."""
     parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-    run = tracking.client.create_run(
-        tracking.experiment_id,
-        run_name=run_name,
-        tags=run_tags(spec, budget, experiment_file)
-        | source_tags(tags["kind"].split("-")[0])
-        | tags
-        | parent,
+    base_tags = (
+        run_tags(spec, budget, experiment_file) | source_tags(tags["kind"].split("-")[0]) | tags | parent
     )
-    log = RunLog(tracking.client, run.info.run_id)
+    logs = []
     try:
-        log.params(spec_params(spec, recipe) | {"seed": str(seed), "epochs": str(recipe.epochs)})
-        log.sizes(spec)
-        log.dataset(data, "training")
-        log.tables(spec)
+        for seed, name in zip(seeds, run_names):
+            run = tracking.client.create_run(tracking.experiment_id, run_name=name, tags=base_tags)
+            log = RunLog(tracking.client, run.info.run_id)
+            logs.append(log)
+            log.params(spec_params(spec, recipe) | {"seed": str(seed), "epochs": str(recipe.epochs)})
+            log.sizes(spec)
+            log.dataset(data, "training")
+            log.tables(spec)
 
-        def logged(r: EpochResult) -> None:
-            log.epoch(r)
+        def logged(epoch: list[EpochResult]) -> None:
+            for log, r in zip(logs, epoch):
+                log.epoch(r)
             if on_epoch is not None:
-                on_epoch(r)
+                on_epoch(epoch)
 
-        result = fit(model, data, recipe, device, logged, seed=seed)
-        log.outcome(result)
-        log.checkpoint(model)
-        log.model(model, data.example())
+        net = pack([build_model(spec, seed=seed) for seed in seeds])
+        results = fit_replicas(net, data, recipe, device, logged, seeds=seeds)
+        models = [net.replica(k) for k in range(len(seeds))]
+        for log, result, model in zip(logs, results, models):
+            log.outcome(result)
+            log.checkpoint(model)
+            log.model(model, data.example())
     except BaseException as exc:
         with contextlib.suppress(*TRACKING_FAILURES):  # a server that went away: the caller reports it
-            if isinstance(exc, NonFiniteLoss):
-                tracking.client.set_tag(log.run_id, "failure", str(exc))
-            log.end("FAILED")
+            for log in logs:
+                if isinstance(exc, NonFiniteLoss):
+                    tracking.client.set_tag(log.run_id, "failure", str(exc))
+                log.end("FAILED")
         raise
-    log.end("FINISHED")
-    return log.run_id, result, model
+    for log in logs:
+        log.end("FINISHED")
+    return [(log.run_id, result, model) for log, result, model in zip(logs, results, models)]
 
 
 def server_command(

@@ -307,7 +307,7 @@ def fit_replicas(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
-        losses, accs = _train_epoch(net, data, recipe, orders, optimizer, scheduler, gens)
+        losses, accs = train_epoch(net, data, recipe, orders, optimizer, scheduler, gens)
         for seed, loss in zip(seeds, losses):
             if not math.isfinite(loss):
                 raise NonFiniteLoss(
@@ -362,11 +362,13 @@ def evaluate_replicas(net: PackedNet, split: Split) -> list[tuple[float, float]]
     return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
 
 
-def _train_epoch(
-    net: PackedNet, data: MNISTData, recipe: Recipe, orders, optimizer, scheduler, gens
+def train_epoch(
+    net: PackedNet, data: MNISTData, recipe: Recipe, orders, optimizer, scheduler, gens, forward=None
 ) -> tuple[list[float], list[float]]:
-    """One pass over the training images, replica k in `orders[k]`: per replica (mean loss,
-    accuracy) on its augmented batches."""
+    """One pass over the training images, replica k in `orders[k]` (K, n): per replica (mean
+    loss, accuracy) on its augmented batches. `forward`: the network to call, `net` itself unless
+    given (benchmarks/replica_speed.py passes a torch.compile'd one: it did not pay, see there)."""
+    forward = net if forward is None else forward
     net.train()
     k, n = orders.shape
     loss_sum = torch.zeros(k, device=orders.device)  # summed on device: no sync per batch
@@ -376,7 +378,7 @@ def _train_epoch(
         thetas = [warp_params(end - start, recipe, g) for g in gens]
         x = _replica_images(data.train.x, idx, thetas)
         y = data.train.y[idx].t()  # (B, K)
-        logits = net(x)  # (B, K, 10)
+        logits = forward(x)  # (B, K, 10)
         per_replica = F.cross_entropy(
             logits.transpose(1, 2), y, label_smoothing=recipe.label_smoothing, reduction="none"
         ).mean(0)  # (K,): each replica's own mean loss

@@ -40,7 +40,7 @@ from .tracking import (
     git_commit,
     runs_link,
     source_tags,
-    tracked_fit,
+    tracked_fits,
 )
 from .train import EpochResult, FitResult
 
@@ -114,16 +114,24 @@ def verify_table(rows: list[Verified], epochs: int) -> str:
 
 
 @dataclass(frozen=True)
-class SeedTask:
-    """One verify run: a trial's architecture and recipe, trained with one seed."""
+class SeedPack:
+    """One pack of verify runs: a trial's architecture and recipe, trained with several seeds at
+    once (packed replicas), each seed its own MLflow run."""
 
     index: int  # position in the verify plan (results come back in any order)
     trial: int
     spec: ArchSpec
     recipe: Recipe
-    seed: int
-    run_name: str
+    seeds: tuple[int, ...]
     tags: dict[str, str]
+
+    def run_name(self, seed: int) -> str:
+        return f"verify-trial-{self.trial}-seed-{seed}"
+
+    @property
+    def label(self) -> str:
+        seeds = ", ".join(map(str, self.seeds))
+        return f"trial {self.trial} seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
 
 
 @dataclass(frozen=True)
@@ -161,13 +169,14 @@ class VerifyHooks(Protocol):
     """What the CLI shows while runs train."""
 
     def run_progress(
-        self, task: SeedTask
-    ) -> contextlib.AbstractContextManager[Callable[[EpochResult], None]]:
-        """Runs in this process: a context around the run, giving its per-epoch callback."""
+        self, task: SeedPack
+    ) -> contextlib.AbstractContextManager[Callable[[list[EpochResult]], None]]:
+        """Packs trained in this process: a context around the pack, giving its per-epoch
+        callback (one result per seed)."""
 
-    def run_finished(self, task: SeedTask, result: FitResult) -> None: ...
+    def run_finished(self, task: SeedPack, seed: int, result: FitResult) -> None: ...
 
-    def pool_started(self, runs: int, workers: int, threads: int) -> None: ...
+    def pool_started(self, packs: int, workers: int, threads: int) -> None: ...
 
 
 def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
@@ -238,7 +247,7 @@ def _choose(study, request: VerifyRequest) -> list[TrialRow]:
 
 def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Recipe | None):
     results: list[Verified] = []
-    tasks: list[SeedTask] = []
+    tasks: list[SeedPack] = []
     for row in rows:
         spec = ArchSpec.model_validate(row.spec)
         trial = study.trials[row.trial]
@@ -248,11 +257,21 @@ def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Reci
         recipe = recipe.model_copy(update={"val_size": 0, "epochs": request.epochs})
         results.append(Verified(row.trial, spec, recipe, row.params))
         tags = {"kind": "verify-run", "trial_number": str(row.trial), "study_name": study.study_name}
-        tasks += [
-            SeedTask(len(tasks) + seed, row.trial, spec, recipe, seed, f"verify-trial-{row.trial}-seed-{seed}", tags)
-            for seed in range(request.seeds)
-        ]  # fmt: skip
+        for seeds in seed_packs(request.seeds, packs_per_trial(request.jobs, len(rows), request.seeds)):
+            tasks.append(SeedPack(len(tasks), row.trial, spec, recipe, seeds, tags))
     return results, tasks
+
+
+def packs_per_trial(jobs: int, trials: int, seeds: int) -> int:
+    """Packs per trial: one (all its seeds at once) unless there are more worker processes than
+    trials, then enough packs to give each worker one."""
+    return max(1, min(seeds, -(-jobs // trials))) if jobs > 1 else 1
+
+
+def seed_packs(seeds: int, packs: int) -> list[tuple[int, ...]]:
+    """Seeds 0 .. seeds-1 in `packs` packs of near-equal size: (0, 1, 2) | (0, 1), (2,)."""
+    size = -(-seeds // packs)
+    return [tuple(range(start, min(start + size, seeds))) for start in range(0, seeds, size)]
 
 
 @dataclass(frozen=True)
@@ -280,10 +299,11 @@ def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: 
     status, models = "FAILED", {}
     by_trial = {v.trial: v for v in results}
     try:
-        for task, run_id, result, model in finished:
-            by_trial[task.trial].runs.append(SeedRun(task.seed, run_id, result))
-            models[(task.trial, task.seed)] = model
-            hooks.run_finished(task, result)
+        for task, runs in finished:
+            for seed, run_id, result, model in runs:
+                by_trial[task.trial].runs.append(SeedRun(seed, run_id, result))
+                models[(task.trial, seed)] = model
+                hooks.run_finished(task, seed, result)
         for v in results:
             v.runs.sort(key=lambda r: r.seed)
         status = "FINISHED"
@@ -291,31 +311,43 @@ def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: 
         status = "KILLED"
         raise
     finally:
-        finished.close()  # with --jobs: ends any worker still training (its run ends FAILED)
+        finished.close()  # with --jobs: ends any worker still training (its runs end FAILED)
         with contextlib.suppress(*TRACKING_FAILURES):  # a server that went away: the caller reports it
             ctx.tracking.client.set_terminated(ctx.parent_run_id, status)
     return models
 
 
 def _here(tasks, ctx: _RunContext, hooks: VerifyHooks) -> Iterator:
-    """The runs one after another in this process."""
+    """The packs one after another in this process."""
     for task in tasks:
         with hooks.run_progress(task) as on_epoch:
-            run_id, result, model = tracked_fit(
-                ctx.tracking, task.spec, ctx.data, task.recipe, ctx.device, seed=task.seed, budget=ctx.budget,
-                experiment_file=ctx.experiment_file, run_name=task.run_name, tags=task.tags,
-                on_epoch=on_epoch, parent_run_id=ctx.parent_run_id,
-            )  # fmt: skip
-        yield task, run_id, result, model
+            runs = _train_pack(task, ctx.tracking, ctx.data, ctx.device, ctx.budget, ctx.experiment_file,
+                               ctx.parent_run_id, on_epoch)  # fmt: skip
+        yield task, runs
+
+
+def _train_pack(
+    task: SeedPack, tracking, data, device, budget, experiment_file, parent_run_id, on_epoch=None
+):
+    """[(seed, run id, FitResult, model)] of one pack."""
+    runs = tracked_fits(
+        tracking, task.spec, data, task.recipe, device, seeds=list(task.seeds), budget=budget,
+        experiment_file=experiment_file, run_names=[task.run_name(s) for s in task.seeds], tags=task.tags,
+        on_epoch=on_epoch, parent_run_id=parent_run_id,
+    )  # fmt: skip
+    return [(seed, *run) for seed, run in zip(task.seeds, runs)]
 
 
 def _rebuilt(runs) -> Iterator:
     """Worker results carry weights, not modules: rebuild each model from its spec."""
     try:
-        for task, run_id, result, state in runs:
-            model = build_model(task.spec)
-            model.load_state_dict(state)
-            yield task, run_id, result, model
+        for task, states in runs:
+            rebuilt = []
+            for seed, run_id, result, state in states:
+                model = build_model(task.spec)
+                model.load_state_dict(state)
+                rebuilt.append((seed, run_id, result, model))
+            yield task, rebuilt
     finally:
         runs.close()
 
@@ -412,34 +444,34 @@ def _on_sigterm(signum, frame):
     os._exit(130)  # idle: nothing to close
 
 
-def _run_seed(task: SeedTask) -> tuple[int, str, FitResult, dict]:
+def _run_pack(task: SeedPack) -> tuple[int, list]:
     if "error" in _worker:
         raise _worker["error"]
     setup: WorkerSetup = _worker["setup"]
     _worker["busy"] = True
     try:
-        run_id, result, model = tracked_fit(
-            _worker["tracking"], task.spec, _worker["data"], task.recipe, _worker["device"], seed=task.seed,
-            budget=setup.budget, experiment_file=setup.experiment_file, run_name=task.run_name, tags=task.tags,
-            parent_run_id=setup.parent_run_id,
-        )  # fmt: skip
+        runs = _train_pack(task, _worker["tracking"], _worker["data"], _worker["device"], setup.budget,
+                           setup.experiment_file, setup.parent_run_id)  # fmt: skip
     except KeyboardInterrupt:
         os._exit(130)  # quietly: no traceback from a worker the parent ended
     finally:
         _worker["busy"] = False
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return task.index, run_id, result, state
+    states = [
+        (seed, run_id, result, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        for seed, run_id, result, model in runs
+    ]
+    return task.index, states
 
 
-def run_in_parallel(tasks: list[SeedTask], jobs: int, setup: WorkerSetup):
-    """Train `tasks` in `jobs` worker processes; yields (task, run_id, FitResult, state_dict) as
-    runs finish. On an exception or interrupt in the caller, the workers are ended (SIGTERM)
-    and their running MLflow runs end FAILED before this returns."""
+def run_in_parallel(tasks: list[SeedPack], jobs: int, setup: WorkerSetup):
+    """Train the packs `tasks` in `jobs` worker processes; yields (task, [(seed, run_id,
+    FitResult, state_dict)]) as packs finish. On an exception or interrupt in the caller, the
+    workers are ended (SIGTERM) and their running MLflow runs end FAILED before this returns."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(setup,)) as pool:
-        for index, run_id, result, state in pool.imap_unordered(_run_seed, tasks):
-            yield tasks[index], run_id, result, state
+        for index, states in pool.imap_unordered(_run_pack, tasks):
+            yield tasks[index], states
         pool.close()  # all done: let the workers exit on their own
         pool.join()

@@ -16,6 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
+# `study` runs one worker process per core by default; the tests' studies are seconds long, where
+# starting workers would dominate, so they run in-process unless a test asks for workers (its
+# own --jobs, or test_cli's check of the default).
+os.environ["MNIST_SEARCH_JOBS"] = "1"
 EXPERIMENTS = REPO / "experiments"
 
 

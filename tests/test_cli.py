@@ -130,8 +130,10 @@ def test_version_completion_and_a_bare_command():
     from importlib.metadata import version
 
     assert console_script("--version").stdout.strip() == f"mnist-search {version('mnist-search')}"
-    # The shell is detected from the process tree, else $SHELL (a background job has no terminal).
-    assert "_mnist_search_completion" in console_script("--show-completion", SHELL="/bin/bash").stdout
+    # The shell named, not detected: detection reads the process tree, and under `sh -c` (a
+    # background job) it finds sh, for which there is no completion.
+    shown = console_script("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
+    assert "_mnist_search_completion" in shown.stdout, shown.stderr
     bare = console_script()
     assert bare.stdout.startswith("Usage: mnist-search [OPTIONS] COMMAND") and bare.stderr == ""
 
@@ -161,3 +163,26 @@ def test_the_live_study_display_shows_the_running_trial_and_an_eta(tmp_path, dat
     assert re.search(r"#0 [\d,]+p ep 1/2", screen) and re.search(r"#1 [\d,]+p ep 2/2", screen)
     assert "eta after 1st trial" in screen
     assert re.search(r"eta 0:\d\d:\d\d", screen)  # after trial 0: its duration x trials left
+
+
+def test_study_uses_one_worker_per_core_by_default_and_says_so(store, data_dir, tmp_path, monkeypatch):
+    """No --jobs (and no MNIST_SEARCH_JOBS): on the CPU, one 1-thread worker process per core as
+    memory allows; the first line says how many; the workers share the study to its total."""
+    from mnist_search.runtime import available_cores, default_jobs
+
+    monkeypatch.delenv("MNIST_SEARCH_JOBS")
+    jobs = default_jobs("cpu")
+    threads = max(1, available_cores() // jobs)
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    result = runner.invoke(app, ["study", "--experiment", "tiny.yaml", "--trials", "2", "--epochs", "1",
+                                 "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    where = (
+        "on cpu"
+        if jobs == 1
+        else f"{jobs} worker processes, {threads} torch thread{'s' if threads > 1 else ''} each"
+    )
+    assert first.startswith("study tiny-b8000: 0/2 trials done; " + where + "; storage "), first
+    assert 1 <= jobs <= available_cores()  # never more workers than cores
+    assert "2/2 trials trained" in result.stdout

@@ -48,6 +48,7 @@ def test_workers_share_one_study_wait_for_services_restart_on_failure_and_take_o
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["MNIST_SEARCH_SERVICE_WAIT"] == "${SERVICE_WAIT:-300}"
     assert env["MNIST_SEARCH_THREADS"] == "${WORKER_THREADS:-1}"
+    assert env["MNIST_SEARCH_JOBS"] == "1"  # not one process per core in every container
     assert worker["restart"] == "on-failure:5"
     assert worker["volumes"] == ["${MNIST_DIR:-mnist-data}:/data"]  # writable
     assert "CREATE DATABASE optuna" in (REPO / "docker" / "optuna-db.sql").read_text()

@@ -116,10 +116,10 @@ class Recorder(NoHooks):
 
 
 def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeypatch):
-    """Fault injection: the first fit raises CUDA's OOM error; the next trial trains normally."""
+    """Fault injection: the first fit_replicas raises CUDA's OOM error; the next trial trains normally."""
     from mnist_search import objective as objective_module
 
-    real_fit, calls = objective_module.fit, []
+    real_fit, calls = objective_module.fit_replicas, []
 
     def fit_once_out_of_memory(*args, **kwargs):
         calls.append(1)
@@ -127,7 +127,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeyp
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(objective_module, "fit", fit_once_out_of_memory)
+    monkeypatch.setattr(objective_module, "fit_replicas", fit_once_out_of_memory)
     space = load_experiment(EXPERIMENTS / "budget-8k.yaml").search
     data = MNISTData(Split(mnist.train.x[:500], mnist.train.y[:500]), Split(mnist.val.x[:200], mnist.val.y[:200]),
                      Split(mnist.test.x[:200], mnist.test.y[:200]))  # fmt: skip
@@ -261,9 +261,13 @@ def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_pat
         ("seed-model-3-s0", "FAILED"),
         ("verify-tiny-b8000", "KILLED"),
         ("verify-tiny-b8000", "KILLED"),
+        # verify: seeds 0, 1, 2 train as one pack, all three runs were open, all three closed;
+        # --jobs 2 --seeds 2: one seed per worker, both were training, both closed.
         ("verify-trial-0-seed-0", "FAILED"),
-        ("verify-trial-0-seed-0", "FAILED"),  # --jobs 2: both seeds were training, both closed
+        ("verify-trial-0-seed-0", "FAILED"),
         ("verify-trial-0-seed-1", "FAILED"),
+        ("verify-trial-0-seed-1", "FAILED"),
+        ("verify-trial-0-seed-2", "FAILED"),
     ], status
 
 

@@ -208,7 +208,7 @@ def stable(exp):
 def test_any_error_in_a_trial_fails_that_trial_with_its_reason_and_the_study_goes_on(mnist, monkeypatch):
     from mnist_search import objective as objective_module
 
-    real_fit, calls = objective_module.fit, []
+    real_fit, calls = objective_module.fit_replicas, []
 
     def fit_allocation_failure_once(*args, **kwargs):
         calls.append(1)
@@ -216,7 +216,7 @@ def test_any_error_in_a_trial_fails_that_trial_with_its_reason_and_the_study_goe
             raise MemoryError("cannot allocate 2 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(objective_module, "fit", fit_allocation_failure_once)
+    monkeypatch.setattr(objective_module, "fit_replicas", fit_allocation_failure_once)
     exp = load_experiment(EXPERIMENTS / "budget-8k.yaml")
     data = MNISTData(Split(mnist.train.x[:300], mnist.train.y[:300]), Split(mnist.val.x[:100], mnist.val.y[:100]),
                      Split(mnist.test.x[:100], mnist.test.y[:100]))  # fmt: skip
@@ -251,7 +251,7 @@ def test_the_same_error_three_trials_in_a_row_stops_the_study_with_one_line(
     def broken(*args, **kwargs):
         raise RuntimeError("boom: the same fault every time")
 
-    monkeypatch.setattr(objective_module, "fit", broken)
+    monkeypatch.setattr(objective_module, "fit_replicas", broken)
     (tmp_path / "tiny.yaml").write_text(TINY)
     result = runner.invoke(app, tiny_args(data_dir, 10))
     assert result.exit_code == 1, result.output

@@ -58,6 +58,9 @@ def test_verify_retrains_the_best_architecture_over_seeds(trained, data_dir):
     _, children = new_parent(client, before)
     assert len(children) == 2
     assert sorted(c.data.params["seed"] for c in children) == ["0", "1"]
+    # One pack: both seeds trained side by side, so each epoch took the same (the pack's) time.
+    assert children[0].data.metrics["epoch_seconds"] == children[1].data.metrics["epoch_seconds"]
+    assert children[0].data.metrics["test/acc"] != children[1].data.metrics["test/acc"]  # two seeds
     for c in children:  # all 60k images minus nothing held out: no val metrics, test per epoch
         assert c.data.params["recipe.val_size"] == "0"
         assert len(client.get_metric_history(c.info.run_id, "test/acc")) == 1
@@ -75,7 +78,8 @@ def test_verify_jobs_2_trains_the_seeds_in_two_worker_processes(trained, data_di
     result = runner.invoke(app, verify_args(data_dir, "--seeds", "2", "--out", str(out), "--jobs", "2"))
     assert result.exit_code == 0, result.output
     assert (
-        f"2 runs in 2 worker processes, torch threads each: {max(1, available_cores() // 2)}" in result.output
+        f"2 packs of seeds in 2 worker processes, torch threads each: {max(1, available_cores() // 2)}"
+        in result.output
     )
     table = (out / "verify.md").read_text()
     assert re.search(r"\| 0 \| [\d.]+ \| [\d.]+ \| \w+ \|\n\| \d+ \| [\d,]+ \| 1 \|", table), (
