@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import mlflow
 
+from .tracking import race_tolerant
+
 BEST, CHAMPION = "best", "champion"
 
 
@@ -74,7 +76,7 @@ def point_best(client: mlflow.MlflowClient, budget: int) -> str | None:
     if not scored:
         return None
     top = max(scored, key=lambda v: (float(v.tags["val_acc"]), -int(v.version)))
-    client.set_registered_model_alias(name, BEST, top.version)
+    race_tolerant(client.set_registered_model_alias, name, BEST, top.version)  # workers ending together
     return top.version
 
 

@@ -225,10 +225,14 @@ class StudyTracker:
             metrics |= {"best/val_acc": best.val_acc, "best/params": best.params, "best/trial": best.trial}
             if best.test_acc_min_last3 is not None:
                 metrics["best/test_acc_min_last3"] = best.test_acc_min_last3
-            self.client.set_tag(self.parent_id, "best_trial", str(best.trial))
-            self.client.set_tag(self.parent_id, "best_spec", spec_to_yaml(ArchSpec.model_validate(best.spec)))
+            # Workers ending together (the total reached, an interrupt) write these at the same
+            # moment: race-tolerant writes (a lost race was a "UNIQUE constraint failed" exit).
+            parent = RunLog(self.client, self.parent_id)
+            parent.tags(
+                {"best_trial": str(best.trial), "best_spec": spec_to_yaml(ArchSpec.model_validate(best.spec))}
+            )
             if best.mlflow_run_id:
-                self.client.set_tag(self.parent_id, "best_run_id", best.mlflow_run_id)
+                parent.tags({"best_run_id": best.mlflow_run_id})
                 self._register(best)
         RunLog(self.client, self.parent_id).metrics(metrics)
         for path, fig in study_figures(self.study, self.budget).items():
@@ -254,4 +258,4 @@ class StudyTracker:
             f"{best.params:,} parameters, validation accuracy {best.val_acc:.4f}; registered as "
             f"[{name} version {version}](#/models/{name}/versions/{version})."
         )
-        self.client.set_tag(self.parent_id, "mlflow.note.content", note)
+        RunLog(self.client, self.parent_id).tags({"mlflow.note.content": note})

@@ -225,6 +225,29 @@ def _errors_only(name: str):
         logger.setLevel(level)
 
 
+def concurrent_write_lost(exc: BaseException) -> bool:
+    """An MLflow write that lost a race with the same write from another worker: the stores'
+    insert-or-update of a tag, metric or alias is a read then an insert, so two at once give the
+    loser a unique-key violation (SQLite "UNIQUE constraint failed", PostgreSQL "duplicate key"),
+    directly or through a tracking server."""
+    text = str(exc).lower()
+    return isinstance(exc, mlflow.exceptions.MlflowException) and (
+        "unique constraint" in text or "duplicate key" in text
+    )
+
+
+def race_tolerant(write, *args, attempts: int = 4, **kwargs):
+    """`write(*args, **kwargs)`, retried when it lost a race with a twin write (by then the row
+    exists, and the retry updates it); anything else is raised at once."""
+    for attempt in range(attempts):
+        try:
+            return write(*args, **kwargs)
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1 or not concurrent_write_lost(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -241,9 +264,13 @@ class RunLog:
 
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
         stamp = _now_ms()
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()]
-        )
+        metrics = [Metric(k, float(v), stamp, step) for k, v in values.items()]
+        race_tolerant(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def tags(self, values: dict[str, str]) -> None:
+        """Tags that several workers may write at once (a study's parent run): race-tolerant."""
+        for key, value in values.items():
+            race_tolerant(self.client.set_tag, self.run_id, key, value)
 
     def epoch(self, r: EpochResult) -> None:
         self.metrics(r.metrics(), step=r.epoch)
@@ -263,16 +290,9 @@ class RunLog:
             profile=json.dumps(profile),
         )  # fmt: skip
         tags = [InputTag("mlflow.data.context", context)]
-        for attempt in range(3):
-            try:
-                self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
-                return
-            except mlflow.exceptions.MlflowException as exc:
-                # Workers logging the same (new) dataset at once: the server's insert of it is not
-                # idempotent (a unique-key violation for the loser). Once it exists, linking works.
-                if attempt == 2 or "dataset" not in str(exc).lower() or "unique" not in str(exc).lower():
-                    raise
-                time.sleep(0.5)
+        # Workers logging the same (new) dataset at once: its insert is not idempotent (a
+        # unique-key violation for the loser). Once it exists, linking works.
+        race_tolerant(self.client.log_inputs, self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def tables(self, spec: ArchSpec) -> None:
         self.client.log_text(self.run_id, layer_table(spec), "summary/layers.txt")

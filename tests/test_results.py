@@ -1,9 +1,10 @@
-"""The committed result (results/budget-8k/) is what its README and verify table say it is."""
+"""The committed results (results/budget-8k*/) are what their verify tables say they are."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from mnist_search.config import load_experiment
@@ -12,10 +13,17 @@ from mnist_search.model import build_model, count_params
 
 from .conftest import REPO
 
-RESULT = REPO / "results" / "budget-8k"
+RESULTS = sorted(p.parent for p in (REPO / "results").glob("budget-*/verify.md"))
 
 
-def test_the_committed_model_is_under_budget_and_scores_its_verify_table_on_the_real_test_set(data_dir):
+def test_there_are_committed_results():
+    assert REPO / "results" / "budget-8k" in RESULTS
+
+
+@pytest.mark.parametrize("RESULT", RESULTS, ids=lambda p: p.name)
+def test_the_committed_model_is_under_budget_and_scores_its_verify_table_on_the_real_test_set(
+    RESULT, data_dir
+):
     spec = load_experiment(RESULT / "experiment.yaml").spec
     assert load_experiment(RESULT / "spec.yaml").spec == spec
     state = torch.load(RESULT / "state_dict.pt", weights_only=True)
@@ -29,11 +37,14 @@ def test_the_committed_model_is_under_budget_and_scores_its_verify_table_on_the_
     trial = re.search(r"# Verified: study \S+, trial (\d+)", table)[1]
     seed = re.search(r"Exported weights: seed (\d+)", table)[1]
     row = re.search(
-        rf"^\| {trial} \| {params:,} \| {seed} \| ([\d.]+) \| ([\d.]+) \| yes \|$", table, re.MULTILINE
+        rf"^\| {trial} \| {params:,} \| {seed} \| ([\d.]+) \| ([\d.]+) \| (yes|no) \|$", table, re.MULTILINE
     )
     assert row, table
-    held = rf"^\| \*\*{trial}\*\* \| \*\*{params:,}\*\* \| mean ± std \| .* \| \*\*yes, every seed\*\* \|$"
-    assert re.search(held, table, re.MULTILINE), table
+    verdict = (
+        rf"^\| \*\*{trial}\*\* \| \*\*{params:,}\*\* \| mean ± std \| .* \| \*\*(yes, every seed|no)\*\* \|$"
+    )
+    claimed = re.search(verdict, table, re.MULTILINE)
+    assert claimed, table
 
     raw = load_raw(data_dir)
     x = torch.from_numpy(raw["test_images"].copy()).float().div(255).unsqueeze(1)  # raw [0, 1] pixels
@@ -41,4 +52,6 @@ def test_the_committed_model_is_under_budget_and_scores_its_verify_table_on_the_
     program = torch.export.load(RESULT / "model.pt2").module()
     with torch.no_grad():
         correct = int((program(x).argmax(1) == y).sum())
-    assert correct / len(y) == float(row[1]) >= 0.994
+    assert correct / len(y) == float(row[1])
+    if claimed[1] == "yes, every seed":  # a claim of the target: this seed's last 3 epochs >= 99.4 %
+        assert float(row[2]) >= 0.994 and row[3] == "yes"

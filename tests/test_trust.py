@@ -363,3 +363,49 @@ def test_a_seed_torch_cannot_take_is_a_usage_error(store):
     assert proc.returncode == 2 and proc.stderr.startswith("error: Invalid value for '--seed'"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not store.exists()
+
+
+def test_workers_writing_the_same_parent_tag_at_once_all_succeed(tmp_path):
+    """Two --jobs workers ending together write the study parent's tags at the same moment; the
+    stores' insert-or-update is not atomic (a worker of a real search exited with "UNIQUE
+    constraint failed: tags.key, tags.run_uuid"). Four clients at a time, ten new keys, on a
+    real SQLite store: plain set_tag loses races, RunLog.tags does not."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+
+    from mnist_search.tracking import RunLog
+
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("race")).info.run_id
+
+    def race(write) -> list[str]:
+        errors = []
+        for key in range(10):
+            start = threading.Barrier(4)
+
+            def one(value, key=key, start=start):
+                own = mlflow.MlflowClient(uri)  # as a separate worker has
+                start.wait()
+                try:
+                    write(own, f"{write.__name__}-{key}", str(value))
+                except mlflow.exceptions.MlflowException as exc:
+                    errors.append(str(exc))
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(one, range(4)))
+        return errors
+
+    def plain(own, key, value):
+        own.set_tag(run, key, value)
+
+    def tolerant(own, key, value):
+        RunLog(own, run).tags({key: value})
+
+    lost = race(plain)
+    assert lost and all("UNIQUE constraint failed" in e for e in lost)  # the hazard is real
+    assert race(tolerant) == []
+    tags = client.get_run(run).data.tags
+    assert all(tags[f"tolerant-{k}"] in {"0", "1", "2", "3"} for k in range(10))
