@@ -96,17 +96,22 @@ class Dropout(nn.Dropout):
         return x * cpu_dropout_mask(x.shape, self.p).to(x.dtype)
 
 
-def _module(layer: Layer) -> nn.Module:
+def layer_module(layer: Layer, replicas: int = 1, dropout=None) -> nn.Module:
+    """The torch module of one planned layer; with `replicas` K, K side-by-side copies (a conv
+    with K times the channels and groups=K, BatchNorm over K times the channels) and dropout
+    made by `dropout(p)` (packed.py passes its per-replica one)."""
+    k = replicas
     if layer.kind == "Conv2d":
         return nn.Conv2d(
-            layer.in_channels, layer.out_channels, layer.kernel, padding=layer.padding, bias=False
-        )
+            layer.in_channels * k, layer.out_channels * k, layer.kernel,
+            padding=layer.padding, bias=False, groups=k,
+        )  # fmt: skip
     if layer.kind == "ReLU":
         return nn.ReLU(inplace=True)
     if layer.kind == "BatchNorm2d":
-        return nn.BatchNorm2d(layer.out_channels)
+        return nn.BatchNorm2d(layer.out_channels * k)
     if layer.kind == "Dropout":
-        return Dropout(layer.p)
+        return (dropout or Dropout)(layer.p)
     if layer.kind == "MaxPool2d":
         return nn.MaxPool2d(layer.kernel, layer.stride)
     if layer.kind == "AvgPool2d":
@@ -120,7 +125,7 @@ class TinyNet(nn.Module):
     def __init__(self, spec: ArchSpec):
         super().__init__()
         self.spec = spec
-        self.layers = nn.Sequential(*(_module(layer) for layer in layer_plan(spec)))
+        self.layers = nn.Sequential(*(layer_module(layer) for layer in layer_plan(spec)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x).flatten(1)  # (N, 10) logits

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import NUM_CLASSES, ArchSpec
-from .model import Layer, TinyNet, build_model, cpu_dropout_mask, layer_plan
+from .model import TinyNet, build_model, cpu_dropout_mask, layer_module, layer_plan
 
 # Parameter or buffer tensors of a TinyNet that are per channel (concatenated along dim 0 when
 # packed); anything else (BatchNorm's num_batches_tracked) is one scalar shared by the replicas.
@@ -68,25 +68,6 @@ class PackedDropout(nn.Module):
         return f"p={self.p}, replicas={self.replicas}"
 
 
-def _module(layer: Layer, k: int) -> nn.Module:
-    if layer.kind == "Conv2d":
-        return nn.Conv2d(
-            layer.in_channels * k, layer.out_channels * k, layer.kernel,
-            padding=layer.padding, bias=False, groups=k,
-        )  # fmt: skip
-    if layer.kind == "ReLU":
-        return nn.ReLU(inplace=True)
-    if layer.kind == "BatchNorm2d":
-        return nn.BatchNorm2d(layer.out_channels * k)
-    if layer.kind == "Dropout":
-        return PackedDropout(layer.p, k)
-    if layer.kind == "MaxPool2d":
-        return nn.MaxPool2d(layer.kernel, layer.stride)
-    if layer.kind == "AvgPool2d":
-        return nn.AvgPool2d(layer.kernel)
-    raise ValueError(f"unknown layer kind {layer.kind}")
-
-
 class PackedNet(nn.Module):
     """`replicas` copies of `spec`'s network side by side: (B, K, 28, 28) -> (B, K, 10) logits."""
 
@@ -95,7 +76,12 @@ class PackedNet(nn.Module):
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self.spec, self.replicas = spec, replicas
-        self.layers = nn.Sequential(*(_module(layer, replicas) for layer in layer_plan(spec)))
+        self.layers = nn.Sequential(
+            *(
+                layer_module(layer, replicas, lambda p: PackedDropout(p, replicas))
+                for layer in layer_plan(spec)
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x).view(x.shape[0], self.replicas, NUM_CLASSES)
