@@ -16,7 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from .config import DEFAULT_BUDGET, DEFAULT_SEARCH, TARGET, ConfigError
+from .config import DEFAULT_BUDGET, TARGET, ConfigError
 from .data import DataError
 from .export import ExportError
 from .model import count_params, layer_table, mult_adds, receptive_field_table
@@ -108,6 +108,28 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def command_line(ctx: typer.Context) -> str:
+    """The running command as the user gave it, options in declaration order (the ones given on
+    the command line only, not defaults or environment), passwords in URLs masked: what a study
+    and a verify record of how they were made."""
+    words = ["mnist-search", ctx.info_name or ""]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            words.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            for one in value if param.multiple else (value,):
+                words += [flag, str(one)]
+    return mask_url(shlex.join(words))
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -176,10 +198,16 @@ def train(
 
 @app.command()
 def study(
+    ctx: typer.Context,
     budget: Budget = DEFAULT_BUDGET,
     experiment: Annotated[
-        str, typer.Option(help="Search experiment: a YAML path or a shipped name (budget-8k, budget-5k).")
-    ] = DEFAULT_SEARCH,
+        str | None,
+        typer.Option(
+            help="Search experiment: a YAML path or a shipped name (budget-1k, -2k, -3k, -5k, -8k). "
+            "Default: the shipped one for the budget (the smallest budget-Nk with N,000 >= it).",
+            show_default=False,
+        ),
+    ] = None,
     trials: Annotated[
         int,
         typer.Option(
@@ -254,6 +282,7 @@ def study(
         study_name=study_name, storage=storage, tracking_uri=tracking_uri, device=device, seed=seed,
         data_dir=_str(data_dir), limit_train=limit_train, jobs=jobs, service_wait=service_wait,
         experiment_name=experiment_name or EXPERIMENT_NAME,
+        command=command_line(ctx),
     )  # fmt: skip
     _run_study(request, quiet)
 
@@ -267,7 +296,8 @@ def study_worker() -> None:
 
 
 def _run_study(request, quiet: bool, worker: bool = False) -> None:
-    from .studies import REPEATS_TO_STOP, StudyMismatch, prepare_study
+    from .search import StudyMismatch
+    from .studies import REPEATS_TO_STOP, prepare_study
 
     try:
         session = prepare_study(request)
@@ -368,7 +398,7 @@ def report(
 
     from .leaderboard import feasible_share, leaderboard, pareto_front
     from .records import StudyRecord
-    from .studies import load_study
+    from .search import load_study
 
     try:
         st = load_study(study_name, storage)
@@ -384,6 +414,31 @@ def report(
         print(json.dumps(payload, indent=2))
         return
     print_report(out, f"study {st.study_name} — budget {budget}", rows, front, (feasible, proposed))
+
+
+@app.command()
+def frontier(
+    results: Annotated[
+        Path, typer.Option(help="The results folder: its budget-*/ folders, as `verify --out` wrote them.")
+    ] = Path("results"),
+) -> None:
+    """Write the verified front (RESULTS/frontier.md and frontier.png): each results folder's
+    params, test accuracy over seeds and goal, with the public results marked."""
+    from .frontier import goal_text, write_frontier
+
+    try:
+        points = write_frontier(results)
+    except USAGE_ERRORS as exc:
+        fail(str(exc))
+    for p in points:
+        verdict = {True: "held", False: "missed", None: "no goal"}[p.goal_met]
+        out.print(
+            f"< {p.budget:>5,}  {p.folder:<18} {p.params:>6,} params  {100 * p.mean:.2f} % ± {100 * p.std:.2f}  "
+            f"worst seed {100 * p.worst:.2f} %  goal ({goal_text(p.goal)}) {verdict}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(f"written: {results / 'frontier.md'}, {results / 'frontier.png'}", highlight=False)
 
 
 @app.command()
@@ -409,6 +464,7 @@ def export(
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     study_name: StudyName = None,
     top: Annotated[
         int, typer.Option(min=1, help="How many of the best trials (by validation) to retrain.")
@@ -454,7 +510,7 @@ def verify(
 
     request = VerifyRequest(
         study_name, top, tuple(trial_numbers or ()), seeds, epochs, storage, tracking_uri, device,
-        _str(data_dir), limit_train, out_dir, recipe_from, jobs, f"mnist-search verify {shlex.join(sys.argv[2:])}",
+        _str(data_dir), limit_train, out_dir, recipe_from, jobs, command_line(ctx),
         experiment_name or EXPERIMENT_NAME,
     )  # fmt: skip
     try:

@@ -23,7 +23,7 @@ Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 TARGET = 0.994  # the task: >= 99.4 % test accuracy (in each of the last 3 epochs) ...
 DEFAULT_BUDGET = 8_000  # ... with fewer than this many trainable parameters
-DEFAULT_SEARCH = "budget-8k"  # the shipped search experiment `mnist-search study` uses
+DEFAULT_SEARCH = "budget-8k"  # the shipped search experiment `mnist-search study` uses at 8,000
 
 INPUT_SIZE = 28  # MNIST images are 28x28 pixels, one channel
 NUM_CLASSES = 10
@@ -251,6 +251,19 @@ def find_experiment(ref: str | Path) -> Path | Traversable:
         return shipped[name]
     names = ", ".join(sorted(shipped))
     raise ConfigError(f"{ref}: experiment file not found (shipped experiments: {names})")
+
+
+def default_search(budget: int) -> str:
+    """The shipped search experiment for `--budget`: the smallest `budget-<N>k` whose N thousand
+    is at least the budget (1,000 -> budget-1k, 4,000 -> budget-5k, 8,000 -> budget-8k); above
+    every shipped size, the largest."""
+    sizes = sorted(
+        (int(name[7:-1]), name)
+        for name in shipped_experiments()
+        if name.startswith("budget-") and name.endswith("k") and name[7:-1].isdigit()
+    )
+    fitting = [name for size, name in sizes if size * 1000 >= budget]
+    return fitting[0] if fitting else (sizes[-1][1] if sizes else DEFAULT_SEARCH)
 
 
 def load_experiment(ref: str | Path) -> Experiment:

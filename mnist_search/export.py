@@ -78,7 +78,8 @@ def export_from_study(
     study_name: str | None, storage: str | None, trial: str, out_dir: Path, tracking_uri: str | None
 ) -> tuple[TrialRow, list[str]]:
     """`mnist-search export`: every check first, then the study's trial exported from MLflow."""
-    from .studies import EXPERIMENT_NAME, load_study
+    from .search import load_study
+    from .studies import EXPERIMENT_NAME
     from .tracking import connect
 
     check_out_dir(out_dir)

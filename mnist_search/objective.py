@@ -24,7 +24,7 @@ from .data import MNISTData
 from .model import build_model, count_params, mult_adds
 from .owners import this_process
 from .packed import pack
-from .records import TrialRecord
+from .records import INTERRUPTED, TrialRecord
 from .settings import mask_url
 from .space import record_budget, sample_recipe, sample_spec
 from .train import EpochResult, NonFiniteLoss, ReplicaResults, fit_replicas, mean_epoch
@@ -42,6 +42,9 @@ class TrialEnd:
     result: ReplicaResults  # per seed; reads like one FitResult (the mean, the worst seed)
     seconds: float
     reason: str = ""
+
+
+SCORED_EPOCHS = 3  # the objective is the mean validation accuracy of the last 3 epochs
 
 
 def trial_seed(base: int, number: int) -> int:
@@ -157,7 +160,9 @@ class Objective:
                 trial.study.stop()
             raise optuna.TrialPruned(f"not trained ({slot})")
         # Now ahead of lower-numbered trials still waiting for a slot.
-        TrialRecord.write(trial, training=True, recipe=recipe.model_dump(mode="json"))
+        TrialRecord.write(
+            trial, training=True, recipe=recipe.model_dump(mode="json"), device=self.device.type
+        )
         return self._train(trial, spec, recipe, params)
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
@@ -172,7 +177,9 @@ class Objective:
             if not math.isfinite(r.val_acc):
                 return  # nothing to judge it by (Optuna's pruners prune a NaN): it FAILs at the end
             trial.report(r.val_acc, step=r.epoch)
-            if trial.should_prune():
+            # Never within the epochs it is scored on (the last 3): by then most of its cost is
+            # spent, and a trial pruned after its last epoch (seen on the GPU) is a loss for nothing.
+            if r.epoch <= recipe.epochs - SCORED_EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
 
         def ended(
@@ -205,7 +212,7 @@ class Objective:
             ended("PRUNED", str(exc))
             raise
         except KeyboardInterrupt:
-            ended("FAIL", "interrupted")
+            ended("FAIL", INTERRUPTED)
             raise
         except self.fatal:
             raise  # the tracking store is gone: nothing more can be recorded there

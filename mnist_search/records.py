@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+# Reasons a trial FAILs that are not the trial's own: it does not count, and is trained again.
+INTERRUPTED = "interrupted"
+WORKER_DIED = "worker died"
+
 
 class _Record:
     _keys: ClassVar[frozenset[str]]
@@ -50,6 +54,7 @@ class TrialRecord(_Record):
     surplus: bool = False  # not trained: the study's total was (being) reached by other workers
     worker: str | None = None  # its owner process, host:pid:start time (see owners.Owner)
     seconds: float | None = None  # wall time of its training
+    device: str | None = None  # what it trained on: cpu, cuda
     epochs_run: int = 0
     test_acc: float | None = None  # last epoch
     test_acc_min_last3: float | None = None  # with several seeds: the worst seed's
@@ -72,6 +77,7 @@ class StudyRecord(_Record):
     budget: int | None = None
     experiment_file: str | None = None  # path or shipped name, as given
     epochs: int | None = None  # per trial
+    command: str | None = None  # the command that created it (passwords masked)
     mlflow_parent_run_id: str | None = None
 
     @classmethod

@@ -15,27 +15,27 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import (
     DEFAULT_BUDGET,
-    DEFAULT_SEARCH,
     ConfigError,
     Experiment,
     Recipe,
     check_name,
+    default_search,
     load_experiment,
 )
 from .data import MNISTData, load_mnist
 from .objective import FanOut, Objective, TrialFailed, TrialHooks
 from .owners import Owner
-from .records import StudyRecord, TrialRecord
+from .records import INTERRUPTED, WORKER_DIED, TrialRecord
 from .runtime import WorkerExit, check_jobs, interrupt_on_sigterm, run_workers, setup_device
-from .settings import default_storage_url, mask_url, resolve_tracking_uri
+from .search import open_study
+from .settings import default_storage_url, resolve_tracking_uri
 from .space import check_budget
 from .storage import open_storage
 from .study_tracker import StudyTracker, fail_stale_run
@@ -49,110 +49,7 @@ DESCRIPTION = (
     "the `params` metric against `final/val_acc_last3`; the target is >= 99.4 % test accuracy in "
     "each of the last 3 epochs (tag target_met)."
 )
-# Reasons a trial FAILs that are not the trial's own: it does not count, and is trained again.
-INTERRUPTED = "interrupted"
-WORKER_DIED = "worker died"
 REPEATS_TO_STOP = 3  # the same failure this many trials in a row stops the study
-
-
-class StudyMismatch(ValueError):
-    """An existing study was created with another budget or experiment."""
-
-
-def load_study(name: str | None, storage: str | None) -> optuna.Study:
-    """An existing study by name; without a name, the storage's only study. ConfigError if none."""
-    store = open_storage(storage, create=False)
-    where = mask_url(storage or default_storage_url())
-    if name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        if len(names) != 1:
-            raise ConfigError(f"--study: choose one of {', '.join(names) or '(no studies in ' + where + ')'}")
-        name = names[0]
-    try:
-        return optuna.load_study(study_name=name, storage=store)
-    except KeyError:
-        raise ConfigError(f"--study {name}: no such study in {where}") from None
-
-
-class TrialSeededTPE(optuna.samplers.BaseSampler):
-    """TPE whose random draws for trial n depend on (seed, n) alone.
-
-    A plain seeded sampler draws the same sequence in every process: two workers started with the
-    same --seed (`--jobs 2`, or the same command on two machines) proposed identical architectures
-    during the random start-up (measured: trials 0-2 and 3-5 equal). Each trial is sampled by a
-    TPESampler seeded from (seed, n): one process stays reproducible and every worker's proposals
-    differ. TPE keeps no state between trials beyond its generator (it reads the study), so a
-    fresh sampler per trial proposes what a reseeded one would, through public API only.
-    """
-
-    def __init__(self, seed: int, **tpe_options) -> None:
-        self.seed, self.tpe_options = seed, tpe_options
-        self._current: tuple[int, optuna.samplers.TPESampler] | None = None
-
-    def _tpe(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
-        if self._current is None or self._current[0] != trial.number:
-            state = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
-            with warnings.catch_warnings():  # constant_liar is "experimental"
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._current = (trial.number, optuna.samplers.TPESampler(seed=state, **self.tpe_options))
-        return self._current[1]
-
-    def infer_relative_search_space(self, study, trial):
-        return self._tpe(trial).infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._tpe(trial).sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._tpe(trial).sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study, trial) -> None:
-        self._tpe(trial).before_trial(study, trial)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._tpe(trial).after_trial(study, trial, state, values)
-
-
-def make_pruner(experiment: Experiment, epochs: int) -> optuna.pruners.BasePruner:
-    cfg = experiment.pruner
-    if cfg.kind == "median":
-        # n_min_trials, not n_startup_trials: Optuna counts every COMPLETE trial towards the
-        # latter, over-budget proposals included, so one trained trial would already set the median.
-        # n_min_trials counts only trials that reported the epoch, i.e. trained ones.
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=0, n_warmup_steps=cfg.warmup_epochs, n_min_trials=3
-        )
-    if cfg.kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    return optuna.pruners.NopPruner()
-
-
-def open_study(
-    storage, name: str, experiment: Experiment, budget: int, epochs: int, seed: int, experiment_file: str
-) -> optuna.Study:
-    """Create the study, or load it (load_if_exists) when the same command runs again."""
-    sampler = TrialSeededTPE(
-        seed=seed,
-        n_startup_trials=8,
-        constant_liar=True,  # parallel workers: pretend running trials ended badly, spread out
-    )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction="maximize",
-        sampler=sampler,
-        pruner=make_pruner(experiment, epochs),
-        load_if_exists=True,
-    )
-    known = StudyRecord.of(study)
-    if known.budget is None:
-        StudyRecord.write(study, budget=budget, experiment_file=experiment_file, epochs=epochs)
-    elif known.budget != budget:
-        raise StudyMismatch(
-            f"--budget {budget}: study '{name}' was created with budget {known.budget}; "
-            "use that budget or another --study-name"
-        )
-    return study
 
 
 def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
@@ -298,7 +195,8 @@ class StudyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     budget: int = Field(DEFAULT_BUDGET, gt=0)
-    experiment: str = DEFAULT_SEARCH  # a path or a shipped experiment's name
+    # A path or a shipped experiment's name; None: the shipped one for the budget (default_search).
+    experiment: str | None = None
     trials: int = Field(20, gt=0)
     timeout: float | None = None
     epochs: int | None = None  # per trial; None: the recipe's
@@ -313,6 +211,13 @@ class StudyRequest(BaseModel):
     jobs: int = Field(1, gt=0)
     service_wait: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds for a starting server
     experiment_name: str = EXPERIMENT_NAME  # the MLflow experiment
+    command: str = ""  # the command line, recorded on a new study (passwords masked there)
+
+    @model_validator(mode="after")
+    def _experiment_for_budget(self) -> StudyRequest:
+        if self.experiment is None:  # frozen: set once, here, so workers receive it resolved
+            object.__setattr__(self, "experiment", default_search(self.budget))
+        return self
 
 
 @dataclass
@@ -419,7 +324,9 @@ def prepare_study(request: StudyRequest) -> StudySession:
     store = open_storage(request.storage, on_stale=fail_stale_run, wait=request.service_wait)
     tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
-    study = open_study(store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment)
+    study = open_study(
+        store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment, request.command
+    )
     heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
     storage_url = request.storage or default_storage_url()
     session = StudySession(

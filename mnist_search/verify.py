@@ -10,6 +10,7 @@ writes the outputs. The CLI only parses, calls and prints.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import time
@@ -28,9 +29,9 @@ from .model import build_model
 from .records import StudyRecord, TrialRecord
 from .registry import crown
 from .runtime import available_cores, check_jobs, setup_device
+from .search import load_study
 from .settings import resolve_tracking_uri
 from .space import with_searched_knobs
-from .studies import load_study
 from .tracking import (
     TRACKING_FAILURES,
     RunLog,
@@ -163,6 +164,8 @@ class VerifyReport:
     best: Verified
     parent_run_id: str
     link: str  # the experiment's runs in MLflow's UI
+    budget: int = 0  # the study's
+    search: dict = field(default_factory=dict)  # the study's command and compute (search_summary)
 
 
 class VerifyHooks(Protocol):
@@ -222,6 +225,7 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     report = _report(
         study.study_name, results, request.epochs, wall, str(device.type), parent_id, tracking, budget
     )
+    report.search = search_summary(study)
     if request.out_dir is not None:
         _write_out(report, models, request)
     return report
@@ -375,7 +379,7 @@ def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking, 
         }
     )
     client.set_tag(parent_id, "target_held", str(best.held).lower())
-    return VerifyReport(name, results, table, wall, device, best, parent_id, runs_link(tracking))
+    return VerifyReport(name, results, table, wall, device, best, parent_id, runs_link(tracking), budget)
 
 
 def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> None:
@@ -394,6 +398,59 @@ def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> No
         f"Wall time of this verify: {report.wall_seconds / 60:.1f} min on {report.device}.\n\n"
         f"Command:\n\n    {request.command}\n"
     )
+    (out_dir / "verify.json").write_text(json.dumps(verify_record(report, request.command), indent=1) + "\n")
+
+
+def search_summary(study) -> dict:
+    """The search behind a verify: the command that created the study (when it recorded one),
+    its proposals, and the trials that trained (pruned and interrupted ones too: compute spent)
+    with their summed wall time and the devices they trained on."""
+    trials = study.get_trials(deepcopy=False)
+    records = [TrialRecord.of(t) for t in trials]
+    trained = [r for r in records if r.feasible and r.seconds is not None]
+    return {
+        "study": study.study_name,
+        "command": StudyRecord.of(study).command,
+        "proposals": len(trials),
+        "trained": len(trained),
+        "trial_seconds": round(sum(r.seconds for r in trained)),
+        "devices": sorted({r.device for r in trained if r.device}),
+    }
+
+
+def verify_record(report: VerifyReport, command: str) -> dict:
+    """Everything the verify measured, for programs (`mnist-search frontier` reads it): every
+    candidate with its spec, recipe and each seed's test accuracy per epoch; which one was
+    exported (the best, its best seed)."""
+    return {
+        "study": report.study_name,
+        "budget": report.budget,
+        "device": report.device,
+        "wall_seconds": round(report.wall_seconds, 1),
+        "command": command,
+        "exported": {"trial": report.best.trial, "seed": best_seed(report.best).seed},
+        "search": report.search,
+        "candidates": [
+            {
+                "trial": v.trial,
+                "params": v.params,
+                "spec": v.spec.model_dump(mode="json"),
+                "recipe": v.recipe.model_dump(mode="json"),
+                "seeds": [
+                    {
+                        "seed": r.seed,
+                        "mlflow_run_id": r.run_id,
+                        "test_acc": [e.test_acc for e in r.result.epochs],
+                        "min_last3": r.min_last3,
+                    }
+                    for r in v.runs
+                ],
+                "mean": v.mean,
+                "std": v.std,
+            }
+            for v in report.results
+        ],
+    }
 
 
 # --- seeds side by side (`verify --jobs N`) --------------------------------------------------------

@@ -7,6 +7,7 @@ server fails these tests, it does not skip them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -186,6 +187,25 @@ def test_passwords_never_reach_logs_tags_or_params(databases, pg_mlflow, data_di
         values = list(run.data.tags.values()) + list(run.data.params.values())
         assert not any(secret in v for v in values)
         assert run.data.tags["storage"].startswith("postgresql://postgres:***@")
+    # The command the study recorded, and verify's table and record of both commands: masked too.
+    recorded = optuna.load_study(study_name="masked", storage=open_storage(storage)).user_attrs["command"]
+    assert recorded.startswith("mnist-search study --budget 8000") and "postgres:***@" in recorded
+    assert secret not in recorded
+    out = tmp_path / "verified"
+    verify = subprocess.run(
+        [sys.executable, "-m", "mnist_search", "verify", "--study", "masked", "--seeds", "1", "--epochs", "1",
+         "--limit-train", "500", "--storage", storage, "--tracking-uri", tracking_uri, "--out", str(out),
+         "--data-dir", str(data_dir), "--device", "cpu"],
+        env=os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "local")},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    text = verify.stdout + verify.stderr
+    assert verify.returncode == 0, text
+    assert secret not in text
+    for name in ("verify.md", "verify.json"):
+        written = (out / name).read_text()
+        assert secret not in written and "postgresql://postgres:***@" in written, name
+    assert json.loads((out / "verify.json").read_text())["search"]["command"] == recorded
 
 
 def test_no_password_in_any_url_form_reaches_a_command_line_a_log_or_a_tag(

@@ -14,9 +14,10 @@ from mnist_search.cli import app
 from mnist_search.config import load_experiment
 from mnist_search.model import build_model, count_params
 from mnist_search.objective import Objective
+from mnist_search.search import make_pruner, open_study
 from mnist_search.space import check_budget, sample_recipe, sample_spec, smallest_spec
 from mnist_search.storage import open_storage
-from mnist_search.studies import TotalReached, make_pruner, open_study
+from mnist_search.studies import TotalReached
 
 from .conftest import EXPERIMENTS, local_client, runner, runs_of
 
@@ -240,3 +241,63 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
     assert "3,928 params val 0.9800 test min3 0.9500 " in first  # (0.97+0.99+0.98)/3, min(0.95, 0.97, 0.99)
     assert first.endswith("best #3 3,928p val 0.9800 test min3 0.9500")
     assert "val 0.9700 at epoch 2 " in second
+
+
+def test_each_budget_gets_the_shipped_search_sized_for_it():
+    """`study --budget N` without --experiment searches the smallest shipped budget-Nk at least
+    as large; every shipped one has architectures under its own budget, and over it."""
+    from mnist_search.config import default_search
+    from mnist_search.studies import StudyRequest
+
+    picks = {b: default_search(b) for b in (500, 1000, 1001, 2000, 3000, 4000, 5000, 7999, 8000, 20000)}
+    assert picks == {500: "budget-1k", 1000: "budget-1k", 1001: "budget-2k", 2000: "budget-2k",
+                     3000: "budget-3k", 4000: "budget-5k", 5000: "budget-5k", 7999: "budget-8k",
+                     8000: "budget-8k", 20000: "budget-8k"}  # fmt: skip
+    assert StudyRequest(budget=1000).experiment == "budget-1k"
+    assert StudyRequest(budget=1000, experiment="budget-8k").experiment == "budget-8k"  # as given
+    assert (
+        StudyRequest.model_validate_json(StudyRequest(budget=3000).model_dump_json()).experiment
+        == "budget-3k"
+    )
+    for size in (1, 2, 3, 5, 8):
+        space = load_experiment(f"budget-{size}k").search
+        _, smallest = smallest_spec(space)
+        largest = count_params(
+            smallest_spec(space)[0].model_copy(
+                update={
+                    "stages": tuple(tuple(r.high for r in stage) for stage in space.stages),
+                    "transitions": tuple(r.high for r in space.transitions),
+                }
+            )
+        )
+        assert smallest < size * 1000 < largest, (size, smallest, largest)
+    assert smallest_spec(load_experiment("budget-1k").search)[1] == 586
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("epochs, state, epochs_run", [(4, "PRUNED", 1), (3, "COMPLETE", 3)])
+def test_a_trial_is_never_pruned_in_the_epochs_it_is_scored_on(mnist, epochs, state, epochs_run):
+    """The objective is the mean of the last 3 epochs: a pruner that would prune at every epoch
+    stops a 4-epoch trial after epoch 1, and lets a 3-epoch one finish (on the GPU a trial was
+    pruned after its 15th and last epoch, its cost spent for nothing)."""
+    from mnist_search.data import MNISTData, Split
+
+    def part(s: Split, n: int) -> Split:
+        return Split(s.x[:n], s.y[:n])
+
+    data = MNISTData(part(mnist.train, 256), part(mnist.val, 128), part(mnist.test, 128))
+    space = load_experiment("budget-1k").search
+    recipe = load_experiment("budget-1k").recipe.model_copy(
+        update={"epochs": epochs, "seeds": 1, "precise_bn": 0, "cycle_epochs": None}
+    )
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    study.enqueue_trial({"s1c1": 2, "s1c2": 3, "s1c3": 3, "s2c1": 3, "s2c2": 3, "s2c3": 6, "t1": 3,
+                         "lr": 0.05, "batch_size": 128})  # fmt: skip
+    study.optimize(Objective(space, recipe, 1000, data, torch.device("cpu")), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state.name == state and trial.user_attrs["epochs_run"] == epochs_run
+    assert trial.user_attrs["params"] == 586  # budget-1k's smallest net

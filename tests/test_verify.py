@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import load_experiment
+from mnist_search.config import ArchSpec, load_experiment
 from mnist_search.data import load_mnist
-from mnist_search.model import build_model
+from mnist_search.model import build_model, count_params
 from mnist_search.runtime import available_cores
 from mnist_search.storage import open_storage
 from mnist_search.train import evaluate
@@ -69,6 +69,29 @@ def test_verify_retrains_the_best_architecture_over_seeds(trained, data_dir):
     }
     assert load_experiment(out / "experiment.yaml").recipe.val_size == 0
     assert "| mean ± std |" in (out / "verify.md").read_text()
+
+    # verify.json: the same figures for programs (`frontier`), each seed's curve, the search behind
+    record = json.loads((out / "verify.json").read_text())
+    (cand,) = record["candidates"]
+    assert record["budget"] == 8000 and record["device"] == "cpu" and record["study"] == STUDY
+    assert record["exported"]["trial"] == cand["trial"] and cand["params"] == count_params(
+        ArchSpec.model_validate(cand["spec"])
+    )
+    by_seed = {c.data.params["seed"]: c for c in children}
+    for seed in cand["seeds"]:
+        run = by_seed[str(seed["seed"])]
+        assert seed["mlflow_run_id"] == run.info.run_id
+        assert seed["test_acc"] == [run.data.metrics["test/acc"]] == [seed["min_last3"]]  # 1 epoch
+        assert (
+            f"| {cand['trial']} | {cand['params']:,} | {seed['seed']} | {seed['test_acc'][0]:.4f} |"
+            in (out / "verify.md").read_text()
+        )
+    search = record["search"]
+    assert search["study"] == STUDY and search["trained"] == 2 and search["devices"] == ["cpu"]
+    assert search["command"].startswith(
+        "mnist-search study --budget 8000 --trials 2"
+    )  # as the study recorded it
+    assert search["trial_seconds"] > 0 and search["proposals"] >= 2
 
 
 def test_verify_jobs_2_trains_the_seeds_in_two_worker_processes(trained, data_dir):

@@ -1,0 +1,69 @@
+"""`mnist-search frontier`: the committed front is what the command writes from the committed
+results, and its verdicts are the goals applied to the real verified numbers."""
+
+from __future__ import annotations
+
+import shutil
+
+from mnist_search.cli import app
+from mnist_search.frontier import GOALS, load_points
+
+from .conftest import REPO, one_line_exit_2, runner
+
+RESULTS = REPO / "results"
+
+
+def copy_results(tmp_path):
+    copy = tmp_path / "results"
+    for folder in RESULTS.glob("budget-*"):
+        shutil.copytree(folder, copy / folder.name, ignore=shutil.ignore_patterns("*.pt", "*.pt2"))
+    return copy
+
+
+def test_the_committed_front_is_what_the_command_writes(tmp_path):
+    copy = copy_results(tmp_path)
+    result = runner.invoke(app, ["frontier", "--results", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert (copy / "frontier.md").read_text() == (RESULTS / "frontier.md").read_text(), (
+        "results/frontier.md is stale: run `mnist-search frontier`"
+    )
+    assert (copy / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (RESULTS / "frontier.png").is_file()
+    for point in load_points(copy):  # one printed line per result folder, with its verdict
+        assert f"{point.folder} " in result.output and f"{point.params:,} params" in result.output
+
+
+def test_every_result_folder_is_a_point_under_its_budget_with_its_goal_applied():
+    points = load_points(RESULTS)
+    assert {p.folder for p in points} == {
+        p.name for p in RESULTS.glob("budget-*") if (p / "verify.md").exists()
+    }
+    for p in points:
+        assert p.params < p.budget and len(p.seeds) == 3
+        per_seed, mean = GOALS[p.budget]
+        assert p.goal_met == (
+            all(s.min_last3 >= per_seed for s in p.seeds) and (mean is None or p.mean >= mean)
+        )
+    eight = {p.folder: p for p in points}["budget-8k"]  # its table: 99.41 / 99.48 / 99.47, mean 99.46
+    assert [s.min_last3 for s in eight.seeds] == [0.9941, 0.9948, 0.9947] and eight.goal_met is False
+    assert round(eight.mean, 4) == 0.9946
+
+
+def test_a_folder_with_verify_json_reads_the_same_from_its_table():
+    """verify.json and verify.md are written together: the older folders, read from their table
+    alone, are read right (checked on every folder that has both)."""
+    from mnist_search.frontier import _from_json, _from_table
+
+    both = [p for p in RESULTS.glob("budget-*") if (p / "verify.json").exists()]
+    assert both, "no committed verify.json"
+    for folder in both:
+        a, b = _from_json(folder), _from_table(folder)
+        assert (a.budget, a.study, a.trial, a.params, a.seeds, a.spec) == (
+            b.budget, b.study, b.trial, b.params, b.seeds, b.spec
+        )  # fmt: skip
+        assert a.command == b.command and abs(a.wall_seconds - b.wall_seconds) <= 3
+
+
+def test_no_results_is_a_usage_error(tmp_path):
+    one_line_exit_2(runner.invoke(app, ["frontier", "--results", str(tmp_path)]), "no budget-*/verify.md")
+    assert list(tmp_path.iterdir()) == []  # nothing written
