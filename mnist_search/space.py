@@ -105,12 +105,13 @@ def smallest_spec(space: SearchSpace) -> tuple[ArchSpec, int]:
     return best
 
 
-def check_budget(space: SearchSpace, budget: int) -> int:
-    """Raise BudgetError when even the smallest architecture is not under the budget."""
+def check_budget(space: SearchSpace, budget: int, name: str = "the") -> int:
+    """Raise BudgetError when even the smallest architecture is not under the budget (`name`:
+    the experiment's, for the message)."""
     _, smallest = smallest_spec(space)
     if smallest >= budget:
         raise BudgetError(
-            f"--budget {budget}: no architecture in the search space fits; the smallest has "
+            f"--budget {budget}: no architecture in {name} search space fits; the smallest has "
             f"{smallest:,} parameters (the budget must exceed it)"
         )
     return smallest

@@ -1,4 +1,5 @@
-"""Studies: open or resume one, its sampler and pruner, training slots, dead workers, running it.
+"""Studies: open or resume one (its sampler, pruner and creation are in `search`, which needs no
+MLflow), training slots, dead workers, running it.
 
 `--trials` is the study's total of trained trials, over every invocation and worker. A study is
 run in two steps so the CLI can print between them: `prepare_study` checks everything that can be
@@ -305,7 +306,7 @@ def prepare_study(request: StudyRequest) -> StudySession:
         raise ConfigError(
             f"{request.experiment}: no `search` section (use `mnist-search train` for a fixed spec)"
         )
-    check_budget(exp.search, request.budget)
+    check_budget(exp.search, request.budget, f"{exp.name}'s")
     name = request.study_name or f"{exp.name}-b{request.budget}"
     check_name("--study-name", name)
     check_name("--experiment-name", request.experiment_name)

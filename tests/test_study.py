@@ -176,10 +176,17 @@ def test_a_retried_trial_is_not_training_when_it_asks_for_a_slot():
     assert study.trials[0].user_attrs["surplus"] is True  # "stop": not trained, not counted
 
 
-def test_budget_50_exits_2_before_anything_is_written(store, data_dir):
-    result = runner.invoke(app, ["study", "--budget", "50", "--data-dir", str(data_dir)])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--budget 50: no architecture in budget-1k's search space fits; the smallest has 586"),
+        (["--experiment", "budget-8k"], "in budget-8k's search space fits; the smallest has 2,700"),
+    ],
+)
+def test_budget_50_exits_2_before_anything_is_written(store, data_dir, extra, message):
+    result = runner.invoke(app, ["study", "--budget", "50", "--data-dir", str(data_dir), *extra])
     assert result.exit_code == 2
-    assert "--budget 50: no architecture in the search space fits; the smallest has 2,700" in result.stderr
+    assert message in result.stderr  # the search sized for the budget (budget-1k), or the one given
     assert len(result.stderr.strip().splitlines()) == 1
     assert not store.exists()
 
