@@ -99,8 +99,26 @@ def load_points(results: Path) -> list[Point]:
     folders = sorted(p for p in results.glob("budget-*") if (p / "verify.md").is_file())
     if not folders:
         raise ConfigError(f"{results}: no budget-*/verify.md (write them with `mnist-search verify --out`)")
-    points = [_from_json(f) if (f / "verify.json").is_file() else _from_table(f) for f in folders]
-    return sorted(points, key=lambda p: (p.budget, p.params, p.folder))
+    return sorted((_point(f) for f in folders), key=lambda p: (p.budget, p.params, p.folder))
+
+
+def _point(folder: Path) -> Point:
+    """One folder's point; a record that is not what `verify --out` writes is a ConfigError."""
+    name = folder / ("verify.json" if (folder / "verify.json").is_file() else "verify.md")
+    try:
+        return _from_json(folder) if name.name == "verify.json" else _from_table(folder)
+    except (
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        StopIteration,
+        yaml.YAMLError,
+    ) as exc:
+        raise ConfigError(
+            f"{name}: not a record `mnist-search verify --out` writes ({type(exc).__name__}: {exc})"[:300]
+        ) from None
 
 
 def _from_json(folder: Path) -> Point:

@@ -64,6 +64,22 @@ def test_a_folder_with_verify_json_reads_the_same_from_its_table():
         assert a.command == b.command and abs(a.wall_seconds - b.wall_seconds) <= 3
 
 
+def test_a_damaged_record_is_a_usage_error_and_nothing_is_written(tmp_path):
+    copy = copy_results(tmp_path)
+    record = copy / "budget-3k" / "verify.json"
+    record.write_text(record.read_text().replace('"exported"', '"exportd"'))
+    one_line_exit_2(
+        runner.invoke(app, ["frontier", "--results", str(copy)]), "budget-3k/verify.json: not a record"
+    )
+    (copy / "budget-3k" / "verify.json").unlink()
+    table = copy / "budget-3k" / "verify.md"
+    table.write_text(table.read_text().replace("Wall time", "Time"))  # now read from its table
+    one_line_exit_2(
+        runner.invoke(app, ["frontier", "--results", str(copy)]), "budget-3k/verify.md: not a record"
+    )
+    assert not (copy / "frontier.md").exists() and not (copy / "frontier.png").exists()
+
+
 def test_no_results_is_a_usage_error(tmp_path):
     one_line_exit_2(runner.invoke(app, ["frontier", "--results", str(tmp_path)]), "no budget-*/verify.md")
     assert list(tmp_path.iterdir()) == []  # nothing written
