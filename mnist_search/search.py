@@ -18,6 +18,11 @@ from .settings import default_storage_url, mask_url
 from .storage import open_storage
 
 
+def default_study_name(experiment: Experiment, budget: int) -> str:
+    """A study's name when --study-name is not given: the experiment's name and the budget."""
+    return f"{experiment.name}-b{budget}"
+
+
 class StudyMismatch(ValueError):
     """An existing study was created with another budget or experiment."""
 

@@ -35,7 +35,7 @@ from .objective import FanOut, Objective, TrialFailed, TrialHooks
 from .owners import Owner
 from .records import INTERRUPTED, WORKER_DIED, TrialRecord
 from .runtime import WorkerExit, check_jobs, interrupt_on_sigterm, run_workers, setup_device
-from .search import open_study
+from .search import default_study_name, open_study
 from .settings import default_storage_url, resolve_tracking_uri
 from .space import check_budget
 from .storage import open_storage
@@ -307,7 +307,7 @@ def prepare_study(request: StudyRequest) -> StudySession:
             f"{request.experiment}: no `search` section (use `mnist-search train` for a fixed spec)"
         )
     check_budget(exp.search, request.budget, f"{exp.name}'s")
-    name = request.study_name or f"{exp.name}-b{request.budget}"
+    name = request.study_name or default_study_name(exp, request.budget)
     check_name("--study-name", name)
     check_name("--experiment-name", request.experiment_name)
     if request.timeout is not None and not math.isfinite(request.timeout):

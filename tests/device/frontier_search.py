@@ -33,14 +33,10 @@ from mnist_search.config import load_experiment
 from mnist_search.data import load_mnist
 from mnist_search.objective import Objective, TrialFailed
 from mnist_search.records import INTERRUPTED, TrialRecord
-from mnist_search.search import open_study
+from mnist_search.search import default_study_name, open_study
 from mnist_search.storage import open_storage
 
 GRACE_SECONDS = 20  # after the deadline, for interrupted trials to write their state
-
-
-def _study_name(experiment: str, budget: int) -> str:
-    return f"{load_experiment(experiment).name}-b{budget}"  # as `mnist-search study` names it
 
 
 def _open(journal: str, experiment: str, budget: int, epochs: int | None, seed: int):
@@ -49,7 +45,7 @@ def _open(journal: str, experiment: str, budget: int, epochs: int | None, seed: 
     command = shlex.join(["python3", *sys.argv])  # recorded on the study (`verify` reports it)
     study = open_study(
         open_storage(journal),
-        _study_name(experiment, budget),
+        default_study_name(exp, budget),  # as `mnist-search study` names it
         exp,
         budget,
         recipe.epochs,
