@@ -494,13 +494,16 @@ def verify(
         ),
     ] = None,
     jobs: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Worker processes (cores/N threads each), each training packs of seeds; with more "
-            "workers than trials, a trial's seeds are split into several packs.",
+            envvar="MNIST_SEARCH_JOBS",
+            help="Worker processes (cores/N torch threads each), each training packs of seeds; the "
+            "seeds are split into packs that keep every worker busy to the end (default: one per core "
+            "on the CPU, 1 on a GPU).",
+            show_default=False,
         ),
-    ] = 1,
+    ] = None,
     experiment_name: ExperimentName = None,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several
@@ -508,6 +511,11 @@ def verify(
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
     from .verify import EXPERIMENT_NAME, VerifyRequest, run_verify
 
+    if jobs is None:
+        try:
+            jobs = default_jobs(device)
+        except DeviceError as exc:
+            fail(str(exc))
     request = VerifyRequest(
         study_name, top, tuple(trial_numbers or ()), seeds, epochs, storage, tracking_uri, device,
         _str(data_dir), limit_train, out_dir, recipe_from, jobs, command_line(ctx),

@@ -25,10 +25,11 @@ from .config import TARGET, ArchSpec, ConfigError, Recipe, check_name, experimen
 from .data import load_mnist
 from .export import check_out_dir, export_model
 from .leaderboard import TrialRow, completed, leaderboard
-from .model import build_model
+from .model import build_model, mult_adds
 from .records import StudyRecord, TrialRecord
 from .registry import crown
 from .runtime import available_cores, check_jobs, setup_device
+from .schedule import plan_packs
 from .search import load_study
 from .settings import resolve_tracking_uri
 from .space import with_searched_knobs
@@ -217,8 +218,9 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     )
     parent_id = parent.info.run_id
     results, tasks = _plan(study, rows, request, base_recipe)
+    here = min(request.jobs, len(tasks)) == 1  # one pack (or one worker): no pool to start
     context = _RunContext(
-        tracking, data.to(device) if request.jobs == 1 else None, device, budget, experiment_file, parent_id
+        tracking, data.to(device) if here else None, device, budget, experiment_file, parent_id
     )
     models = _train_all(tasks, results, request, context, hooks)
     wall = time.perf_counter() - started
@@ -251,7 +253,6 @@ def _choose(study, request: VerifyRequest) -> list[TrialRow]:
 
 def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Recipe | None):
     results: list[Verified] = []
-    tasks: list[SeedPack] = []
     for row in rows:
         spec = ArchSpec.model_validate(row.spec)
         trial = study.trials[row.trial]
@@ -260,22 +261,14 @@ def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Reci
             recipe = with_searched_knobs(base_recipe, trial.params)
         recipe = recipe.model_copy(update={"val_size": 0, "epochs": request.epochs})
         results.append(Verified(row.trial, spec, recipe, row.params))
-        tags = {"kind": "verify-run", "trial_number": str(row.trial), "study_name": study.study_name}
-        for seeds in seed_packs(request.seeds, packs_per_trial(request.jobs, len(rows), request.seeds)):
-            tasks.append(SeedPack(len(tasks), row.trial, spec, recipe, seeds, tags))
+    # Time per seed ~ multiply-adds per image: the split keeps every worker busy to the end.
+    plan = plan_packs([mult_adds(v.spec) for v in results], request.seeds, request.jobs)
+    tasks = []
+    for index, (i, seeds) in enumerate(plan):
+        v = results[i]
+        tags = {"kind": "verify-run", "trial_number": str(v.trial), "study_name": study.study_name}
+        tasks.append(SeedPack(index, v.trial, v.spec, v.recipe, seeds, tags))
     return results, tasks
-
-
-def packs_per_trial(jobs: int, trials: int, seeds: int) -> int:
-    """Packs per trial: one (all its seeds at once) unless there are more worker processes than
-    trials, then enough packs to give each worker one."""
-    return max(1, min(seeds, -(-jobs // trials))) if jobs > 1 else 1
-
-
-def seed_packs(seeds: int, packs: int) -> list[tuple[int, ...]]:
-    """Seeds 0 .. seeds-1 in `packs` packs of near-equal size: (0, 1, 2) | (0, 1), (2,)."""
-    size = -(-seeds // packs)
-    return [tuple(range(start, min(start + size, seeds))) for start in range(0, seeds, size)]
 
 
 @dataclass(frozen=True)
@@ -290,7 +283,7 @@ class _RunContext:
 
 def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: VerifyHooks) -> dict:
     """Every task, here or in the pool; the parent run ends FINISHED, KILLED or FAILED."""
-    if request.jobs == 1:
+    if ctx.data is not None:
         finished = _here(tasks, ctx, hooks)
     else:
         workers = min(request.jobs, len(tasks))

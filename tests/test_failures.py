@@ -241,7 +241,7 @@ def test_sigterm_during_verify_and_train_closes_their_runs_and_exits_130(tmp_pat
     client = local_client(tmp_path / "mlruns")
     verify = ["verify", "--study", "tiny-b8000", "--epochs", "40", "--limit-train", "3000", *common]
     cases = [  # (command, the run name prefix to wait for, how many of those runs must be training)
-        (verify, "verify-trial", 1),
+        ([*verify, "--jobs", "1"], "verify-trial", 1),
         ([*verify, "--seeds", "2", "--jobs", "2"], "verify-trial", 2),  # both worker processes
         (["train", str(EXPERIMENTS / "seed-model-3.yaml"), "--epochs", "40", "--limit-train", "3000",
           "--experiment-name", "sigterm", *common], "seed-model-3", 1),

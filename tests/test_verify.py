@@ -52,7 +52,9 @@ def test_verify_retrains_the_best_architecture_over_seeds(trained, data_dir):
     out = trained / "verified"
     client = local_client(trained / "mlruns")
     before = parent_ids(client)
-    result = runner.invoke(app, verify_args(data_dir, "--top", "1", "--seeds", "2", "--out", str(out)))
+    result = runner.invoke(
+        app, verify_args(data_dir, "--top", "1", "--seeds", "2", "--out", str(out), "--jobs", "1")
+    )
     assert result.exit_code == 0, result.output
     assert "mean ± std" in result.output and "wall time" in result.output
     _, children = new_parent(client, before)
