@@ -41,6 +41,10 @@ class ArchSpec(_Strict):
                  ReLU, then BatchNorm (if `batchnorm`), then Dropout(`dropout`) when it is > 0.
     transitions: between consecutive stages, a 2x2 max-pool then a 1x1 conv to this width.
     padding:     pad the 3x3 convs by 1 (keep the spatial size) or not (shrink it by 2).
+    separable:   every 3x3 conv after the first is depthwise-separable (MobileNet's block): a
+                 depthwise 3x3 (one filter per input channel), then a 1x1 to the width. Same
+                 receptive field and sizes; a 3x3 from C to W channels costs 9C + CW parameters
+                 instead of 9CW, so the same budget buys wider layers.
     head:        a 1x1 conv to 10 classes, then either global average pooling ("gap") or a
                  k x k conv over the whole remaining feature map ("conv", the seed's 7x7).
     """
@@ -51,6 +55,7 @@ class ArchSpec(_Strict):
     batchnorm: bool = True
     dropout: Probability = 0.0
     head: Literal["gap", "conv"] = "gap"
+    separable: bool = False
 
     @model_validator(mode="after")
     def _check_shape(self) -> ArchSpec:
@@ -144,6 +149,7 @@ class SearchSpace(_Strict):
     padding: tuple[bool, ...] = (False,)
     batchnorm: tuple[bool, ...] = (True,)
     head: tuple[Literal["gap", "conv"], ...] = ("gap",)
+    separable: tuple[bool, ...] = (False,)
     lr: FloatRange | None = None  # when set, the recipe's lr is searched too
     weight_decay: FloatRange | None = None
     rotation: FloatRange | None = None
@@ -155,7 +161,7 @@ class SearchSpace(_Strict):
             raise ValueError("dropout: must lie in [0, 1)")
         if len(self.transitions) != len(self.stages) - 1:
             raise ValueError(f"transitions: need {len(self.stages) - 1} ranges, got {len(self.transitions)}")
-        for name in ("padding", "batchnorm", "head", "batch_size"):
+        for name in ("padding", "batchnorm", "head", "separable", "batch_size"):
             if getattr(self, name) == ():
                 raise ValueError(f"{name}: needs at least one choice")
         for padding in self.padding:  # widths do not change spatial sizes: check the layout once

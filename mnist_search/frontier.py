@@ -173,7 +173,8 @@ def _arch(spec: dict | None) -> str:
         return "—"
     stages = " → ".join("(" + ", ".join(map(str, s)) + ")" for s in spec["stages"])
     trans = ", ".join(map(str, spec["transitions"]))
-    return f"3x3 convs {stages}, 1x1 transition {trans}, dropout {spec['dropout']:.3f}, {spec['head']} head"
+    convs = "3x3 convs (depthwise-separable after the first)" if spec.get("separable") else "3x3 convs"
+    return f"{convs} {stages}, 1x1 transition {trans}, dropout {spec['dropout']:.3f}, {spec['head']} head"
 
 
 def _search_line(point: Point) -> str:

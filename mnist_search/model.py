@@ -27,11 +27,12 @@ class Layer:
     stride: int = 1
     padding: int = 0
     p: float = 0.0  # dropout probability
+    groups: int = 1  # Conv2d: in_channels for a depthwise conv (one filter per channel)
 
     @property
     def params(self) -> int:
         if self.kind == "Conv2d":  # no bias: BatchNorm or the next layer makes it redundant
-            return self.kernel * self.kernel * self.in_channels * self.out_channels
+            return self.kernel * self.kernel * self.in_channels // self.groups * self.out_channels
         if self.kind == "BatchNorm2d":
             return 2 * self.out_channels  # weight and bias; running stats are buffers
         return 0
@@ -59,7 +60,11 @@ def layer_plan(spec: ArchSpec) -> list[Layer]:
             add("MaxPool2d", channels, size // 2, kernel=2, stride=2)
             add("Conv2d", spec.transitions[index - 1], size)
         for width in stage:
-            add("Conv2d", width, size + 2 * pad - 2, kernel=3, padding=pad)
+            if spec.separable and channels > 1:  # depthwise 3x3, then 1x1 to the width
+                add("Conv2d", channels, size + 2 * pad - 2, kernel=3, padding=pad, groups=channels)
+                add("Conv2d", width, size)
+            else:
+                add("Conv2d", width, size + 2 * pad - 2, kernel=3, padding=pad)
             add("ReLU", channels, size)
             if spec.batchnorm:
                 add("BatchNorm2d", channels, size)
@@ -98,13 +103,13 @@ class Dropout(nn.Dropout):
 
 def layer_module(layer: Layer, replicas: int = 1, dropout=None) -> nn.Module:
     """The torch module of one planned layer; with `replicas` K, K side-by-side copies (a conv
-    with K times the channels and groups=K, BatchNorm over K times the channels) and dropout
+    with K times the channels and K times the groups, BatchNorm over K times the channels) and dropout
     made by `dropout(p)` (packed.py passes its per-replica one)."""
     k = replicas
     if layer.kind == "Conv2d":
         return nn.Conv2d(
             layer.in_channels * k, layer.out_channels * k, layer.kernel,
-            padding=layer.padding, bias=False, groups=k,
+            padding=layer.padding, bias=False, groups=k * layer.groups,
         )  # fmt: skip
     if layer.kind == "ReLU":
         return nn.ReLU(inplace=True)

@@ -61,6 +61,7 @@ def sample_spec(trial: optuna.Trial, space: SearchSpace) -> ArchSpec:
         padding=_choice(trial, "padding", space.padding),
         batchnorm=_choice(trial, "batchnorm", space.batchnorm),
         head=_choice(trial, "head", space.head),
+        separable=_choice(trial, "separable", space.separable),
     )
 
 
@@ -91,7 +92,8 @@ def with_searched_knobs(base: Recipe, params: dict) -> Recipe:
 def smallest_spec(space: SearchSpace) -> tuple[ArchSpec, int]:
     """The cheapest architecture the space allows (every width at its minimum, cheapest choices)."""
     best = None
-    for padding, bn, head in itertools.product(space.padding, space.batchnorm, space.head):
+    choices = itertools.product(space.padding, space.batchnorm, space.head, space.separable)
+    for padding, bn, head, separable in choices:
         spec = ArchSpec(
             stages=tuple(tuple(r.low for r in stage) for stage in space.stages),
             transitions=tuple(r.low for r in space.transitions),
@@ -99,6 +101,7 @@ def smallest_spec(space: SearchSpace) -> tuple[ArchSpec, int]:
             batchnorm=bn,
             head=head,
             dropout=space.dropout.low,
+            separable=separable,
         )
         if best is None or count_params(spec) < best[1]:
             best = (spec, count_params(spec))

@@ -61,6 +61,7 @@ def _draw(rng: random.Random) -> ArchSpec:
         batchnorm=rng.random() < 0.5,
         dropout=rng.choice([0.0, 0.05, 0.2]),
         head=rng.choice(["gap", "conv"]),
+        separable=rng.random() < 0.3,
     )
 
 
@@ -74,7 +75,7 @@ def test_count_params_equals_the_built_network_for_many_random_specs():
     # a wide range of sizes (a generator stuck on one corner would pass the loop above trivially).
     assert len(specs) > 250
     assert {s.padding for s in specs} == {True, False} and {s.head for s in specs} == {"gap", "conv"}
-    assert {len(s.stages) for s in specs} == {1, 2, 3}
+    assert {len(s.stages) for s in specs} == {1, 2, 3} and {s.separable for s in specs} == {True, False}
     sizes = [count_params(s) for s in specs]
     assert min(sizes) < 500 and max(sizes) > 20_000
 
@@ -120,6 +121,31 @@ def test_mult_adds_hand_computed():
     spec = ArchSpec(stages=[[4]], head="gap", batchnorm=False)
     assert mult_adds(spec) == 24_336 + 27_040
     assert count_params(spec) == 36 + 40
+
+
+def test_separable_convs_hand_computed():
+    # stages (8, 16) | (16, 12), transition 10, BatchNorm, GAP head:
+    #   conv 1->8 3x3 (the first stays plain, a depthwise conv of one channel is a 3x3):  72
+    #   depthwise 8 3x3: 72, pointwise 8->16: 128                                        200
+    #   pool, 1x1 16->10: 160; depthwise 10 3x3: 90, 10->16: 160; depthwise 16: 144,
+    #   16->12: 192                                                                      746
+    #   1x1 12->10 to the classes: 120; BatchNorm 2 x (8 + 16 + 16 + 12) = 104.
+    spec = ArchSpec(stages=[[8, 16], [16, 12]], transitions=[10], separable=True)
+    assert count_params(spec) == 72 + 200 + 746 + 120 + 104 == 1_242
+    plain = spec.model_copy(update={"separable": False})
+    assert count_params(plain) == 72 + 1_152 + 160 + 1_440 + 1_728 + 120 + 104 == 4_776
+    # Same sizes and receptive field as the plain net (a 1x1 after each depthwise adds nothing).
+    rf = [(r.r_out, r.n_out) for r in receptive_field(spec) if "1x1" not in r.layer]
+    assert rf == [(r.r_out, r.n_out) for r in receptive_field(plain) if "1x1" not in r.layer]
+    assert rf[-2:] == [(14, 8), (28, 1)]  # the last 3x3 sees 14x14 px of an 8x8 map; GAP all
+    depthwise = [l for l in layer_plan(spec) if l.groups > 1]
+    assert [(l.in_channels, l.out_channels, l.groups, l.out_size) for l in depthwise] == [
+        (8, 8, 8, 24), (10, 10, 10, 10), (16, 16, 16, 8)
+    ]  # fmt: skip
+    assert mult_adds(spec) < mult_adds(plain) / 3
+    model = build_model(spec)
+    assert sum(p.numel() for p in model.parameters()) == 1_242
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_spec_rejects_maps_that_shrink_below_one_pixel():

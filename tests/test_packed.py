@@ -14,6 +14,8 @@ from mnist_search.train import evaluate, fit, fit_replicas
 
 # Every layer kind: dropout, BatchNorm, a transition, a k x k conv head.
 SPEC = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
+# ... and depthwise convs: groups of one channel per replica and channel.
+SEPARABLE = SPEC.model_copy(update={"separable": True})
 SEEDS = (4, 11, 7)
 
 
@@ -24,10 +26,11 @@ def small(mnist, n_train: int, n_eval: int = 500, dtype=torch.float32) -> MNISTD
     return MNISTData(split(mnist.train, n_train), split(mnist.val, n_eval), split(mnist.test, n_eval))
 
 
-def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forward(mnist):
-    models = [build_model(SPEC, seed=s).eval() for s in SEEDS]
+@pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
+def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forward(mnist, spec):
+    models = [build_model(spec, seed=s).eval() for s in SEEDS]
     net = pack(models).eval()
-    assert sum(p.numel() for p in net.parameters()) == len(SEEDS) * count_params(SPEC)
+    assert sum(p.numel() for p in net.parameters()) == len(SEEDS) * count_params(spec)
     x = mnist.test.x[:32]
     out = net(x.expand(-1, len(SEEDS), -1, -1))
     assert out.shape == (32, len(SEEDS), 10)
@@ -39,7 +42,8 @@ def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forwa
             assert torch.equal(back.state_dict()[key], value), key
 
 
-def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist):
+@pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
+def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
     """14 steps (7 batches x 2 epochs) with rotation, translation, dropout and BatchNorm
     re-estimation: each replica ends where the same spec trained alone with its seed ends.
 
@@ -50,10 +54,10 @@ def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist):
     recipe = Recipe(epochs=2, batch_size=64, rotation=8, translate=0.05, precise_bn=256, lr=0.05)
     alone = []
     for seed in SEEDS:
-        model = build_model(SPEC, seed=seed).double()
+        model = build_model(spec, seed=seed).double()
         alone.append((fit(model, data, recipe, torch.device("cpu"), seed=seed), model))
     seen = []
-    net = pack([build_model(SPEC, seed=s).double() for s in SEEDS])
+    net = pack([build_model(spec, seed=s).double() for s in SEEDS])
     packed = fit_replicas(net, data, recipe, torch.device("cpu"), seen.append, seeds=SEEDS)
     assert [len(epoch) for epoch in seen] == [3, 3]  # per-replica results through the callback
     for k, (result, model) in enumerate(alone):

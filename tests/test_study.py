@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import load_experiment
+from mnist_search.config import SearchSpace, load_experiment
 from mnist_search.model import build_model, count_params
 from mnist_search.objective import Objective
 from mnist_search.search import make_pruner, open_study
@@ -32,6 +32,18 @@ def test_sampling_is_separate_from_building_and_respects_the_space():
     assert spec.stages == ((8, 12, 16), (10, 12, 14)) and spec.transitions == (8,)
     assert spec.head == "gap" and spec.batchnorm and spec.dropout == 0.02
     assert count_params(spec) == sum(p.numel() for p in build_model(spec).parameters())
+
+
+def test_separable_is_a_choice_of_the_space_and_a_trial_parameter_only_when_there_is_one():
+    space = load_experiment("budget-1k-separable").search
+    fixed = {"s1c1": 6, "s1c2": 8, "s1c3": 8, "s2c1": 8, "s2c2": 8, "s2c3": 12, "t1": 6, "lr": 0.1}
+    spec = sample_spec(optuna.trial.FixedTrial(fixed), space)  # no "separable" parameter needed
+    assert spec.separable and count_params(spec) == 966
+    both = space.model_copy(update={"separable": (False, True)})
+    plain = sample_spec(optuna.trial.FixedTrial(fixed | {"separable": False}), both)
+    assert not plain.separable and count_params(plain) == 3_202  # the same widths as plain 3x3 convs: 3.3x
+    with pytest.raises(ValueError, match="separable: needs at least one choice"):
+        SearchSpace.model_validate(space.model_dump() | {"separable": []})
 
 
 def test_recipe_knobs_are_drawn_from_the_space_and_the_rest_kept():
@@ -266,8 +278,9 @@ def test_each_budget_gets_the_shipped_search_sized_for_it():
         StudyRequest.model_validate_json(StudyRequest(budget=3000).model_dump_json()).experiment
         == "budget-3k"
     )
-    for size in (1, 2, 3, 5, 8):
-        space = load_experiment(f"budget-{size}k").search
+    for name, size in [("budget-1k", 1), ("budget-1k-separable", 1), ("budget-2k", 2), ("budget-3k", 3),
+                       ("budget-5k", 5), ("budget-8k", 8)]:  # fmt: skip
+        space = load_experiment(name).search
         _, smallest = smallest_spec(space)
         largest = count_params(
             smallest_spec(space)[0].model_copy(
@@ -277,8 +290,10 @@ def test_each_budget_gets_the_shipped_search_sized_for_it():
                 }
             )
         )
-        assert smallest < size * 1000 < largest, (size, smallest, largest)
+        assert smallest < size * 1000 < largest, (name, smallest, largest)
     assert smallest_spec(load_experiment("budget-1k").search)[1] == 586
+    separable, smallest = smallest_spec(load_experiment("budget-1k-separable").search)
+    assert separable.separable and smallest == 496  # not the default for --budget 1000 (above)
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
