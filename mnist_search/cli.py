@@ -296,6 +296,7 @@ def study_worker() -> None:
 
 
 def _run_study(request, quiet: bool, worker: bool = False) -> None:
+    from .leaderboard import completed, leaderboard
     from .search import StudyMismatch
     from .studies import REPEATS_TO_STOP, prepare_study
 
@@ -324,7 +325,13 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    with StudyProgress(out, request.trials, done, quiet=quiet or request.jobs > 1) as progress:
+
+    def study_best():
+        return next(iter(completed(leaderboard(session.study))), None)
+
+    with StudyProgress(
+        out, request.trials, done, quiet=quiet or request.jobs > 1, study_best=study_best
+    ) as progress:
         outcome = session.run(progress)
     if outcome.workers is not None:
         _workers_ended(session, outcome)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Self
 
@@ -80,19 +80,30 @@ class StudyProgress:
     """Trials done / planned, the running trial (size, epoch k/N), pruned, failed, best so far,
     elapsed and ETA.
 
-    "best" is the best completed trial: its params, validation accuracy (mean of its last 3
-    epochs: the objective) and test accuracy (min of its last 3 epochs).
+    "best" is the study's best completed trial: its params, validation accuracy (mean of its
+    last 3 epochs: the objective) and test accuracy (min of its last 3 epochs). `study_best`
+    reads it from the storage (at the start and after each trial here), so it includes trials of
+    earlier runs and of other workers; without it, the best of the trials seen here.
 
     A live rich display on a terminal; plain log lines (one per finished trial) when output is
     not a terminal or with --quiet.
     """
 
-    def __init__(self, console: Console, total: int, already: int, quiet: bool = False):
+    def __init__(
+        self,
+        console: Console,
+        total: int,
+        already: int,
+        quiet: bool = False,
+        study_best: Callable[[], TrialRow | None] | None = None,
+    ):
         self.console = console
         self.live = console.is_terminal and not quiet
         self.total, self.done = total, already
         self.pruned = self.failed = 0
+        self.study_best = study_best
         self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
+        self._take_study_best()
         self.progress = make_progress(console, eta=True) if self.live else None
         self.task = None
         self.durations: list[float] = []  # of the trials trained here
@@ -119,6 +130,15 @@ class StudyProgress:
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+    def _consider(self, best: tuple[float, int, float, int]) -> None:
+        if self.best is None or best[0] > self.best[0]:
+            self.best = best
+
+    def _take_study_best(self) -> None:
+        row = self.study_best() if self.study_best is not None else None
+        if row is not None and row.val_acc is not None:
+            self._consider((row.val_acc, row.params or 0, row.test_acc_min_last3 or 0.0, row.trial))
 
     def _status(self) -> str:
         best = "-"
@@ -152,8 +172,9 @@ class StudyProgress:
         self.durations.append(end.seconds)
         self.running = ""
         res = end.result
-        if end.state == "COMPLETE" and (self.best is None or res.val_score > self.best[0]):
-            self.best = (res.val_score, end.params, res.test_min_last3, end.number)
+        self._take_study_best()  # other workers' trials (this one is not stored as ended yet)
+        if end.state == "COMPLETE":
+            self._consider((res.val_score, end.params, res.test_min_last3, end.number))
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done, status=self._status(), eta=self._eta())
         else:

@@ -261,6 +261,24 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
     assert first.endswith("best #3 3,928p val 0.9800 test min3 0.9500")
     assert "val 0.9700 at epoch 2 " in second
 
+    # "best" is the study's: a better trial stored by another worker or an earlier run (trial 9
+    # here, read through `study_best`) is shown instead of this process's own best ...
+    from mnist_search.leaderboard import TrialRow
+
+    stored = TrialRow(9, "COMPLETE", 2301, None, 0.9914, 0.9901, False, 15, 900.0, None, None, None)
+    console = Console(file=io.StringIO(), width=200)
+    with StudyProgress(console, total=3, already=1, quiet=True, study_best=lambda: stored) as progress:
+        assert progress._status().endswith("best #9 2,301p val 0.9914 test min3 0.9901")  # from the start
+        progress.trial_ended(TrialEnd(3, "COMPLETE", spec, Recipe(), 3928, done, 12.0), None)
+        better = ReplicaResults(
+            [5], [FitResult([e.__class__(**{**vars(e), "val_acc": 0.995}) for e in result.epochs])]
+        )
+        progress.trial_ended(TrialEnd(5, "COMPLETE", spec, Recipe(), 3928, better, 12.0), None)
+    first, second = console.file.getvalue().splitlines()
+    assert first.endswith("best #9 2,301p val 0.9914 test min3 0.9901")
+    # ... until a trial here beats it.
+    assert second.endswith("best #5 3,928p val 0.9950 test min3 0.9500")
+
 
 def test_each_budget_gets_the_shipped_search_sized_for_it():
     """`study --budget N` without --experiment searches the smallest shipped budget-Nk at least
