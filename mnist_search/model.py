@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import INPUT_SIZE, NUM_CLASSES, ArchSpec
+from .dropout import POSITIONS_BELOW, drop_at, drop_positions, keep_mask
 
 
 @dataclass(frozen=True)
@@ -78,27 +79,16 @@ def layer_plan(spec: ArchSpec) -> list[Layer]:
     return layers
 
 
-def cpu_dropout_mask(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep-mask (0 or 1/(1-p), float32) for element-wise dropout on CPU, from `generator` (the
-    global one when None).
-
-    `bernoulli_` draws one random number per element and took 36 % of a training step of seed
-    model 2 (profiled). Here one 64-bit draw gives four 15-bit uniforms, so p is exact to 1/32768
-    and the mask costs about a seventh."""
-    n = shape.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator).view(torch.int16)[:n]
-    keep = (bits & 0x7FFF) >= round(p * 32768)
-    return keep.view(shape).to(torch.float32).mul_(1.0 / (1.0 - p))
-
-
 class Dropout(nn.Dropout):
     """Element-wise dropout with the same semantics as nn.Dropout, faster on CPU (see
-    `cpu_dropout_mask`). CUDA keeps torch's own kernel."""
+    dropout.py). CUDA keeps torch's own kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        return x * cpu_dropout_mask(x.shape, self.p).to(x.dtype)
+        if self.p >= POSITIONS_BELOW:
+            return x * keep_mask(x.shape, self.p).to(x.dtype)
+        return drop_at(x, drop_positions(x.numel(), self.p), self.p)
 
 
 def layer_module(layer: Layer, replicas: int = 1, dropout=None) -> nn.Module:

@@ -6,9 +6,9 @@ ReLU, pooling and dropout act per channel, hence per replica. The input is (B, K
 k's images in channel k; the output (B, K, 10). `pack` builds one from K `TinyNet`s (their
 weights, exactly) and `unpack` gives replica k back as a plain `TinyNet` that loads strictly.
 
-Dropout draws each replica's mask from that replica's own generator (seeded with its seed), in
-the same order whatever K, so replica k of a packed run follows a run alone with seed k (`fit`
-trains one network as a pack of one; tested).
+Dropout draws each replica's drops (positions or a mask, dropout.py) from that replica's own
+generator (seeded with its seed), in the same order whatever K, so replica k of a packed run
+follows a run alone with seed k (`fit` trains one network as a pack of one; tested).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .config import NUM_CLASSES, ArchSpec
-from .model import TinyNet, build_model, cpu_dropout_mask, layer_module, layer_plan
+from .dropout import POSITIONS_BELOW, drop_at, drop_positions, keep_mask
+from .model import TinyNet, build_model, layer_module, layer_plan
 
 # Parameter or buffer tensors of a TinyNet that are per channel (concatenated along dim 0 when
 # packed); anything else (BatchNorm's num_batches_tracked) is one scalar shared by the replicas.
@@ -27,7 +28,7 @@ _PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
 
 
 class PackedDropout(nn.Module):
-    """Element-wise dropout over (B, K*C, H, W), each replica's mask from its own generator
+    """Element-wise dropout over (B, K*C, H, W), each replica's drops from its own generator
     (`generators`, set by the trainer; the global generator when None)."""
 
     def __init__(self, p: float, replicas: int):
@@ -48,21 +49,29 @@ class PackedDropout(nn.Module):
             ]
             mask = masks[0] if k == 1 else torch.stack(masks, 1).view(b, kc, h, w)
             return x * mask.div_(1 - self.p).to(x.dtype)
-        # CPU: each replica's mask drawn in the order its elements lie in memory, (B, H, W, C) for
-        # the channels-last tensors training uses, and laid out like x, so the product runs over
-        # two tensors of one layout (profiled at K = 3: the product took about twice as long with
-        # the mask in NCHW order).
-        if x.is_contiguous(memory_format=torch.channels_last):
-            full = torch.empty((b, h, w, k, c))
-            for i, g in enumerate(gens):
-                full[:, :, :, i, :] = cpu_dropout_mask(torch.Size((b, h, w, c)), self.p, g)
-            mask = full.view(b, h, w, kc).permute(0, 3, 1, 2)
-        else:
-            full = torch.empty((b, k, c, h, w))
-            for i, g in enumerate(gens):
-                full[:, i] = cpu_dropout_mask(torch.Size((b, c, h, w)), self.p, g)
-            mask = full.view(b, kc, h, w)
-        return x * mask.to(x.dtype)
+        # CPU: each replica draws its drops in its own memory order, (B, H, W, C) for the
+        # channels-last tensors training uses, as it would alone (dropout.py).
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if self.p >= POSITIONS_BELOW:  # a mask per replica, laid out like x
+            if channels_last:
+                full = torch.empty((b, h, w, k, c))
+                for i, g in enumerate(gens):
+                    full[:, :, :, i, :] = keep_mask(torch.Size((b, h, w, c)), self.p, g)
+                mask = full.view(b, h, w, kc).permute(0, 3, 1, 2)
+            else:
+                full = torch.empty((b, k, c, h, w))
+                for i, g in enumerate(gens):
+                    full[:, i] = keep_mask(torch.Size((b, c, h, w)), self.p, g)
+                mask = full.view(b, kc, h, w)
+            return x * mask.to(x.dtype)
+        # Below it, each replica's dropped positions, placed among the packed channels (replica i
+        # owns channels [i*C, (i+1)*C) at every pixel).
+        run = c if channels_last else c * h * w  # a replica's elements lie in runs of this length
+        index = []
+        for i, g in enumerate(gens):
+            j = drop_positions(b * c * h * w, self.p, g)
+            index.append(j // run * (k * run) + i * run + j % run)
+        return drop_at(x, torch.cat(index) if k > 1 else index[0], self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, replicas={self.replicas}"
