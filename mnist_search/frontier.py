@@ -182,7 +182,10 @@ def _search_line(point: Point) -> str:
     if not s:
         return "not recorded by this folder's verify (it predates that record): see [README.md](README.md)"
     command = f"`{s['command']}`" if s.get("command") else "(the study recorded no command)"
-    devices = ", ".join(s.get("devices") or []) or "a device the study did not record"
+    recorded = [d for d in s.get("devices") or [] if d != "not recorded"]  # verify.UNRECORDED_DEVICE
+    devices = ", ".join(recorded) or "a device the study did not record"
+    if recorded and len(recorded) < len(s["devices"]):
+        devices += " and, for trials made before trials recorded it, a device not recorded"
     return (
         f"study `{s['study']}`: {s['proposals']} proposals, {s['trained']} trained "
         f"({s['trial_seconds'] / 60:.0f} min of trial wall time summed over workers, on {devices}); {command}"

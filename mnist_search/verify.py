@@ -394,20 +394,27 @@ def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> No
     (out_dir / "verify.json").write_text(json.dumps(verify_record(report, request.command), indent=1) + "\n")
 
 
+UNRECORDED_DEVICE = "not recorded"
+
+
 def search_summary(study) -> dict:
     """The search behind a verify: the command that created the study (when it recorded one),
     its proposals, and the trials that trained (pruned and interrupted ones too: compute spent)
-    with their summed wall time and the devices they trained on."""
+    with their summed wall time and the devices they trained on ("not recorded" for trials made
+    before trials recorded their device: a study resumed elsewhere mixes both)."""
     trials = study.get_trials(deepcopy=False)
     records = [TrialRecord.of(t) for t in trials]
     trained = [r for r in records if r.feasible and r.seconds is not None]
+    devices = sorted({r.device for r in trained if r.device})
+    if any(not r.device for r in trained):
+        devices.append(UNRECORDED_DEVICE)
     return {
         "study": study.study_name,
         "command": StudyRecord.of(study).command,
         "proposals": len(trials),
         "trained": len(trained),
         "trial_seconds": round(sum(r.seconds for r in trained)),
-        "devices": sorted({r.device for r in trained if r.device}),
+        "devices": devices,
     }
 
 

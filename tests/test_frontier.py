@@ -83,3 +83,25 @@ def test_a_damaged_record_is_a_usage_error_and_nothing_is_written(tmp_path):
 def test_no_results_is_a_usage_error(tmp_path):
     one_line_exit_2(runner.invoke(app, ["frontier", "--results", str(tmp_path)]), "no budget-*/verify.md")
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_search_behind_a_point_names_every_device_its_trials_trained_on():
+    """budget-3k-b3000 in the committed journal: trials 0-14 trained on a lent GPU before trials
+    recorded their device, trials 15-22 on the CPU here. The summary (verify.json's `search`, read
+    by `frontier`) says both, not "cpu" alone."""
+    import optuna
+
+    from mnist_search.frontier import _search_line
+    from mnist_search.storage import open_storage
+    from mnist_search.verify import UNRECORDED_DEVICE, search_summary
+
+    storage = open_storage(str(RESULTS / "frontier" / "search.journal"))
+    mixed = search_summary(optuna.load_study(study_name="budget-3k-b3000", storage=storage))
+    assert mixed["devices"] == ["cpu", UNRECORDED_DEVICE] and mixed["trained"] == 16
+    gpu_only = search_summary(optuna.load_study(study_name="budget-5k-b5000", storage=storage))
+    assert gpu_only["devices"] == [UNRECORDED_DEVICE]
+    folder = next(p for p in load_points(RESULTS) if p.folder == "budget-3k-cpu")
+    assert folder.search["devices"] == mixed["devices"]
+    assert "on cpu and, for trials made before trials recorded it, a device not recorded" in _search_line(
+        folder
+    )
