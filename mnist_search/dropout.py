@@ -24,8 +24,8 @@ import torch
 # one cheap draw per element (`keep_mask`). One dropout layer's forward and backward at
 # 64 x 14 x 24 x 24, 1 thread, the variants interleaved in one process while another job shared
 # the 2 cores: positions 1.8 / 2.9 / 5.1 ms at p = 0.01 / 0.05 / 0.1, the mask 5.0-5.2 ms
-# throughout, 4.6 at p = 0.2 (positions 6.5). Whole epochs of seed model 2 (p = 0.1, alone):
-# 36.7-38.2 s by positions against 35.7 s with the mask.
+# throughout, 4.6 at p = 0.2 (positions 6.5). Whole epochs of seed model 2 (p = 0.1, each run
+# alone, one session): 36.7 and 38.2 s by positions against 35.7 s with the mask.
 POSITIONS_BELOW = 0.1
 
 
@@ -57,17 +57,17 @@ def drop_positions(n: int, p: float, generator: torch.Generator | None = None) -
     return positions[positions < n].long()
 
 
-def memory_order(t: torch.Tensor) -> torch.Tensor:
-    """A flat view of `t` in the order its elements lie in memory (contiguous or channels-last)."""
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return t.permute(0, 2, 3, 1).reshape(-1)
-    return t.view(-1)
-
-
 def _layout(t: torch.Tensor) -> torch.memory_format:
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+def memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A flat view of `t` in the order its elements lie in memory (contiguous or channels-last)."""
+    if _layout(t) == torch.channels_last:
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.view(-1)
 
 
 class DropAt(torch.autograd.Function):
