@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError
+from .records import UNRECORDED_DEVICE
 
 # The goals (issue 17), per budget: every seed's minimum test accuracy over epochs 13-15 at least
 # `per_seed`, and (8k only) the mean of the seeds' epoch-15 accuracies at least `mean`.
@@ -182,7 +183,7 @@ def _search_line(point: Point) -> str:
     if not s:
         return "not recorded by this folder's verify (it predates that record): see [README.md](README.md)"
     command = f"`{s['command']}`" if s.get("command") else "(the study recorded no command)"
-    recorded = [d for d in s.get("devices") or [] if d != "not recorded"]  # verify.UNRECORDED_DEVICE
+    recorded = [d for d in s.get("devices") or [] if d != UNRECORDED_DEVICE]
     devices = ", ".join(recorded) or "a device the study did not record"
     if recorded and len(recorded) < len(s["devices"]):
         devices += " and, for trials made before trials recorded it, a device not recorded"

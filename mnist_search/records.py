@@ -41,6 +41,10 @@ class _Record:
             storage.set_trial_user_attr(trial_id, key, value)
 
 
+# What a summary says for trials made before trials recorded their device.
+UNRECORDED_DEVICE = "not recorded"
+
+
 @dataclass(frozen=True)
 class TrialRecord(_Record):
     """One trial's attributes: its proposal, its claim on a training slot, and its outcome."""

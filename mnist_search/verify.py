@@ -26,7 +26,7 @@ from .data import load_mnist
 from .export import check_out_dir, export_model
 from .leaderboard import TrialRow, completed, leaderboard
 from .model import build_model, mult_adds
-from .records import StudyRecord, TrialRecord
+from .records import UNRECORDED_DEVICE, StudyRecord, TrialRecord
 from .registry import crown
 from .runtime import available_cores, check_jobs, setup_device
 from .schedule import plan_packs
@@ -392,9 +392,6 @@ def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> No
         f"Command:\n\n    {request.command}\n"
     )
     (out_dir / "verify.json").write_text(json.dumps(verify_record(report, request.command), indent=1) + "\n")
-
-
-UNRECORDED_DEVICE = "not recorded"
 
 
 def search_summary(study) -> dict:
