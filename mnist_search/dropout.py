@@ -27,15 +27,23 @@ import torch
 # throughout, 4.6 at p = 0.2 (positions 6.5). Whole epochs of seed model 2 (p = 0.1, each run
 # alone, one session): 36.7 and 38.2 s by positions against 35.7 s with the mask.
 POSITIONS_BELOW = 0.1
+_INT64_MIN = -(2**63)
+
+
+def keep_bits(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n booleans, each True (kept) with probability 1 - p, from `generator`: one 64-bit draw gives
+    four uniform int16 (all 16 bits random), each compared with a threshold, so p is exact to
+    1/65536; the draws took 4.5 ms for 3.7 M elements where bernoulli_ took 21.7 ms (2 cores)."""
+    drops = round(p * 65536)
+    if drops >= 65536:
+        return torch.zeros(n, dtype=torch.bool)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(_INT64_MIN, None, generator=generator)
+    return words.view(torch.int16)[:n] >= drops - 32768
 
 
 def keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep-mask (0 or 1/(1-p), float32) of `shape`, from `generator`: one 64-bit draw gives four
-    15-bit uniforms, so p is exact to 1/32768 and the mask costs about a seventh of bernoulli_."""
-    n = shape.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator).view(torch.int16)[:n]
-    keep = (bits & 0x7FFF) >= round(p * 32768)
-    return keep.view(shape).to(torch.float32).mul_(1.0 / (1.0 - p))
+    """Keep-mask (0 or 1/(1-p), float32) of `shape` (`keep_bits` in the shape's order)."""
+    return keep_bits(shape.numel(), p, generator).view(shape).to(torch.float32).mul_(1.0 / (1.0 - p))
 
 
 def drop_positions(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import NUM_CLASSES, ArchSpec
-from .dropout import POSITIONS_BELOW, drop_at, drop_positions, keep_mask
+from .dropout import POSITIONS_BELOW, drop_at, drop_positions, keep_bits
 from .model import TinyNet, build_model, layer_module, layer_plan
 
 # Parameter or buffer tensors of a TinyNet that are per channel (concatenated along dim 0 when
@@ -52,18 +52,12 @@ class PackedDropout(nn.Module):
         # CPU: each replica draws its drops in its own memory order, (B, H, W, C) for the
         # channels-last tensors training uses, as it would alone (dropout.py).
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        if self.p >= POSITIONS_BELOW:  # a mask per replica, laid out like x
-            if channels_last:
-                full = torch.empty((b, h, w, k, c))
-                for i, g in enumerate(gens):
-                    full[:, :, :, i, :] = keep_mask(torch.Size((b, h, w, c)), self.p, g)
-                mask = full.view(b, h, w, kc).permute(0, 3, 1, 2)
-            else:
-                full = torch.empty((b, k, c, h, w))
-                for i, g in enumerate(gens):
-                    full[:, i] = keep_mask(torch.Size((b, c, h, w)), self.p, g)
-                mask = full.view(b, kc, h, w)
-            return x * mask.to(x.dtype)
+        if self.p >= POSITIONS_BELOW:  # each replica's keep-bits, in its memory order, stacked like x
+            alone = (b, h, w, c) if channels_last else (b, c, h, w)
+            bits = [keep_bits(b * c * h * w, self.p, g).view(alone) for g in gens]
+            keep = bits[0] if k == 1 else torch.stack(bits, 3 if channels_last else 1)
+            keep = keep.view(b, h, w, kc).permute(0, 3, 1, 2) if channels_last else keep.view(b, kc, h, w)
+            return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
         # Below it, each replica's dropped positions, placed among the packed channels (replica i
         # owns channels [i*C, (i+1)*C) at every pixel).
         run = c if channels_last else c * h * w  # a replica's elements lie in runs of this length

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mnist_search.dropout import drop_at, drop_positions, memory_order
+from mnist_search.dropout import drop_at, drop_positions, keep_bits, memory_order
 from mnist_search.model import Dropout
 from mnist_search.packed import PackedDropout
 
@@ -65,9 +65,9 @@ def test_a_replica_drops_in_a_pack_what_it_drops_alone(p):
     """Replica k of a K = 3 PackedDropout zeroes exactly the elements a lone Dropout-of-one with
     replica k's generator zeroes, in the channels-last layout training uses and in NCHW, by
     positions (p < 0.1) and by mask."""
-    k, c = 3, 5
+    k, c = 3, 8
     for layout in (torch.channels_last, torch.contiguous_format):
-        x = torch.randn(8, k * c, 6, 6).contiguous(memory_format=layout) + 10  # no zeros of its own
+        x = torch.randn(64, k * c, 12, 12).contiguous(memory_format=layout) + 10  # no zeros of its own
         packed = PackedDropout(p, k).train()
         packed.generators = [torch.Generator().manual_seed(s) for s in (7, 8, 9)]
         y = packed(x)
@@ -88,3 +88,27 @@ def test_the_plain_dropout_module_drops_p_in_training_and_nothing_in_eval(p):
     assert set(y.unique().tolist()) == {0.0, torch.tensor(1 / (1 - p)).item()}  # in float32
     assert abs((y == 0).float().mean().item() - p) < 0.01
     assert torch.equal(d.eval()(x), x)
+
+
+def test_keep_bits_use_all_16_bits_of_every_lane():
+    """Each of the four int16 lanes of a 64-bit draw is uniform, its sign bit too (torch's
+    default int64 random_ leaves the top bit 0: a quarter of the lanes would drop too often)."""
+    n = 400_000
+    bits = torch.stack([keep_bits(n, p, torch.Generator().manual_seed(5)) for p in (0.5, 0.25, 0.75)])
+    for lane in range(4):
+        for p, kept in zip((0.5, 0.25, 0.75), bits[:, lane::4]):
+            share = kept.double().mean().item()
+            m = kept.numel()
+            assert abs(share - (1 - p)) < 5 * math.sqrt(p * (1 - p) / m), (lane, p, share)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+def test_keep_bits_keep_one_minus_p(p):
+    n = 1_000_000
+    g = torch.Generator().manual_seed(2)
+    kept = keep_bits(n, p, g).sum().item()
+    assert abs(kept - n * (1 - p)) < 5 * math.sqrt(n * p * (1 - p)), kept
+    assert torch.equal(
+        keep_bits(1001, p, torch.Generator().manual_seed(3)),
+        keep_bits(1001, p, torch.Generator().manual_seed(3)),
+    )
