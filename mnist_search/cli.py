@@ -348,8 +348,9 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
             "re-run the same command to resume",
             code=1,
         )
-    out.print(study_summary(session.study, request.trials), highlight=False, soft_wrap=True)
-    _print_link(runs_link(session.tracking))
+    if not worker:  # a worker's summary would not be the study's: others may still be training
+        out.print(study_summary(session.study, request.trials), highlight=False, soft_wrap=True)
+        _print_link(runs_link(session.tracking))
     if outcome.status == "KILLED":
         err.print(
             "interrupted: the running trial was marked FAIL; run the same command to resume", highlight=False
@@ -384,7 +385,8 @@ def _workers_ended(session, outcome) -> NoReturn:
             highlight=False,
         )
         raise typer.Exit(130)
-    if done >= total:
+    if done >= total or not any(codes):  # the total, or every worker reached --timeout
+        out.print(study_summary(session.study, total), highlight=False, soft_wrap=True)
         _print_link(runs_link(session.tracking))
         raise typer.Exit(0)
     if outcome.dead_workers:

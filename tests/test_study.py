@@ -17,9 +17,9 @@ from mnist_search.objective import Objective
 from mnist_search.search import make_pruner, open_study
 from mnist_search.space import check_budget, sample_recipe, sample_spec, smallest_spec
 from mnist_search.storage import open_storage
-from mnist_search.studies import TotalReached
+from mnist_search.studies import TotalReached, counts_toward_total
 
-from .conftest import EXPERIMENTS, local_client, runner, runs_of
+from .conftest import EXPERIMENTS, local_client, runner, runs_of, start_cli, study_args
 
 BUDGET_8K = EXPERIMENTS / "budget-8k.yaml"
 
@@ -341,3 +341,21 @@ def test_a_trial_is_never_pruned_in_the_epochs_it_is_scored_on(mnist, epochs, st
     (trial,) = study.trials
     assert trial.state.name == state and trial.user_attrs["epochs_run"] == epochs_run
     assert trial.user_attrs["params"] == 586  # budget-1k's smallest net
+
+
+def test_two_workers_ending_at_the_timeout_exit_0_with_one_summary(tmp_path, data_dir):
+    """`--jobs 2 --timeout`: each worker used to print its own summary (the first while the other
+    still trained) and the command exited 1 although nothing failed."""
+    args = study_args(data_dir, 100) + ["--jobs", "2", "--timeout", "3"]
+    proc = start_cli(args, tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (out, err)
+    assert err.strip() == ""
+    study = optuna.load_study(
+        study_name="budget-8k-b8000", storage=open_storage(str(tmp_path / "mlruns" / "optuna-journal.log"))
+    )
+    done = sum(counts_toward_total(t) for t in study.trials)
+    assert 2 <= done < 100
+    assert out.count("trials trained") == 2  # the workers' count line, then the study's summary
+    assert f"study budget-8k-b8000: {done}/100 trials trained by 2 workers" in out
+    assert out.count("MLflow: ") == 1
