@@ -296,8 +296,9 @@ def test_each_budget_gets_the_shipped_search_sized_for_it():
         StudyRequest.model_validate_json(StudyRequest(budget=3000).model_dump_json()).experiment
         == "budget-3k"
     )
-    for name, size in [("budget-1k", 1), ("budget-1k-separable", 1), ("budget-2k", 2), ("budget-3k", 3),
-                       ("budget-5k", 5), ("budget-8k", 8)]:  # fmt: skip
+    for name, size in [("budget-1k", 1), ("budget-1k-separable", 1), ("budget-2k", 2), ("budget-2k-separable", 2),
+                       ("budget-3k", 3), ("budget-3k-separable", 3), ("budget-5k", 5), ("budget-5k-separable", 5),
+                       ("budget-8k", 8)]:  # fmt: skip
         space = load_experiment(name).search
         _, smallest = smallest_spec(space)
         largest = count_params(
@@ -310,8 +311,10 @@ def test_each_budget_gets_the_shipped_search_sized_for_it():
         )
         assert smallest < size * 1000 < largest, (name, smallest, largest)
     assert smallest_spec(load_experiment("budget-1k").search)[1] == 586
-    separable, smallest = smallest_spec(load_experiment("budget-1k-separable").search)
-    assert separable.separable and smallest == 496  # not the default for --budget 1000 (above)
+    for name, fewest in [("budget-1k-separable", 496), ("budget-2k-separable", 966),
+                         ("budget-3k-separable", 1_330), ("budget-5k-separable", 1_992)]:  # fmt: skip
+        separable, smallest = smallest_spec(load_experiment(name).search)
+        assert separable.separable and smallest == fewest  # not the defaults for --budget N (above)
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
