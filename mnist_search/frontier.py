@@ -263,16 +263,14 @@ def frontier_plot(points: list[Point], path: Path) -> None:
         zorder=3,
         label="worst seed, min of 13–15",
     )
-    labelled: list[Point] = []
-    for p in points:
+    for i, p in enumerate(points):
         # Two points at nearly the same place (976 and 997 params, both 98.80 %): the second's
         # label goes to the left, not over the first's.
-        crowded = any(abs(q.params - p.params) < 300 and abs(q.mean - p.mean) < 0.0005 for q in labelled)
+        crowded = any(abs(q.params - p.params) < 300 and abs(q.mean - p.mean) < 0.0005 for q in points[:i])
         ax.annotate(
             f"{p.params:,}", (p.params, 100 * p.mean), textcoords="offset points", fontsize=8,
             xytext=(-5, 5) if crowded else (5, 5), ha="right" if crowded else "left",
         )  # fmt: skip
-        labelled.append(p)
     ax.scatter(
         [x for x, _, _ in PUBLIC], [100 * y for _, y, _ in PUBLIC], marker="x", color="grey",
         label="public results (one run / best of many)",
