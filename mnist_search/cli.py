@@ -203,8 +203,9 @@ def study(
     experiment: Annotated[
         str | None,
         typer.Option(
-            help="Search experiment: a YAML path or a shipped name (budget-1k, -2k, -3k, -5k, -8k). "
-            "Default: the shipped one for the budget (the smallest budget-Nk with N,000 >= it).",
+            help="Search experiment: a YAML path or a shipped name (budget-1k, budget-1k-separable, ... "
+            "budget-8k). Default: the shipped one for the budget's size (the smallest of 1,000, 2,000, "
+            "3,000, 5,000, 8,000 at least the budget): the family that verified best there.",
             show_default=False,
         ),
     ] = None,
@@ -284,6 +285,10 @@ def study(
         experiment_name=experiment_name or EXPERIMENT_NAME,
         command=command_line(ctx),
     )  # fmt: skip
+    if experiment is None:  # recorded: the experiment the budget chose, not a default that may change
+        request = request.model_copy(
+            update={"command": f"{request.command} --experiment {request.experiment}"}
+        )
     _run_study(request, quiet)
 
 

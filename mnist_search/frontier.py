@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shlex
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,11 +179,29 @@ def _arch(spec: dict | None) -> str:
     return f"{convs} {stages}, 1x1 transition {trans}, dropout {spec['dropout']:.3f}, {spec['head']} head"
 
 
+def _pinned(command: str, study: str) -> str:
+    """A recorded `study` command that left the experiment to the budget's default, with the one
+    it searched written out after --budget: its study is named `<experiment>-b<budget>`, and the
+    default for a budget may change (config.DEFAULT_SEARCHES) where the study's experiment cannot."""
+    words = shlex.split(command)
+    named = re.fullmatch(r"(.+)-b\d+", study)
+    if (
+        words[:2] != ["mnist-search", "study"]
+        or not named
+        or {"--experiment", "--study-name", "--study"} & set(words)
+    ):
+        return command
+    at = words.index("--budget") + 2 if "--budget" in words else 2
+    return shlex.join([*words[:at], "--experiment", named[1], *words[at:]])
+
+
 def _search_line(point: Point) -> str:
     s = point.search
     if not s:
         return "not recorded by this folder's verify (it predates that record): see [README.md](README.md)"
-    command = f"`{s['command']}`" if s.get("command") else "(the study recorded no command)"
+    command = (
+        f"`{_pinned(s['command'], s['study'])}`" if s.get("command") else "(the study recorded no command)"
+    )
     recorded = [d for d in s.get("devices") or [] if d != UNRECORDED_DEVICE]
     devices = ", ".join(recorded) or "a device the study did not record"
     if recorded and len(recorded) < len(s["devices"]):

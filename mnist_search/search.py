@@ -8,6 +8,7 @@ Nothing here touches MLflow, so a machine without it (a lent GPU running a searc
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -134,4 +135,15 @@ def open_study(
             f"--budget {budget}: study '{name}' was created with budget {known.budget}; "
             "use that budget or another --study-name"
         )
+    elif known.experiment_file and _stem(known.experiment_file) != _stem(experiment_file):
+        # Another space's proposals would mix into this study's ranking (and its TPE model).
+        raise StudyMismatch(
+            f"--experiment {experiment_file}: study '{name}' was created with experiment "
+            f"{known.experiment_file}; give that one (--experiment) or another --study-name"
+        )
     return study
+
+
+def _stem(experiment_file: str) -> str:
+    """An experiment's name as given, by path or by shipped name: `dir/tiny.yaml` and `tiny` agree."""
+    return Path(experiment_file).name.removesuffix(".yaml")

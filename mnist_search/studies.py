@@ -278,7 +278,10 @@ class StudySession:
             self.reap()  # a worker that died last, with no live sibling left to notice
             worst = max((w.code for w in exits), key=abs)
             status = "FINISHED" if worst == 0 or self.done >= req.trials else "KILLED"
-            tracker.finish(status)
+            try:
+                tracker.finish(status)
+            except TRACKING_FAILURES as exc:
+                return StudyOutcome(status, short_reason(exc), workers=exits)
             return StudyOutcome(status, workers=exits)
         stopper = TotalReached(req.trials, heartbeats=self.heartbeats, reap=self.reap)
         repeated = RepeatedFailure()

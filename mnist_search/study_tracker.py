@@ -231,9 +231,15 @@ class StudyTracker:
             parent.tags(
                 {"best_trial": str(best.trial), "best_spec": spec_to_yaml(ArchSpec.model_validate(best.spec))}
             )
-            if best.mlflow_run_id:
+            if best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
                 parent.tags({"best_run_id": best.mlflow_run_id})
                 self._register(best)
+            elif best.mlflow_run_id:  # the study's storage outlived the store its best trial was tracked in
+                parent.tags(
+                    {
+                        "best_run_elsewhere": f"{best.mlflow_run_id} (another tracking store; not registered here)"
+                    }
+                )
         RunLog(self.client, self.parent_id).metrics(metrics)
         for path, fig in study_figures(self.study, self.budget).items():
             self.client.log_figure(self.parent_id, fig, path)
@@ -242,6 +248,18 @@ class StudyTracker:
         if page is not None:
             self.client.log_text(self.parent_id, page, "plots/interactive.html")
         self.client.set_terminated(self.parent_id, status)
+
+    def _tracked_here(self, run_id: str) -> bool:
+        """Whether the run is in this tracking store: a study resumed against another store (its
+        journal or database kept, the MLflow store wiped, moved or another server) has trials
+        whose runs are not. Any other error is the store failing, and raises."""
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
 
     def _register(self, best) -> None:
         """The best trial's model into the registry (alias `best`), linked from the parent's note."""

@@ -105,3 +105,17 @@ def test_the_search_behind_a_point_names_every_device_its_trials_trained_on():
     assert "on cpu and, for trials made before trials recorded it, a device not recorded" in _search_line(
         folder
     )
+
+
+def test_a_search_that_left_the_experiment_to_the_default_is_shown_with_it_written_out():
+    """budget-1k-cpu's study ran `study --budget 1000` when the default for 1,000 was budget-1k; the
+    default is now budget-1k-separable, so the front writes the experiment the study searched (its
+    name, budget-1k-b1000, says which) into the command. A command that named one is left as is."""
+    from mnist_search.frontier import _search_line
+
+    points = {p.folder: p for p in load_points(RESULTS)}
+    plain = points["budget-1k-cpu"]
+    assert "--experiment" not in plain.search["command"]  # as recorded
+    assert "`mnist-search study --budget 1000 --experiment budget-1k --trials 1000 " in _search_line(plain)
+    separable = points["budget-2k-separable-cpu"]
+    assert f"`{separable.search['command']}`" in _search_line(separable)

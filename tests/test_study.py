@@ -191,7 +191,7 @@ def test_a_retried_trial_is_not_training_when_it_asks_for_a_slot():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "--budget 50: no architecture in budget-1k's search space fits; the smallest has 586"),
+        ([], "--budget 50: no architecture in budget-1k-separable's search space fits; the smallest has 496"),
         (["--experiment", "budget-8k"], "in budget-8k's search space fits; the smallest has 2,700"),
     ],
 )
@@ -281,24 +281,25 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
 
 
 def test_each_budget_gets_the_shipped_search_sized_for_it():
-    """`study --budget N` without --experiment searches the smallest shipped budget-Nk at least
-    as large; every shipped one has architectures under its own budget, and over it."""
+    """`study --budget N` without --experiment searches the shipped space of the smallest size at
+    least as large, in the family that verified best at that size (separable up to 5,000); every
+    shipped one has architectures under its own budget, and over it."""
     from mnist_search.config import default_search
     from mnist_search.studies import StudyRequest
 
     picks = {b: default_search(b) for b in (500, 1000, 1001, 2000, 3000, 4000, 5000, 7999, 8000, 20000)}
-    assert picks == {500: "budget-1k", 1000: "budget-1k", 1001: "budget-2k", 2000: "budget-2k",
-                     3000: "budget-3k", 4000: "budget-5k", 5000: "budget-5k", 7999: "budget-8k",
-                     8000: "budget-8k", 20000: "budget-8k"}  # fmt: skip
-    assert StudyRequest(budget=1000).experiment == "budget-1k"
+    assert picks == {500: "budget-1k-separable", 1000: "budget-1k-separable", 1001: "budget-2k-separable",
+                     2000: "budget-2k-separable", 3000: "budget-3k-separable", 4000: "budget-5k-separable",
+                     5000: "budget-5k-separable", 7999: "budget-8k", 8000: "budget-8k", 20000: "budget-8k"}  # fmt: skip
+    assert StudyRequest(budget=1000).experiment == "budget-1k-separable"
     assert StudyRequest(budget=1000, experiment="budget-8k").experiment == "budget-8k"  # as given
     assert (
         StudyRequest.model_validate_json(StudyRequest(budget=3000).model_dump_json()).experiment
-        == "budget-3k"
+        == "budget-3k-separable"
     )
     for name, size in [("budget-1k", 1), ("budget-1k-separable", 1), ("budget-2k", 2), ("budget-2k-separable", 2),
                        ("budget-3k", 3), ("budget-3k-separable", 3), ("budget-5k", 5), ("budget-5k-separable", 5),
-                       ("budget-8k", 8)]:  # fmt: skip
+                       ("budget-8k", 8), ("budget-8k-separable", 8)]:  # fmt: skip
         space = load_experiment(name).search
         _, smallest = smallest_spec(space)
         largest = count_params(
@@ -312,9 +313,10 @@ def test_each_budget_gets_the_shipped_search_sized_for_it():
         assert smallest < size * 1000 < largest, (name, smallest, largest)
     assert smallest_spec(load_experiment("budget-1k").search)[1] == 586
     for name, fewest in [("budget-1k-separable", 496), ("budget-2k-separable", 966),
-                         ("budget-3k-separable", 1_330), ("budget-5k-separable", 1_992)]:  # fmt: skip
+                         ("budget-3k-separable", 1_330), ("budget-5k-separable", 1_992),
+                         ("budget-8k-separable", 3_716)]:  # fmt: skip
         separable, smallest = smallest_spec(load_experiment(name).search)
-        assert separable.separable and smallest == fewest  # not the defaults for --budget N (above)
+        assert separable.separable and smallest == fewest
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):

@@ -17,8 +17,10 @@ from mnist_search.model import build_model
 from mnist_search.storage import open_storage
 
 from .conftest import (
+    EXPERIMENTS,
     free_port,
     local_client,
+    one_line_exit_2,
     runner,
     start_server_process,
     stop_server,
@@ -155,6 +157,30 @@ def test_export_writes_a_program_over_raw_pixels_that_predicts_like_the_trained_
     assert logits.shape == (7, 10)
     assert torch.allclose(logits, net(normalise(pixels)), atol=1e-4)
     assert "Total params" in (out / "layers.txt").read_text()
+
+
+def test_resuming_with_another_budget_or_experiment_exits_2_and_adds_nothing(trained, data_dir, monkeypatch):
+    """Another space's proposals would mix into the study (its ranking, its TPE model): the study
+    name given with another experiment or budget is refused before anything is written. A study
+    made by `study --budget 8000` (budget-8k) and resumed by path to the same file is the same."""
+    monkeypatch.setenv("MNIST_SEARCH_STORE", str(trained / "mlruns"))
+    monkeypatch.chdir(trained)
+    before = len(load(trained).trials), len(runs(trained)[2])
+    args = study_args(data_dir, 6) + ["--study-name", STUDY]
+    one_line_exit_2(
+        runner.invoke(app, [*args, "--experiment", "budget-5k"]),
+        f"--experiment budget-5k: study '{STUDY}' was created with experiment budget-8k;",
+    )
+    one_line_exit_2(
+        runner.invoke(app, [*args[:2], "5000", *args[3:]]),
+        f"--budget 5000: study '{STUDY}' was created with budget 8000;",
+    )
+    assert (len(load(trained).trials), len(runs(trained)[2])) == before
+    assert len(runs(trained)[1]) == 1  # no second parent run
+    by_path = runner.invoke(
+        app, [*study_args(data_dir, 4), "--experiment", str(EXPERIMENTS / "budget-8k.yaml")]
+    )
+    assert by_path.exit_code == 0 and "already has 4 trained trials" in by_path.output, by_path.output
 
 
 def test_the_same_command_with_a_larger_total_resumes_under_the_same_parent(trained, data_dir, monkeypatch):

@@ -327,6 +327,51 @@ def test_values_checked_before_anything_is_written(store, tmp_path, data_dir):
         assert not store.exists(), args  # neither store was touched
 
 
+# --- 4b. a study that outlived its tracking store ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_study_resumed_against_another_tracking_store_ends_0_and_names_where_its_best_run_is(
+    tmp_path, data_dir
+):
+    """The study's storage kept, its MLflow store not (wiped, moved, another server): resuming
+    tracks the new trials here and ends 0. The best trial's run is in the other store, so the
+    parent names it instead of linking or registering it (this was a traceback, after the workers
+    each reported the tracking server failed, which it had not)."""
+    from mnist_search.registry import registered_name
+
+    kept = str(tmp_path / "kept.journal")
+    args = ["study", "--experiment", "tiny.yaml", "--storage", kept, "--data-dir", str(data_dir),
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    first, second = tmp_path / "first", tmp_path / "second"  # each a working folder with its store
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "tiny.yaml").write_text(TINY)
+    finished(start_cli([*args, "--trials", "1", "--limit-train", "3000", "--jobs", "1"], first))
+    # 10x fewer images: trial 0 stays the best. Two workers: each closes the study, then the command.
+    out, err = finished(start_cli([*args, "--trials", "2", "--limit-train", "300", "--jobs", "2"], second))
+    assert "Traceback" not in out + err and "error" not in err, err
+
+    study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(kept))
+    first_run, second_run = (
+        t.user_attrs["mlflow_run_id"] for t in study.trials if t.state.name == "COMPLETE"
+    )
+    assert study.best_trial.number == 0
+    client = local_client(second / "mlruns")
+    (parent,) = [r for r in runs_of(client, "mnist-search-studies") if r.data.tags.get("kind") == "study"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_trial"] == "0"
+    assert "best_run_id" not in parent.data.tags
+    assert (
+        parent.data.tags["best_run_elsewhere"] == f"{first_run} (another tracking store; not registered here)"
+    )
+    assert [
+        r.info.run_id for r in runs_of(client, "mnist-search-studies") if r.info.run_id != parent.info.run_id
+    ] == [second_run]  # the new trial, tracked here
+    assert client.search_model_versions(f"name='{registered_name(8000)}'") == []
+    earlier = local_client(first / "mlruns")
+    assert [v.run_id for v in earlier.search_model_versions(f"name='{registered_name(8000)}'")] == [first_run]
+
+
 # --- 5. secrets ----------------------------------------------------------------------------------
 
 

@@ -90,9 +90,9 @@ def test_verify_retrains_the_best_architecture_over_seeds(trained, data_dir):
         )
     search = record["search"]
     assert search["study"] == STUDY and search["trained"] == 2 and search["devices"] == ["cpu"]
-    assert search["command"].startswith(
-        "mnist-search study --budget 8000 --trials 2"
-    )  # as the study recorded it
+    # As the study recorded it, with the experiment the budget chose written out:
+    assert search["command"].startswith("mnist-search study --budget 8000 --trials 2")
+    assert search["command"].endswith(" --experiment budget-8k")
     assert search["trial_seconds"] > 0 and search["proposals"] >= 2
 
 
