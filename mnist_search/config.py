@@ -262,7 +262,8 @@ def find_experiment(ref: str | Path) -> Path | Traversable:
 # The shipped search `study --budget N` uses, by size: per size the family that verified best
 # there (results/frontier.md, 3 seeds, 15 epochs, test accuracy, mean): depthwise-separable under
 # 1,000 to 5,000 (98.80 / 99.23 / 99.39 / 99.43 % against the plain family's 98.29 / 98.75 / 99.19 /
-# 99.34 %), the plain family at 8,000 (no separable point there has verified yet).
+# 99.34 %), the plain family at 8,000 (the separable point there verified level with it, 99.46 %
+# mean, with fewer parameters: not better, so the main command keeps its search).
 DEFAULT_SEARCHES = {
     1_000: "budget-1k-separable",
     2_000: "budget-2k-separable",
