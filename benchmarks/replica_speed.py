@@ -4,8 +4,9 @@ For each K, trains K replicas of the verified 7,520-param net (batch 64, its rec
 dropout, SGD + OneCycle) on real MNIST with mnist-search's own training loop (`train_epoch`:
 gather, augment, forward, backward, step) for a fixed number of steps, after a warm-up, and prints
 ms per step, ms per replica-step and the per-replica speed-up against eager K = 1 measured in the
-same process; then the same with `torch.compile` (the network compiled for the training steps), its
-warm-up time separately.
+same process; then the same in the "separate" layout (K small networks side by side, packed.py:
+what `pick_layout` chooses where grouped convolutions are slow), and with `torch.compile` (the
+grouped network compiled for the training steps), its warm-up time separately.
 The last line: `per-replica speed-up at K=3: 1.62x eager, 1.95x compiled`.
 
     python benchmarks/replica_speed.py [--ks 1,2,3,4,8] [--steps 100] [--repeats 3] [--threads N]
@@ -35,10 +36,10 @@ DEFAULT = Path(__file__).resolve().parent.parent / "results" / "budget-8k" / "ex
 class Pack:
     """K replicas ready to train: timed in rounds, so that noise hits every K alike."""
 
-    def __init__(self, exp, data, k: int, compiled: bool, device):
+    def __init__(self, exp, data, k: int, compiled: bool, device, layout: str = "grouped"):
         self.recipe = exp.recipe
         self.data, self.k, self.device = data, k, device
-        self.net = pack([build_model(exp.spec, seed=s) for s in range(k)]).to(
+        self.net = pack([build_model(exp.spec, seed=s) for s in range(k)], layout).to(
             device, memory_format=torch.channels_last
         )
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in range(k)]
@@ -87,8 +88,9 @@ def main() -> None:
           f"torch {torch.__version__}")  # fmt: skip
     speedup: dict[str, dict[int, float]] = {}
     base = None  # eager K = 1, ms per replica-step: the baseline of every ratio
-    for mode in ["eager"] + ([] if a.no_compile else ["compiled"]):
-        packs = {k: Pack(exp, data, k, mode == "compiled", device) for k in ks}
+    for mode in ["eager", "separate"] + ([] if a.no_compile else ["compiled"]):
+        layout = "separate" if mode == "separate" else "grouped"
+        packs = {k: Pack(exp, data, k, mode == "compiled", device, layout) for k in ks}
         warm = {k: p.seconds(10 if mode == "compiled" else 5) for k, p in packs.items()}  # compiles
         best = {k: float("inf") for k in ks}
         for _ in range(a.repeats):  # rounds over every K: a slow moment slows one round, not one K
@@ -103,6 +105,9 @@ def main() -> None:
             print(f"{k:>4} {best[k] * 1e3:>9.2f} {per_replica * 1e3:>16.2f} {speedup[mode][k]:>25.2f}x {warm[k]:>11.1f}",
                   flush=True)  # fmt: skip
     k3 = 3 if 3 in ks else ks[-1]
+    print(
+        f"separate layout (K small nets, packed.py), per-replica speed-up at K={k3}: {speedup['separate'][k3]:.2f}x"
+    )
     line = f"per-replica speed-up at K={k3}: {speedup['eager'][k3]:.2f}x eager"
     if "compiled" in speedup:
         line += f", {speedup['compiled'][k3]:.2f}x compiled"

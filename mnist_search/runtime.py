@@ -16,6 +16,8 @@ from typing import NoReturn
 
 import torch
 
+from .layout import LayoutError, layout_setting
+
 
 class DeviceError(ValueError):
     """--device names a device that is unknown or not present; one line for the user."""
@@ -50,6 +52,10 @@ def configure_threads(threads: int | None = None) -> int:
 def setup_device(name: str) -> torch.device:
     """The device for --device, with torch's threads set for this machine's cores."""
     device = resolve_device(name)
+    try:
+        layout_setting()  # checked before anything is written; read again where packs are laid out
+    except LayoutError as exc:
+        raise DeviceError(str(exc)) from None
     configure_threads()
     return device
 

@@ -182,6 +182,8 @@ class StudyTracker:
             self.client.set_tag(run_id, "failure" if end.state == "FAIL" else "pruned_reason", end.reason)
         extra = {"final/seconds": end.seconds}
         res = end.result
+        if res.layout:
+            self.client.set_tag(run_id, "pack_layout", res.layout)
         if len(res.seeds) > 1 and res.results[0].epochs:
             extra["final/val_acc_last3_worst"] = res.val_worst
             for seed, own in zip(res.seeds, res.results):

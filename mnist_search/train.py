@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import TARGET, Recipe
 from .data import MNISTData, Split
-from .packed import PackedNet, pack, unpack
+from .packed import PackedNet, SeparatePack, pack, unpack
 
 # Images per no-grad forward pass when measuring. On CPU small batches stay in cache: measured on
 # 2 cores, 10k test images of seed model 2 took 0.53 s at 128 and 1.78 s at 2,000.
@@ -89,6 +89,7 @@ class ReplicaResults:
 
     seeds: list[int]
     results: list[FitResult]
+    layout: str = ""  # how the replicas were laid out (packed.py), once chosen
 
     @classmethod
     def empty(cls, seeds: Sequence[int]) -> ReplicaResults:
@@ -277,7 +278,7 @@ def fit(
 
 
 def fit_replicas(
-    net: PackedNet,
+    net: PackedNet | SeparatePack,
     data: MNISTData,
     recipe: Recipe,
     device: torch.device,
@@ -343,7 +344,7 @@ def _replica_images(x: torch.Tensor, index: torch.Tensor, thetas: list | None = 
 
 
 @torch.no_grad()
-def evaluate_replicas(net: PackedNet, split: Split) -> list[tuple[float, float]]:
+def evaluate_replicas(net: PackedNet | SeparatePack, split: Split) -> list[tuple[float, float]]:
     """Per replica, (mean cross-entropy loss, accuracy) over a split, in large no-grad batches."""
     net.eval()
     k = net.replicas
@@ -363,7 +364,14 @@ def evaluate_replicas(net: PackedNet, split: Split) -> list[tuple[float, float]]
 
 
 def train_epoch(
-    net: PackedNet, data: MNISTData, recipe: Recipe, orders, optimizer, scheduler, gens, forward=None
+    net: PackedNet | SeparatePack,
+    data: MNISTData,
+    recipe: Recipe,
+    orders,
+    optimizer,
+    scheduler,
+    gens,
+    forward=None,
 ) -> tuple[list[float], list[float]]:
     """One pass over the training images, replica k in `orders[k]` (K, n): per replica (mean
     loss, accuracy) on its augmented batches. `forward`: the network to call, `net` itself unless

@@ -66,6 +66,26 @@ def test_cuda_without_gpu_and_unknown_device(store):
     assert not store.exists()
 
 
+def test_an_unknown_pack_layout_setting_exits_2_and_writes_nothing(store, data_dir, tmp_path):
+    """MNIST_SEARCH_PACK (layout.py) is checked by study, train and verify before they write."""
+    common = tiny_trained_study(tmp_path, data_dir)
+    journal = store / "optuna-journal.log"
+    before = journal.read_bytes()
+    client = local_client(store)
+    runs = {e.name: len(runs_of(client, e.name)) for e in client.search_experiments()}
+    for args in (
+        ["study", "--experiment", "tiny.yaml", "--trials", "2", "--epochs", "1", "--limit-train", "1000"],
+        ["train", "seed-model-1", "--epochs", "1", "--limit-train", "1000"],
+        ["verify", "--study", "tiny-b8000", "--seeds", "2", "--epochs", "1", "--limit-train", "1000"],
+    ):
+        result = runner.invoke(app, [*args, *common], env={"MNIST_SEARCH_PACK": "fastest"})
+        one_line_exit_2(
+            result, "MNIST_SEARCH_PACK=fastest: unknown pack layout (use auto, grouped, separate)"
+        )
+    assert journal.read_bytes() == before
+    assert {e.name: len(runs_of(client, e.name)) for e in client.search_experiments()} == runs
+
+
 def test_storage_that_cannot_be_parsed_or_reached(store, data_dir):
     one_line_exit_2(runner.invoke(app, ["study", "--storage", "foo://x/y", "--data-dir", str(data_dir)]),
                     "unsupported scheme 'foo'")  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 
 from mnist_search.config import ArchSpec, Recipe
 from mnist_search.data import MNISTData, Split
+from mnist_search.layout import LAYOUTS, pick_layout, step_ms
 from mnist_search.model import build_model, count_params
 from mnist_search.packed import PackedNet, pack, unpack
 from mnist_search.train import evaluate, fit, fit_replicas
@@ -26,10 +27,12 @@ def small(mnist, n_train: int, n_eval: int = 500, dtype=torch.float32) -> MNISTD
     return MNISTData(split(mnist.train, n_train), split(mnist.val, n_eval), split(mnist.test, n_eval))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
-def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forward(mnist, spec):
+def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forward(mnist, spec, layout):
     models = [build_model(spec, seed=s).eval() for s in SEEDS]
-    net = pack(models).eval()
+    net = pack(models, layout).eval()
+    assert net.layout == layout and net.replicas == len(SEEDS)
     assert sum(p.numel() for p in net.parameters()) == len(SEEDS) * count_params(spec)
     x = mnist.test.x[:32]
     out = net(x.expand(-1, len(SEEDS), -1, -1))
@@ -74,6 +77,46 @@ def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
             torch.testing.assert_close(replica.state_dict()[key], value, atol=1e-9, rtol=1e-9, msg=key)
     # ... and the replicas really differ from one another (their own seeds, not one run thrice).
     assert packed[0].epochs[-1].train_loss != packed[1].epochs[-1].train_loss
+
+
+def test_in_the_separate_layout_replica_k_trains_exactly_as_the_run_alone_with_seed_k(mnist):
+    """The "separate" layout (packed.py) runs each replica's own small network: in float32, with
+    rotation, translation, dropout and BatchNorm re-estimation, every replica's weights and
+    accuracies are exactly those of `fit` with its seed."""
+    data = small(mnist, 448)
+    recipe = Recipe(epochs=2, batch_size=64, rotation=8, translate=0.05, precise_bn=256, lr=0.05)
+    net = pack([build_model(SEPARABLE, seed=s) for s in SEEDS], "separate")
+    packed = fit_replicas(net, data, recipe, torch.device("cpu"), seeds=SEEDS)
+    for k, seed in enumerate(SEEDS):
+        model = build_model(SEPARABLE, seed=seed)
+        alone = fit(model, data, recipe, torch.device("cpu"), seed=seed)
+        for mine, theirs in zip(packed[k].epochs, alone.epochs, strict=True):
+            # (the mean loss is summed over the pack's (B, K) losses: its last bits may differ)
+            assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-6)
+            assert (mine.train_acc, mine.val_acc, mine.test_acc) == (
+                theirs.train_acc,
+                theirs.val_acc,
+                theirs.test_acc,
+            )
+        for key, value in model.state_dict().items():
+            assert torch.equal(unpack(net, k).state_dict()[key], value.cpu()), key
+    assert packed[0].epochs[-1].train_loss != packed[1].epochs[-1].train_loss
+
+
+def test_the_layout_is_pinned_by_the_setting_and_otherwise_measured(monkeypatch):
+    """MNIST_SEARCH_PACK pins the layout; a pack of one needs no choice; on the CPU `auto` times
+    both layouts (real steps: each a positive number of milliseconds) and returns one of them."""
+    cpu = torch.device("cpu")
+    for layout in LAYOUTS:
+        monkeypatch.setenv("MNIST_SEARCH_PACK", layout)
+        assert pick_layout(SEPARABLE, 3, 32, cpu) == layout
+    monkeypatch.setenv("MNIST_SEARCH_PACK", "auto")
+    assert pick_layout(SEPARABLE, 1, 32, cpu) == "grouped"
+    assert pick_layout(SEPARABLE, 3, 32, cpu, steps=1) in LAYOUTS
+    assert all(step_ms(SEPARABLE, 3, 32, layout, steps=1) > 0 for layout in LAYOUTS)
+    before = torch.random.get_rng_state()
+    pick_layout(SEPARABLE, 3, 32, cpu, steps=1)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the choice leaves the global RNG alone
 
 
 def test_the_replicas_do_not_share_gradients(mnist):
@@ -124,7 +167,7 @@ def test_mismatched_seeds_and_specs_are_refused():
 def test_a_study_with_seeds_scores_the_mean_records_the_worst_and_shows_every_seed(store, data_dir, tmp_path):
     """recipe.seeds: 3 -- one trial trains 3 packed replicas; its objective is their mean
     validation score, the worst is recorded, MLflow has each seed's curves and final figures,
-    and the trial's model is the seed with the best validation score."""
+    and the trial's model is the seed with the best validation score; the pack's layout is recorded."""
     import optuna
 
     from mnist_search.cli import app
@@ -154,5 +197,8 @@ def test_a_study_with_seeds_scores_the_mean_records_the_worst_and_shows_every_se
     assert m["final/test_acc_min_last3"] == min(m[f"seed_{s}/final/test_acc_min_last3"] for s in scores)
     assert int(run.data.tags["model_seed"]) == max(scores, key=scores.get)
     assert run.data.params["seeds"] == ",".join(map(str, scores)) and "seed" not in run.data.params
+    # How its replicas were laid out (measured on this machine: either), in the journal and MLflow.
+    assert trial.user_attrs["pack_layout"] in LAYOUTS
+    assert run.data.tags["pack_layout"] == trial.user_attrs["pack_layout"]
     for s in scores:
         assert [p.step for p in client.get_metric_history(run.info.run_id, f"seed_{s}/val/acc")] == [1, 2]

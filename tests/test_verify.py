@@ -63,6 +63,12 @@ def test_verify_retrains_the_best_architecture_over_seeds(trained, data_dir):
     # One pack: both seeds trained side by side, so each epoch took the same (the pack's) time.
     assert children[0].data.metrics["epoch_seconds"] == children[1].data.metrics["epoch_seconds"]
     assert children[0].data.metrics["test/acc"] != children[1].data.metrics["test/acc"]  # two seeds
+    # ... laid out as measured on this machine (layout.py), the same for both, on each run:
+    assert (
+        children[0].data.tags["pack_layout"]
+        == children[1].data.tags["pack_layout"]
+        in ("grouped", "separate")
+    )
     for c in children:  # all 60k images minus nothing held out: no val metrics, test per epoch
         assert c.data.params["recipe.val_size"] == "0"
         assert len(client.get_metric_history(c.info.run_id, "test/acc")) == 1
