@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .config import ArchSpec
 from .model import build_model
-from .packed import LAYOUTS, pack
+from .packed import LAYOUTS, PackedNet, SeparatePack, pack
 
 SETTING = "MNIST_SEARCH_PACK"
 CHOICES = ("auto", *LAYOUTS)
@@ -80,3 +81,11 @@ def pick_layout(spec: ArchSpec, replicas: int, batch_size: int, device: torch.de
             for layout in LAYOUTS:
                 times[layout] = min(times[layout], step_ms(spec, replicas, batch_size, layout, steps))
     return "separate" if times["separate"] < (1 - MARGIN) * times["grouped"] else "grouped"
+
+
+def pack_seeds(
+    spec: ArchSpec, seeds: Sequence[int], batch_size: int, device: torch.device
+) -> PackedNet | SeparatePack:
+    """`spec` initialised with each seed, packed in the layout `pick_layout` chooses (`.layout`)."""
+    layout = pick_layout(spec, len(seeds), batch_size, device)
+    return pack([build_model(spec, seed=s) for s in seeds], layout)

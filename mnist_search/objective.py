@@ -21,10 +21,9 @@ import torch
 
 from .config import ArchSpec, Recipe, SearchSpace
 from .data import MNISTData
-from .layout import pick_layout
-from .model import build_model, count_params, mult_adds
+from .layout import pack_seeds
+from .model import count_params, mult_adds
 from .owners import this_process
-from .packed import pack
 from .records import INTERRUPTED, TrialRecord
 from .settings import mask_url
 from .space import record_budget, sample_recipe, sample_spec
@@ -205,9 +204,9 @@ class Objective:
 
         try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
             self.hooks.trial_started(trial, spec, recipe)
-            result.layout = pick_layout(spec, len(seeds), recipe.batch_size, self.device)
-            TrialRecord.write(trial, seeds=seeds, pack_layout=result.layout)
-            net = pack([build_model(spec, seed=s) for s in seeds], result.layout)
+            net = pack_seeds(spec, seeds, recipe.batch_size, self.device)
+            result.layout = net.layout
+            TrialRecord.write(trial, seeds=seeds, pack_layout=net.layout)
             fit_replicas(net, self.data, recipe, self.device, on_epoch, seeds=seeds)
             model = net.replica(result.best)  # the seed with the best validation score
         except optuna.TrialPruned as exc:

@@ -39,9 +39,8 @@ from mlflow.models import infer_signature
 
 from .config import TARGET, ArchSpec, Recipe, spec_to_yaml
 from .data import MEAN, STD, MNISTData
-from .layout import pick_layout
-from .model import WithNormalisation, build_model, count_params, layer_table, mult_adds, receptive_field_table
-from .packed import pack
+from .layout import pack_seeds
+from .model import WithNormalisation, count_params, layer_table, mult_adds, receptive_field_table
 from .settings import mask_url, resolve_tracking_uri, store_dir
 from .train import EpochResult, FitResult, NonFiniteLoss, fit_replicas
 from .waiting import ServiceError, patiently
@@ -426,10 +425,9 @@ def tracked_fits(
             if on_epoch is not None:
                 on_epoch(epoch)
 
-        layout = pick_layout(spec, len(seeds), recipe.batch_size, device)
+        net = pack_seeds(spec, seeds, recipe.batch_size, device)
         for log in logs:
-            tracking.client.set_tag(log.run_id, "pack_layout", layout)
-        net = pack([build_model(spec, seed=seed) for seed in seeds], layout)
+            tracking.client.set_tag(log.run_id, "pack_layout", net.layout)
         results = fit_replicas(net, data, recipe, device, logged, seeds=seeds)
         models = [net.replica(k) for k in range(len(seeds))]
         for log, result, model in zip(logs, results, models):
