@@ -4,9 +4,11 @@
     shuffle=True), torch's nn.Dropout and nn.ReLU, a per-batch Python loop, then a pass over the test set.
 (b) mnist-search: `fit()` for one epoch on the same 60,000 images (val_size 0) with the seed recipe
     (batch 128), data in memory, batched everything, then val/test evaluation.
-Both run in this process on this machine; prints both times and the ratio (a)/(b).
+Both run in this process on this machine; prints both times and the ratio (a)/(b). With
+`--precision fp32,bf16`, (b) runs once per recipe precision (bf16: autocast, see Recipe.precision),
+each with its own ratio; repeats interleave every path so that a slow moment hits them all.
 
-    python benchmarks/epoch_speed.py [--data-dir ../shared/datasets/mnist] [--repeats 1]
+    python benchmarks/epoch_speed.py [--data-dir ../shared/datasets/mnist] [--repeats 1] [--precision fp32,bf16]
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def seed_epoch(spec, raw_root: Path) -> float:
     return time.perf_counter() - start
 
 
-def project_epoch(spec, recipe, data_dir: Path) -> float:
+def project_epoch(spec, recipe, data_dir: Path, precision: str = "fp32") -> float:
     data = load_mnist(data_dir, val_size=0)  # all 60k, as the seed trains on
     model = build_model(spec)
-    result = fit(model, data, recipe.model_copy(update={"epochs": 1}), torch.device("cpu"), seed=0)
+    recipe = type(recipe).model_validate({**recipe.model_dump(), "epochs": 1, "precision": precision})
+    result = fit(model, data, recipe, torch.device("cpu"), seed=0)
     return result.epochs[0].epoch_seconds
 
 
@@ -89,21 +92,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16")
     args = ap.parse_args()
+    precisions = [p.strip() for p in args.precision.split(",")]
     threads = configure_threads()
     exp = load_experiment(SPEC_FILE)
     data_dir = resolve_data_dir(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         root = unpack_for_torchvision(data_dir, Path(tmp))
-        seed_times, ours = [], []
+        seed_times, ours = [], {p: [] for p in precisions}
         for _ in range(args.repeats):
             seed_times.append(seed_epoch(exp.spec, root))
-            ours.append(project_epoch(exp.spec, exp.recipe, data_dir))
-    a, b = min(seed_times), min(ours)
+            for precision in precisions:
+                ours[precision].append(project_epoch(exp.spec, exp.recipe, data_dir, precision))
+    a = min(seed_times)
     print(f"torch {torch.__version__}, {threads} threads, seed model 2 ({SPEC_FILE.name})")
     print(f"(a) seed path, DataLoader batch 64, train + test : {a:7.1f} s/epoch")
-    print(f"(b) mnist-search fit, batch {exp.recipe.batch_size}, train + val + test: {b:7.1f} s/epoch")
-    print(f"speed-up (a)/(b): {a / b:.2f}x")
+    for precision, times in ours.items():
+        b = min(times)
+        print(
+            f"(b) mnist-search fit, batch {exp.recipe.batch_size}, {precision}, train + val + test: {b:7.1f} s/epoch"
+        )
+    for precision, times in ours.items():
+        print(f"speed-up (a)/(b) {precision}: {a / min(times):.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ grouped network compiled for the training steps), its warm-up time separately.
 The last line: `per-replica speed-up at K=3: 1.62x eager, 1.95x compiled`.
 
     python benchmarks/replica_speed.py [--ks 1,2,3,4,8] [--steps 100] [--repeats 3] [--threads N]
-        [--device cpu|cuda] [--no-compile] [--data-dir ../shared/datasets/mnist]
+        [--device cpu|cuda] [--no-compile] [--precision fp32|bf16] [--data-dir ../shared/datasets/mnist]
 
 Run it alone: on 2 cores anything beside it moves the figures.
 """
@@ -75,16 +75,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--precision", default=None, help="fp32 or bf16 (default: the experiment's recipe)")
     a = ap.parse_args()
     device = torch.device(a.device)
     threads = a.threads or available_cores()
     if device.type == "cpu":
         configure_threads(threads)
     exp = load_experiment(a.experiment)
+    if a.precision is not None:
+        recipe = type(exp.recipe).model_validate({**exp.recipe.model_dump(), "precision": a.precision})
+        exp = exp.model_copy(update={"recipe": recipe})
     data = load_mnist(a.data_dir, val_size=0, limit_train=None).to(device)
     ks = [int(k) for k in a.ks.split(",")]
     where = f"{torch.cuda.get_device_name()}" if device.type == "cuda" else f"{threads} CPU threads"
-    print(f"{count_params(exp.spec):,}-param net, batch {exp.recipe.batch_size}, best of {a.repeats} x {a.steps} steps, {where}, "
+    print(f"{count_params(exp.spec):,}-param net, batch {exp.recipe.batch_size}, best of {a.repeats} x {a.steps} steps, {where}, {exp.recipe.precision}, "
           f"torch {torch.__version__}")  # fmt: skip
     speedup: dict[str, dict[int, float]] = {}
     base = None  # eager K = 1, ms per replica-step: the baseline of every ratio

@@ -108,6 +108,13 @@ class Recipe(_Strict):
     # (see packed.py); its objective is their mean validation score. `train` and `verify` take
     # their seeds from the command line.
     seeds: Annotated[int, Field(ge=1, le=64)] = 1
+    # "bf16": the forward and backward passes in bfloat16 under torch.autocast (convolutions and
+    # matrix products; the weights, optimiser, loss, BatchNorm re-estimation and every evaluation
+    # stay float32). Pays where the hardware computes bfloat16 (CPUs with AVX-512 BF16 / AMX,
+    # recent GPUs) and where convolutions dominate a step: on a 2-core Xeon with AMX, seed model
+    # 2's epoch 1.28x faster, a depthwise-separable net's steps 1.0-1.17x (docs/benchmarks.md);
+    # without bf16 units it is emulated and slower. Opt-in: it rounds differently.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class IntRange(_Strict):

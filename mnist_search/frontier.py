@@ -63,6 +63,7 @@ class Point:
     command: str
     spec: dict | None = None
     search: dict = field(default_factory=dict)
+    precision: str = "fp32"  # the recipe's (Recipe.precision), from the folder's experiment.yaml
 
     @property
     def mean(self) -> float:
@@ -108,7 +109,12 @@ def _point(folder: Path) -> Point:
     """One folder's point; a record that is not what `verify --out` writes is a ConfigError."""
     name = folder / ("verify.json" if (folder / "verify.json").is_file() else "verify.md")
     try:
-        return _from_json(folder) if name.name == "verify.json" else _from_table(folder)
+        point = _from_json(folder) if name.name == "verify.json" else _from_table(folder)
+        experiment = folder / "experiment.yaml"
+        if experiment.is_file():
+            recipe = (yaml.safe_load(experiment.read_text()) or {}).get("recipe") or {}
+            point.precision = recipe.get("precision", "fp32")
+        return point
     except (
         ValueError,
         KeyError,
@@ -164,6 +170,15 @@ def _from_table(folder: Path) -> Point:
         command=re.search(r"^    (mnist-search verify .*)$", text, re.MULTILINE)[1],
         spec=spec,
     )
+
+
+def _precision_note(p: Point) -> str:
+    """How a point was trained when not in float32 (Recipe.precision)."""
+    return "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
+
+
+def _precision_tag(p: Point) -> str:
+    return "" if p.precision == "fp32" else f" ({p.precision})"
 
 
 def _pct(x: float) -> str:
@@ -228,7 +243,7 @@ def frontier_markdown(points: list[Point], plot: str = "frontier.png") -> str:
         seeds = " / ".join(f"{100 * s.min_last3:.2f}" for s in p.seeds) + " %"
         held = {True: "**yes**", False: "no", None: "—"}[p.goal_met]
         out.append(
-            f"| < {p.budget:,} | [`{p.folder}/`]({p.folder}/) | {p.params:,} | {_pct(p.mean)} ± "
+            f"| < {p.budget:,} | [`{p.folder}/`]({p.folder}/){_precision_tag(p)} | {p.params:,} | {_pct(p.mean)} ± "
             f"{100 * p.std:.2f} | {seeds} | {goal_text(p.goal)} | {held} |"
         )
     out += [
@@ -246,7 +261,7 @@ def frontier_markdown(points: list[Point], plot: str = "frontier.png") -> str:
         out += [
             f"### `{p.folder}/` — {p.params:,} parameters, budget {p.budget:,}",
             "",
-            f"- Architecture: {_arch(p.spec)}; trial {p.trial} of study `{p.study}`.",
+            f"- Architecture: {_arch(p.spec)}; trial {p.trial} of study `{p.study}`{_precision_note(p)}.",
             "- Per seed (epoch 15 / min of 13–15): "
             + "; ".join(f"seed {s.seed} {_pct(s.final)} / {_pct(s.min_last3)}" for s in p.seeds)
             + ".",

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import ArchSpec
+from .config import ArchSpec, Recipe
 from .model import build_model
 from .packed import LAYOUTS, PackedNet, SeparatePack, pack
 
@@ -43,9 +43,12 @@ def layout_setting() -> str:
     return value
 
 
-def step_ms(spec: ArchSpec, replicas: int, batch_size: int, layout: str, steps: int) -> float:
+def step_ms(
+    spec: ArchSpec, replicas: int, batch_size: int, layout: str, steps: int, precision: str = "fp32"
+) -> float:
     """Best wall ms of one training step (forward, backward, SGD step) over `steps` steps, on
-    random images: a throwaway pack, nothing of a real training is touched."""
+    random images, forward in `precision` (a recipe's): a throwaway pack, nothing of a real
+    training is touched."""
     net = pack([build_model(spec, seed=k) for k in range(replicas)], layout).to(
         memory_format=torch.channels_last
     )
@@ -58,7 +61,9 @@ def step_ms(spec: ArchSpec, replicas: int, batch_size: int, layout: str, steps: 
     best = float("inf")
     for _ in range(steps + 1):  # the first step warms up
         start = time.perf_counter()
-        loss = F.cross_entropy(net(x).reshape(-1, 10), y, reduction="sum")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, 10), y, reduction="sum")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -66,7 +71,14 @@ def step_ms(spec: ArchSpec, replicas: int, batch_size: int, layout: str, steps: 
     return best * 1000
 
 
-def pick_layout(spec: ArchSpec, replicas: int, batch_size: int, device: torch.device, steps: int = 4) -> str:
+def pick_layout(
+    spec: ArchSpec,
+    replicas: int,
+    batch_size: int,
+    device: torch.device,
+    steps: int = 4,
+    precision: str = "fp32",
+) -> str:
     """The layout to train `replicas` replicas of `spec` with: MNIST_SEARCH_PACK when pinned; a
     pack of one and the GPU always "grouped" (the same network / measured to pay); on the CPU the
     faster of the two over a few steps, interleaved so that a slow moment hits both."""
@@ -79,13 +91,15 @@ def pick_layout(spec: ArchSpec, replicas: int, batch_size: int, device: torch.de
     with torch.random.fork_rng(devices=[]):  # the throwaway packs' dropout leaves the global RNG as it was
         for _ in range(2):
             for layout in LAYOUTS:
-                times[layout] = min(times[layout], step_ms(spec, replicas, batch_size, layout, steps))
+                ms = step_ms(spec, replicas, batch_size, layout, steps, precision)
+                times[layout] = min(times[layout], ms)
     return "separate" if times["separate"] < (1 - MARGIN) * times["grouped"] else "grouped"
 
 
 def pack_seeds(
-    spec: ArchSpec, seeds: Sequence[int], batch_size: int, device: torch.device
+    spec: ArchSpec, seeds: Sequence[int], recipe: Recipe, device: torch.device
 ) -> PackedNet | SeparatePack:
-    """`spec` initialised with each seed, packed in the layout `pick_layout` chooses (`.layout`)."""
-    layout = pick_layout(spec, len(seeds), batch_size, device)
+    """`spec` initialised with each seed, packed in the layout `pick_layout` chooses (`.layout`)
+    for `recipe`'s batch size and precision."""
+    layout = pick_layout(spec, len(seeds), recipe.batch_size, device, precision=recipe.precision)
     return pack([build_model(spec, seed=s) for s in seeds], layout)

@@ -204,7 +204,7 @@ class Objective:
 
         try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
             self.hooks.trial_started(trial, spec, recipe)
-            net = pack_seeds(spec, seeds, recipe.batch_size, self.device)
+            net = pack_seeds(spec, seeds, recipe, self.device)
             result.layout = net.layout
             TrialRecord.write(trial, seeds=seeds, pack_layout=net.layout)
             fit_replicas(net, self.data, recipe, self.device, on_epoch, seeds=seeds)

@@ -425,7 +425,7 @@ def tracked_fits(
             if on_epoch is not None:
                 on_epoch(epoch)
 
-        net = pack_seeds(spec, seeds, recipe.batch_size, device)
+        net = pack_seeds(spec, seeds, recipe, device)
         for log in logs:
             tracking.client.set_tag(log.run_id, "pack_layout", net.layout)
         results = fit_replicas(net, data, recipe, device, logged, seeds=seeds)

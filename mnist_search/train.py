@@ -363,6 +363,11 @@ def evaluate_replicas(net: PackedNet | SeparatePack, split: Split) -> list[tuple
     return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
 
 
+def low_precision(recipe: Recipe, device: torch.device) -> torch.autocast:
+    """The autocast context of `recipe.precision` on `device` ("fp32": a disabled one)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+
+
 def train_epoch(
     net: PackedNet | SeparatePack,
     data: MNISTData,
@@ -386,7 +391,10 @@ def train_epoch(
         thetas = [warp_params(end - start, recipe, g) for g in gens]
         x = _replica_images(data.train.x, idx, thetas)
         y = data.train.y[idx].t()  # (B, K)
-        logits = forward(x)  # (B, K, 10)
+        with low_precision(recipe, x.device):
+            logits = forward(x)  # (B, K, 10)
+        if logits.dtype == torch.bfloat16:
+            logits = logits.float()  # the loss in float32
         per_replica = F.cross_entropy(
             logits.transpose(1, 2), y, label_smoothing=recipe.label_smoothing, reduction="none"
         ).mean(0)  # (K,): each replica's own mean loss

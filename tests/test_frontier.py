@@ -49,6 +49,27 @@ def test_every_result_folder_is_a_point_under_its_budget_with_its_goal_applied()
     assert round(eight.mean, 4) == 0.9946
 
 
+def test_a_point_trained_in_bf16_is_marked_as_such_and_float32_points_are_not():
+    """results/budget-1k-separable-bf16-t19 was verified with `--recipe-from` a bf16 recipe: the
+    front says so in its row and its section; the same trial in float32 carries no mark."""
+    points = {p.folder: p for p in load_points(RESULTS)}
+    bf16, fp32 = points["budget-1k-separable-bf16-t19"], points["budget-1k-separable-cpu"]
+    assert (bf16.precision, fp32.precision) == ("bf16", "fp32")
+    assert (bf16.study, bf16.trial, bf16.params) == (fp32.study, fp32.trial, fp32.params) == (
+        "budget-1k-separable-b1000", 19, 976
+    )  # fmt: skip
+    page = (RESULTS / "frontier.md").read_text()
+    row = next(
+        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-bf16-t19/`]")
+    )
+    assert "(bf16)" in row and "98.78 % ± 0.11" in row
+    assert "study `budget-1k-separable-b1000`, trained in bf16 (autocast)." in page
+    plain = next(
+        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-cpu/`]")
+    )
+    assert "bf16" not in plain
+
+
 def test_a_folder_with_verify_json_reads_the_same_from_its_table():
     """verify.json and verify.md are written together: the older folders, read from their table
     alone, are read right (checked on every folder that has both)."""

@@ -118,3 +118,35 @@ def test_precise_bn_replaces_running_averages_by_the_plain_statistics_of_clean_i
     fit(plain, data, recipe.model_copy(update={"precise_bn": 0}), torch.device("cpu"))
     assert torch.equal(plain.layers[0].weight, conv.weight)
     assert not torch.allclose(plain.layers[2].running_mean, act.mean((0, 2, 3)), atol=1e-3)
+
+
+def test_bf16_precision_trains_in_bfloat16_keeps_float32_weights_and_learns(mnist):
+    """`precision: bf16` runs the forward in bfloat16 (autocast): the same seed ends on other
+    weights than in float32, the weights and the reported losses stay float32, and it learns as
+    well (one epoch on 4,000 real images)."""
+    data = small(mnist)
+    recipe = Recipe(optimizer="adam", lr=0.01, batch_size=32, epochs=1)
+    models, results = {}, {}
+    for precision in ("fp32", "bf16"):
+        models[precision] = build_model(SPEC, seed=0)
+        run = recipe.model_copy(update={"precision": precision})
+        results[precision] = fit(models[precision], data, run, torch.device("cpu"), seed=0)
+    weights = {
+        p: torch.cat([t.flatten() for t in m.state_dict().values() if t.is_floating_point()])
+        for p, m in models.items()
+    }
+    assert weights["bf16"].dtype == torch.float32
+    gap = (weights["bf16"] - weights["fp32"]).abs().max().item()
+    assert gap > 1e-4  # rounded differently all along: not the float32 training
+    fp32, bf16 = results["fp32"].epochs[0], results["bf16"].epochs[0]
+    assert math.isfinite(bf16.train_loss) and bf16.train_loss < 1.5
+    # Chance is 0.10; seed 0 reached val 0.90 / 0.77 (fp32 / bf16) here: after one epoch the
+    # BatchNorm running averages still move a lot (see the first test). The training loss is
+    # the steadier figure: 0.99 / 1.00. The 15-epoch comparison is in docs/benchmarks.md.
+    assert bf16.val_acc > 0.5 and bf16.test_acc > 0.5
+    assert abs(bf16.train_loss - fp32.train_loss) < 0.1
+
+
+def test_an_unknown_precision_is_refused_by_the_recipe():
+    with pytest.raises(ValueError, match="precision"):
+        Recipe(precision="fp16")
