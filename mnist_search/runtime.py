@@ -129,25 +129,32 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
     forwarded to every worker, which end their runs cleanly."""
     cores = available_cores()
     gpus = torch.cuda.device_count()
-    procs = []
-    for index in range(jobs):
-        env = os.environ | {"MNIST_SEARCH_THREADS": str(max(1, cores // jobs))}  # N x threads <= cores
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mnist_search", *args], env=env, stdin=subprocess.PIPE, text=True
-        )
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-        procs.append(proc)
+    procs: list[subprocess.Popen] = []
+    received: list[int] = []  # signals forwarded so far: a worker started after one gets it too
 
     def forward(signum, frame):
+        received.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    # Installed before the workers start: a handler (unlike an ignored signal) is reset to the
+    # default in a started program, so every worker takes a forwarded SIGINT as Ctrl-C even when
+    # this process was started with SIGINT ignored (`nohup mnist-search study ... &` in a script).
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for index in range(jobs):
+            env = os.environ | {"MNIST_SEARCH_THREADS": str(max(1, cores // jobs))}  # N x threads <= cores
+            if gpus > 1:
+                env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mnist_search", *args], env=env, stdin=subprocess.PIPE, text=True
+            )
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+            procs.append(proc)
+            if received:
+                proc.send_signal(received[-1])
         # Reap each worker as it ends (not in start order), so a dead one is never left a zombie
         # that its siblings would take for alive.
         while any(p.poll() is None for p in procs):

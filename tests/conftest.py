@@ -151,13 +151,14 @@ def study_args(data_dir, trials) -> list[str]:
             "--limit-train", "3000", "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
 
 
-def start_cli(args, tmp_path) -> subprocess.Popen:
+def start_cli(args, tmp_path, sigint=signal.SIG_DFL) -> subprocess.Popen:
     """`mnist-search ARGS` as a real process with its local store in tmp_path/mlruns."""
     env = os.environ | {"MNIST_SEARCH_STORE": str(tmp_path / "mlruns")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    # Default SIGINT in the child, as in a terminal: a shell's background jobs inherit it ignored.
+    # Default SIGINT in the child, as in a terminal (a shell's background jobs inherit it
+    # ignored: `sigint=signal.SIG_IGN` starts it so).
     return subprocess.Popen([sys.executable, "-m", "mnist_search", *args], env=env, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),  # noqa: PLW1509
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 

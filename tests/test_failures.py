@@ -201,13 +201,24 @@ def running_after_one_complete(study):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(sig, tmp_path, data_dir):
+@pytest.mark.parametrize(
+    ("sig", "started_in_background"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-to-a-background-study"],
+)
+def test_interrupting_a_study_fails_the_running_trial_closes_runs_and_resumes(
+    sig, started_in_background, tmp_path, data_dir
+):
+    """Also `kill -INT` on a study started as a script's background job (`nohup ... &`: SIGINT
+    inherited ignored) with 2 workers: the parent forwards it and the workers take it as Ctrl-C
+    (before, the workers inherited the ignored SIGINT and trained on)."""
     (tmp_path / "tiny.yaml").write_text(TINY)
     # 6,000 images x 2 epochs: long enough that the signal lands inside the trial's first epoch.
     args = ["study", "--experiment", "tiny.yaml", "--budget", "8000", "--trials", "3", "--limit-train", "6000",
             "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
-    proc = start_cli(args, tmp_path)
+    if started_in_background:
+        args += ["--jobs", "2"]
+    proc = start_cli(args, tmp_path, signal.SIG_IGN if started_in_background else signal.SIG_DFL)
     journal = tmp_path / "mlruns" / "optuna-journal.log"
     # Watch MLflow's database, not the journal: reading the journal takes its file lock, and a
     # signal landing while the study waits for that lock is not what this test is about.
