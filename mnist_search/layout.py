@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .config import ArchSpec, Recipe
 from .model import build_model
 from .packed import LAYOUTS, PackedNet, SeparatePack, pack
+from .train import low_precision
 
 SETTING = "MNIST_SEARCH_PACK"
 CHOICES = ("auto", *LAYOUTS)
@@ -61,7 +62,7 @@ def step_ms(
     best = float("inf")
     for _ in range(steps + 1):  # the first step warms up
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with low_precision(precision, "cpu"):
             logits = net(x)
         loss = F.cross_entropy(logits.float().reshape(-1, 10), y, reduction="sum")
         optimizer.zero_grad(set_to_none=True)

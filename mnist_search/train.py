@@ -363,9 +363,9 @@ def evaluate_replicas(net: PackedNet | SeparatePack, split: Split) -> list[tuple
     return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
 
 
-def low_precision(recipe: Recipe, device: torch.device) -> torch.autocast:
-    """The autocast context of `recipe.precision` on `device` ("fp32": a disabled one)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+def low_precision(precision: str, device_type: str) -> torch.autocast:
+    """The autocast context of a recipe's `precision` on a device type ("fp32": a disabled one)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def train_epoch(
@@ -391,7 +391,7 @@ def train_epoch(
         thetas = [warp_params(end - start, recipe, g) for g in gens]
         x = _replica_images(data.train.x, idx, thetas)
         y = data.train.y[idx].t()  # (B, K)
-        with low_precision(recipe, x.device):
+        with low_precision(recipe.precision, x.device.type):
             logits = forward(x)  # (B, K, 10)
         if logits.dtype == torch.bfloat16:
             logits = logits.float()  # the loss in float32
