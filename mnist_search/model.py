@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .batchnorm import BatchNorm2d
 from .config import INPUT_SIZE, NUM_CLASSES, ArchSpec
 from .dropout import POSITIONS_BELOW, drop_at, drop_positions, keep_mask
 
@@ -104,7 +105,7 @@ def layer_module(layer: Layer, replicas: int = 1, dropout=None) -> nn.Module:
     if layer.kind == "ReLU":
         return nn.ReLU(inplace=True)
     if layer.kind == "BatchNorm2d":
-        return nn.BatchNorm2d(layer.out_channels * k)
+        return BatchNorm2d(layer.out_channels * k)  # nn.BatchNorm2d, faster CPU training (batchnorm.py)
     if layer.kind == "Dropout":
         return (dropout or Dropout)(layer.p)
     if layer.kind == "MaxPool2d":

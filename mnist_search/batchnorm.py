@@ -1,0 +1,140 @@
+"""BatchNorm2d whose CPU training step on 2+ threads does not use torch's channels-last kernel.
+
+Training keeps activations channels-last (train.py). torch 2.14's CPU BatchNorm kernel for that
+layout, run on 2 threads, is slow unless the channel count is a multiple of 16 (AVX-512 lanes) —
+slower than on 1 thread: forward + backward over (64, C, 24, 24) float32 took 2.9 ms at C = 8
+and 4.3 ms at C = 10 on 2 threads against 1.0 / 1.8 ms on one, and over (128, C, 24, 24) on
+2 threads 1.4 ms at C = 16 but 8.7 ms at C = 10 and 10.2 ms at C = 30 (the 2-core AVX-512 Xeon
+of 2026-12-02). The searched nets' widths (4-48, times K when packed) are rarely multiples of 16.
+Here the per-channel sums are matrix-vector products over the (N·H·W, C) view (BLAS does
+column sums fast, torch's reductions over rows do not) and the normalisation is one fused
+multiply-add with the channel vectors tiled to a multiple of 16: 1.4 / 3.4 ms for the last two,
+the same numbers to float32 rounding (tests/test_batchnorm.py checks outputs, gradients and
+running statistics against torch's kernel in float64). On 1 thread torch's kernel is the faster
+one from 24 channels on (C = 24: 2.2 against 4.2 ms), so one-thread processes — each worker of
+`study` and `verify` on the CPU — keep it.
+
+The module is a drop-in `nn.BatchNorm2d` (same name, arguments, parameters and state dict, so
+layer tables, checkpoints and strict loading see no difference). It takes its own path only
+where that is the slow case — training on 2+ threads, a CPU tensor that is channels-last,
+float32 or bfloat16 (autocast), affine with running statistics, fewer than 48 channels and not
+a multiple of 16 — and torch's otherwise (evaluation and export, GPUs, contiguous tensors).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LANES = 16  # float32 lanes of an AVX-512 register: torch's kernel is fast at multiples of this
+# From 48 channels on (a pack of 3 replicas 16 wide, say) torch's kernel was as fast or faster
+# (forward + backward over (64, C, 24, 24), 2 threads: C = 48 2.3 against 2.6 ms, C = 72 5.0
+# against 8.2 ms).
+WIDEST = 48
+
+
+def _tiles(m: int, c: int) -> int:
+    """How many rows of the (m, c) view to lay side by side so that a row is a multiple of
+    LANES long (vectorised broadcasts); 1 when m does not split evenly."""
+    rep = LANES // math.gcd(c, LANES)
+    return rep if m % rep == 0 else 1
+
+
+def _column_sums(t2: torch.Tensor, rep: int) -> torch.Tensor:
+    """Per-channel sums of an (m, c) tensor as one matrix-vector product over its tiled view."""
+    m, c = t2.shape
+    rows = t2.reshape(m // rep, rep * c)
+    ones = torch.ones(m // rep, dtype=t2.dtype, device=t2.device)
+    return torch.mv(rows.t(), ones).view(rep, c).sum(0)
+
+
+def _per_channel(t2: torch.Tensor, rep: int) -> torch.Tensor:
+    m, c = t2.shape
+    return t2.reshape(m // rep, rep * c)
+
+
+class _TrainBatchNorm(torch.autograd.Function):
+    """Training-mode batch normalisation of a channels-last (N, C, H, W) tensor, float32 or
+    bfloat16 (autocast; then computed in float32 and returned in bfloat16, as torch's kernel does
+    with float32 weights); updates the running statistics in place (`factor` as in torch's BatchNorm)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, factor: float, eps: float):
+        with torch.autocast("cpu", enabled=False):  # our own float32 arithmetic
+            return _TrainBatchNorm._forward(ctx, x, weight, bias, running_mean, running_var, factor, eps)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, running_mean, running_var, factor: float, eps: float):
+        n, c, h, w = x.shape
+        m = n * h * w
+        rep = _tiles(m, c)
+        # a view (channels-last memory is (N, H, W, C)), or a bf16 input's float32 copy
+        x2 = x.permute(0, 2, 3, 1).reshape(m, c).float()
+        mean = _column_sums(x2, rep) / m
+        centred = _per_channel(x2, rep) - mean.repeat(rep)  # two passes: no E[x²] - mean² cancellation
+        var = _column_sums((centred * centred).view(m, c), rep) / m
+        invstd = torch.rsqrt(var + eps)
+        with torch.no_grad():
+            running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            running_var.mul_(1 - factor).add_(var * (m / max(m - 1, 1)), alpha=factor)  # unbiased, as torch
+        out = torch.addcmul(bias.repeat(rep), centred, (weight * invstd).repeat(rep))
+        ctx.save_for_backward(centred, weight, invstd)
+        ctx.shape, ctx.rep = (n, h, w, c), rep
+        return out.view(n, h, w, c).permute(0, 3, 1, 2).to(x.dtype)  # bf16 in, bf16 out, as torch's
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.autocast("cpu", enabled=False):
+            return _TrainBatchNorm._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
+        centred, weight, invstd = ctx.saved_tensors
+        (n, h, w, c), rep = ctx.shape, ctx.rep
+        m = n * h * w
+        dtype = grad.dtype
+        g2 = grad.permute(0, 2, 3, 1).reshape(m, c).float()  # reshape copies a gradient in another layout
+        sum_g = _column_sums(g2, rep)  # = grad of bias
+        sum_gc = _column_sums((_per_channel(g2, rep) * centred).view(m, c), rep)
+        scale = weight * invstd
+        # d/dx of (x - mean) * invstd * weight over the batch: scale * (g - mean(g) - xhat * mean(g * xhat))
+        coef_c = -scale * invstd * invstd * sum_gc / m
+        shift = -scale * sum_g / m
+        gx = torch.addcmul(shift.repeat(rep), centred, coef_c.repeat(rep))
+        gx.addcmul_(_per_channel(g2, rep), scale.repeat(rep))
+        grad_x = gx.view(n, h, w, c).permute(0, 3, 1, 2).to(dtype)
+        return grad_x, sum_gc * invstd, sum_g, None, None, None, None
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """`nn.BatchNorm2d`, trained on the CPU through `_TrainBatchNorm` where torch's kernel is slow."""
+
+    def _own_path(self, x: torch.Tensor) -> bool:
+        return (
+            self.training
+            and self.affine
+            and self.track_running_stats
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and self.weight.dtype == torch.float32
+            and x.dim() == 4
+            and self.num_features % LANES != 0
+            and self.num_features < WIDEST
+            and torch.get_num_threads() > 1
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous()
+            and x.shape[0] * x.shape[2] * x.shape[3] > 1
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._own_path(x):
+            return super().forward(x)
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        # torch's rule: momentum None is a cumulative average (torch.optim.swa_utils.update_bn)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return _TrainBatchNorm.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, factor, self.eps
+        )
