@@ -359,4 +359,12 @@ def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, 
         # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
         # stops; completed trials stay in the study storage; re-running resumes once it is back.
         return "FAILED", exc
+    except Exception as exc:
+        # Optuna 5.0's _run_trial, interrupted while it records a finished trial (`_tell_with_warning`),
+        # raises UnboundLocalError ('updated_state') from its `finally` over the KeyboardInterrupt
+        # (seen stopping a search with `timeout -s INT`: a worker's traceback). The interrupt is
+        # what happened: the trial is marked FAIL like any running one.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            return "KILLED", None
+        raise
     return "FINISHED", None

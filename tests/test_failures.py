@@ -200,6 +200,33 @@ def running_after_one_complete(study):
     return running[0].number if complete and running else None
 
 
+def test_an_interrupt_while_optuna_records_a_finished_trial_is_an_interrupt(tmp_path, monkeypatch):
+    """Optuna 5.0, interrupted inside its tell of a finished trial, raises UnboundLocalError from
+    its own `finally` (seen stopping a search with `timeout -s INT`: a worker printed a traceback).
+    The signal's moment is reproduced by the storage read that tell makes raising KeyboardInterrupt."""
+    from mnist_search.studies import _optimize
+
+    storage = open_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    finished: list[int] = []
+    real_get_trial = storage.get_trial
+
+    def get_trial(trial_id):
+        if finished and len(finished) == 1:
+            finished.append(-1)  # once
+            raise KeyboardInterrupt
+        return real_get_trial(trial_id)
+
+    monkeypatch.setattr(storage, "get_trial", get_trial)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        status = _optimize(study, lambda trial: finished.append(trial.number) or 0.5, [], None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert status == ("KILLED", None)
+    assert finished == [0, -1]  # the objective ran once, and the interrupt came in its tell
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "started_in_background"),
