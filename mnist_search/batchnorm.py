@@ -18,7 +18,8 @@ The module is a drop-in `nn.BatchNorm2d` (same name, arguments, parameters and s
 layer tables, checkpoints and strict loading see no difference). It takes its own path only
 where that is the slow case — training on 2+ threads, a CPU tensor that is channels-last,
 float32 or bfloat16 (autocast), affine with running statistics, fewer than 48 channels and not
-a multiple of 16 — and torch's otherwise (evaluation and export, GPUs, contiguous tensors).
+a multiple of 16 — and torch's otherwise (evaluation and export, GPUs, contiguous tensors,
+`torch.compile`: traced through this function, graphs broke and recompiled per width).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     def _own_path(self, x: torch.Tensor) -> bool:
         return (
             self.training
+            and not torch.compiler.is_compiling()  # traced: inductor writes its own BatchNorm kernels
             and self.affine
             and self.track_running_stats
             and x.device.type == "cpu"
