@@ -99,6 +99,9 @@ def test_torch_kernel_where_it_is_fast_or_the_case_is_not_ours():
     assert not ours._own_path(x.double())
     assert not pair(48)[0]._own_path(batch(8, 48, 6, seed=0))  # wide: torch's is as fast
     assert ours._own_path(x)
+    with pytest.MonkeyPatch.context() as mp:  # while torch.compile traces: inductor's own kernels
+        mp.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert not ours._own_path(x)
     torch.set_num_threads(1)
     assert not ours._own_path(x)  # one thread: torch's kernel is fast
 
