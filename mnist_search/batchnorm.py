@@ -43,17 +43,17 @@ def _tiles(m: int, c: int) -> int:
     return rep if m % rep == 0 else 1
 
 
-def _column_sums(t2: torch.Tensor, rep: int) -> torch.Tensor:
-    """Per-channel sums of an (m, c) tensor as one matrix-vector product over its tiled view."""
-    m, c = t2.shape
-    rows = t2.reshape(m // rep, rep * c)
-    ones = torch.ones(m // rep, dtype=t2.dtype, device=t2.device)
-    return torch.mv(rows.t(), ones).view(rep, c).sum(0)
-
-
-def _per_channel(t2: torch.Tensor, rep: int) -> torch.Tensor:
+def _tiled(t2: torch.Tensor, rep: int) -> torch.Tensor:
+    """The (m, c) view with `rep` rows side by side: (m / rep, rep * c), channel vectors repeated
+    `rep` times broadcast over it."""
     m, c = t2.shape
     return t2.reshape(m // rep, rep * c)
+
+
+def _column_sums(tiled: torch.Tensor, c: int) -> torch.Tensor:
+    """Per-channel sums of a tiled view as one matrix-vector product (BLAS)."""
+    ones = torch.ones(tiled.shape[0], dtype=tiled.dtype, device=tiled.device)
+    return torch.mv(tiled.t(), ones).view(-1, c).sum(0)
 
 
 class _TrainBatchNorm(torch.autograd.Function):
@@ -72,10 +72,10 @@ class _TrainBatchNorm(torch.autograd.Function):
         m = n * h * w
         rep = _tiles(m, c)
         # a view (channels-last memory is (N, H, W, C)), or a bf16 input's float32 copy
-        x2 = x.permute(0, 2, 3, 1).reshape(m, c).float()
-        mean = _column_sums(x2, rep) / m
-        centred = _per_channel(x2, rep) - mean.repeat(rep)  # two passes: no E[x²] - mean² cancellation
-        var = _column_sums((centred * centred).view(m, c), rep) / m
+        x2 = _tiled(x.permute(0, 2, 3, 1).reshape(m, c).float(), rep)
+        mean = _column_sums(x2, c) / m
+        centred = x2 - mean.repeat(rep)  # two passes: no E[x²] - mean² cancellation
+        var = _column_sums(centred * centred, c) / m
         invstd = torch.rsqrt(var + eps)
         with torch.no_grad():
             running_mean.mul_(1 - factor).add_(mean, alpha=factor)
@@ -96,15 +96,16 @@ class _TrainBatchNorm(torch.autograd.Function):
         (n, h, w, c), rep = ctx.shape, ctx.rep
         m = n * h * w
         dtype = grad.dtype
-        g2 = grad.permute(0, 2, 3, 1).reshape(m, c).float()  # reshape copies a gradient in another layout
-        sum_g = _column_sums(g2, rep)  # = grad of bias
-        sum_gc = _column_sums((_per_channel(g2, rep) * centred).view(m, c), rep)
+        # reshape copies a gradient in another layout
+        g2 = _tiled(grad.permute(0, 2, 3, 1).reshape(m, c).float(), rep)
+        sum_g = _column_sums(g2, c)  # = grad of bias
+        sum_gc = _column_sums(g2 * centred, c)
         scale = weight * invstd
         # d/dx of (x - mean) * invstd * weight over the batch: scale * (g - mean(g) - xhat * mean(g * xhat))
         coef_c = -scale * invstd * invstd * sum_gc / m
         shift = -scale * sum_g / m
         gx = torch.addcmul(shift.repeat(rep), centred, coef_c.repeat(rep))
-        gx.addcmul_(_per_channel(g2, rep), scale.repeat(rep))
+        gx.addcmul_(g2, scale.repeat(rep))
         grad_x = gx.view(n, h, w, c).permute(0, 3, 1, 2).to(dtype)
         return grad_x, sum_gc * invstd, sum_g, None, None, None, None
 
