@@ -8,8 +8,10 @@ and 4.3 ms at C = 10 on 2 threads against 1.0 / 1.8 ms on one, and over (128, C,
 of 2026-12-02). The searched nets' widths (4-48, times K when packed) are rarely multiples of 16.
 Here the per-channel sums are matrix-vector products over the (N·H·W, C) view (BLAS does
 column sums fast, torch's reductions over rows do not) and the normalisation is one fused
-multiply-add with the channel vectors tiled to a multiple of 16: 1.4 / 3.4 ms for the last two,
-the same numbers to float32 rounding (tests/test_batchnorm.py checks outputs, gradients and
+multiply-add with the channel vectors tiled to a multiple of 16. The variance takes a second
+pass over the centred values (no E[x²] − mean² cancellation): 2.0–3.0 / 6.4 ms for the last two
+against torch's 8.6–8.9 / 12.8–13.7 ms, measured later the same day when the machine ran slower
+(a one-pass prototype took 1.4 / 3.4 ms in the earlier measurement). Same numbers to float32 rounding (tests/test_batchnorm.py checks outputs, gradients and
 running statistics against torch's kernel in float64). On 1 thread torch's kernel is the faster
 one from 24 channels on (C = 24: 2.2 against 4.2 ms), so one-thread processes — each worker of
 `study` and `verify` on the CPU — keep it.
