@@ -10,10 +10,11 @@ import mlflow
 import torch
 from torch import nn
 
-from .config import ArchSpec, spec_to_yaml
+from .config import ArchSpec, Recipe, experiment_to_yaml, spec_to_yaml
 from .data import MEAN, STD
 from .leaderboard import TrialRow, completed, leaderboard
 from .model import WithNormalisation, build_model, layer_table, receptive_field_table
+from .records import TrialRecord
 from .tracking import Tracking
 
 
@@ -65,7 +66,15 @@ def export_trial(study, trial: str, out_dir: Path, tracking: Tracking) -> tuple[
             ) from None
         model = build_model(ArchSpec.model_validate(row.spec))
         model.load_state_dict(torch.load(Path(local) / "state_dict.pt", weights_only=True))
-    return row, export_model(model, out_dir)
+    written = export_model(model, out_dir)
+    recipe = TrialRecord.of(study.trials[row.trial]).recipe
+    if recipe is not None:  # how it trained, val_size included: what makes the folder a teacher
+        text = experiment_to_yaml(
+            model.spec, Recipe.model_validate(recipe), f"study {study.study_name}, trial {row.trial}"
+        )
+        (out_dir / "experiment.yaml").write_text(text)
+        written = [*written, "experiment.yaml"]
+    return row, written
 
 
 def check_out_dir(out_dir: Path, option: str = "--out") -> None:

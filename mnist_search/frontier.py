@@ -64,6 +64,8 @@ class Point:
     spec: dict | None = None
     search: dict = field(default_factory=dict)
     precision: str = "fp32"  # the recipe's (Recipe.precision), from the folder's experiment.yaml
+    teacher: str | None = None  # the recipe's (Recipe.teacher): distilled from it, with distill / T
+    distill: tuple[float, float] | None = None
 
     @property
     def mean(self) -> float:
@@ -114,6 +116,9 @@ def _point(folder: Path) -> Point:
         if experiment.is_file():
             recipe = (yaml.safe_load(experiment.read_text()) or {}).get("recipe") or {}
             point.precision = recipe.get("precision", "fp32")
+            point.teacher = recipe.get("teacher")
+            if point.teacher is not None:
+                point.distill = (float(recipe.get("distill", 0.9)), float(recipe.get("temperature", 4.0)))
         return point
     except (
         ValueError,
@@ -172,13 +177,19 @@ def _from_table(folder: Path) -> Point:
     )
 
 
-def _precision_note(p: Point) -> str:
-    """How a point was trained when not in float32 (Recipe.precision)."""
-    return "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
+def _recipe_note(p: Point) -> str:
+    """How a point was trained when not in float32 (Recipe.precision) or not from the labels
+    alone (Recipe.teacher)."""
+    note = "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
+    if p.teacher is not None and p.distill is not None:
+        weight, temperature = p.distill
+        note += f", distilled from `{p.teacher}` (weight {weight:g}, temperature {temperature:g})"
+    return note
 
 
-def _precision_tag(p: Point) -> str:
-    return "" if p.precision == "fp32" else f" ({p.precision})"
+def _recipe_tag(p: Point) -> str:
+    tags = ([] if p.precision == "fp32" else [p.precision]) + ([] if p.teacher is None else ["distilled"])
+    return f" ({', '.join(tags)})" if tags else ""
 
 
 def _pct(x: float) -> str:
@@ -243,7 +254,7 @@ def frontier_markdown(points: list[Point], plot: str = "frontier.png") -> str:
         seeds = " / ".join(f"{100 * s.min_last3:.2f}" for s in p.seeds) + " %"
         held = {True: "**yes**", False: "no", None: "—"}[p.goal_met]
         out.append(
-            f"| < {p.budget:,} | [`{p.folder}/`]({p.folder}/){_precision_tag(p)} | {p.params:,} | {_pct(p.mean)} ± "
+            f"| < {p.budget:,} | [`{p.folder}/`]({p.folder}/){_recipe_tag(p)} | {p.params:,} | {_pct(p.mean)} ± "
             f"{100 * p.std:.2f} | {seeds} | {goal_text(p.goal)} | {held} |"
         )
     out += [
@@ -261,7 +272,7 @@ def frontier_markdown(points: list[Point], plot: str = "frontier.png") -> str:
         out += [
             f"### `{p.folder}/` — {p.params:,} parameters, budget {p.budget:,}",
             "",
-            f"- Architecture: {_arch(p.spec)}; trial {p.trial} of study `{p.study}`{_precision_note(p)}.",
+            f"- Architecture: {_arch(p.spec)}; trial {p.trial} of study `{p.study}`{_recipe_note(p)}.",
             "- Per seed (epoch 15 / min of 13–15): "
             + "; ".join(f"seed {s.seed} {_pct(s.final)} / {_pct(s.min_last3)}" for s in p.seeds)
             + ".",

@@ -11,6 +11,7 @@ from .config import DEFAULT_BUDGET, ArchSpec, ConfigError, Experiment, check_nam
 from .data import load_mnist
 from .runtime import setup_device
 from .settings import resolve_tracking_uri
+from .teacher import check_teacher
 from .tracking import check_tracking, connect, runs_link, tracked_fit
 from .train import EpochResult, FitResult
 
@@ -55,6 +56,7 @@ def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | N
     exp, spec = load_spec(request.experiment)
     check_name("--experiment-name", request.experiment_name)
     recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
+    check_teacher(recipe)
     device = setup_device(request.device)
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train).to(device)

@@ -40,6 +40,7 @@ from .settings import default_storage_url, resolve_tracking_uri
 from .space import check_budget
 from .storage import open_storage
 from .study_tracker import StudyTracker, fail_stale_run
+from .teacher import check_teacher
 from .tracking import TRACKING_FAILURES, Tracking, check_tracking, connect, short_reason
 
 log = logging.getLogger("mnist_search")
@@ -310,6 +311,7 @@ def prepare_study(request: StudyRequest) -> StudySession:
             f"{request.experiment}: no `search` section (use `mnist-search train` for a fixed spec)"
         )
     check_budget(exp.search, request.budget, f"{exp.name}'s")
+    check_teacher(exp.recipe)
     name = request.study_name or default_study_name(exp, request.budget)
     check_name("--study-name", name)
     check_name("--experiment-name", request.experiment_name)

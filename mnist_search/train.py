@@ -19,6 +19,7 @@ from torch import nn
 from .config import TARGET, Recipe
 from .data import MNISTData, Split
 from .packed import PackedNet, SeparatePack, pack, unpack
+from .teacher import distill_loss, load_teacher, teacher_logits
 
 # Images per no-grad forward pass when measuring. On CPU small batches stay in cache: measured on
 # 2 cores, 10k test images of seed model 2 took 0.53 s at 128 and 1.78 s at 2,000.
@@ -304,11 +305,12 @@ def fit_replicas(
     optimizer = make_optimizer(net, recipe)
     n = len(data.train)
     scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), epochs)
+    teacher = load_teacher(recipe, device, data.train.x.dtype) if recipe.teacher is not None else None
     results = [FitResult() for _ in seeds]
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
-        losses, accs = train_epoch(net, data, recipe, orders, optimizer, scheduler, gens)
+        losses, accs = train_epoch(net, data, recipe, orders, optimizer, scheduler, gens, teacher=teacher)
         for seed, loss in zip(seeds, losses):
             if not math.isfinite(loss):
                 raise NonFiniteLoss(
@@ -377,10 +379,13 @@ def train_epoch(
     scheduler,
     gens,
     forward=None,
+    *,
+    teacher: nn.Module | None = None,
 ) -> tuple[list[float], list[float]]:
     """One pass over the training images, replica k in `orders[k]` (K, n): per replica (mean
     loss, accuracy) on its augmented batches. `forward`: the network to call, `net` itself unless
-    given (benchmarks/replica_speed.py passes a torch.compile'd one: it did not pay, see there)."""
+    given (benchmarks/replica_speed.py passes a torch.compile'd one: it did not pay, see there).
+    `teacher`: the recipe's, loaded (teacher.py); it sees each replica's own augmented images."""
     forward = net if forward is None else forward
     net.train()
     k, n = orders.shape
@@ -395,9 +400,16 @@ def train_epoch(
             logits = forward(x)  # (B, K, 10)
         if logits.dtype == torch.bfloat16:
             logits = logits.float()  # the loss in float32
-        per_replica = F.cross_entropy(
-            logits.transpose(1, 2), y, label_smoothing=recipe.label_smoothing, reduction="none"
-        ).mean(0)  # (K,): each replica's own mean loss
+        if teacher is None:
+            per_sample = F.cross_entropy(
+                logits.transpose(1, 2), y, label_smoothing=recipe.label_smoothing, reduction="none"
+            )
+        else:
+            targets = teacher_logits(teacher, x)
+            per_sample = distill_loss(
+                logits, targets, y, recipe.distill, recipe.temperature, recipe.label_smoothing
+            )
+        per_replica = per_sample.mean(0)  # (K,): each replica's own mean loss
         optimizer.zero_grad(set_to_none=True)
         per_replica.sum().backward()  # replicas share no weights: each gets its own gradient
         optimizer.step()

@@ -33,6 +33,7 @@ from .schedule import plan_packs
 from .search import load_study
 from .settings import resolve_tracking_uri
 from .space import with_searched_knobs
+from .teacher import check_teacher
 from .tracking import (
     TRACKING_FAILURES,
     RunLog,
@@ -195,6 +196,9 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     base_recipe = load_experiment(request.recipe_from).recipe if request.recipe_from else None
     study = load_study(request.study_name, request.storage)
     rows = _choose(study, request)
+    results, tasks = _plan(study, rows, request, base_recipe)
+    for v in results:  # a teacher that moved or broke since the search: say so before writing
+        check_teacher(v.recipe)
     device = setup_device(request.device)
     check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
     # All 60k training images: the validation split has done its job in the search.
@@ -217,7 +221,6 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
         | ({"recipe_from": str(request.recipe_from)} if request.recipe_from else {}),
     )
     parent_id = parent.info.run_id
-    results, tasks = _plan(study, rows, request, base_recipe)
     here = min(request.jobs, len(tasks)) == 1  # one pack (or one worker): no pool to start
     context = _RunContext(
         tracking, data.to(device) if here else None, device, budget, experiment_file, parent_id

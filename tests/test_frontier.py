@@ -70,6 +70,23 @@ def test_a_point_trained_in_bf16_is_marked_as_such_and_float32_points_are_not():
     assert "bf16" not in plain
 
 
+def test_a_distilled_point_is_marked_with_its_teacher_and_the_others_are_not():
+    """results/budget-1k-separable-kd-t19 was verified with `--recipe-from` a recipe with a
+    teacher (results/budget-8k): its row and section say so; the same trial taught by the labels
+    alone carries no mark."""
+    points = {p.folder: p for p in load_points(RESULTS)}
+    kd, plain = points["budget-1k-separable-kd-t19"], points["budget-1k-separable-cpu"]
+    assert (kd.teacher, kd.distill) == ("results/budget-8k", (0.9, 4.0))
+    assert plain.teacher is None and (kd.study, kd.trial) == (plain.study, plain.trial)
+    page = (RESULTS / "frontier.md").read_text()
+    row = next(
+        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-kd-t19/`]")
+    )
+    assert "(distilled)" in row and "98.69 % ± 0.12" in row
+    assert "distilled from `results/budget-8k` (weight 0.9, temperature 4)." in page
+    assert all("distilled" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
+
+
 def test_a_folder_with_verify_json_reads_the_same_from_its_table():
     """verify.json and verify.md are written together: the older folders, read from their table
     alone, are read right (checked on every folder that has both)."""

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import load_experiment
+from mnist_search.config import ConfigError, Recipe, load_experiment
 from mnist_search.data import normalise
 from mnist_search.model import build_model
 from mnist_search.storage import open_storage
+from mnist_search.teacher import check_teacher
 
 from .conftest import (
     EXPERIMENTS,
@@ -157,6 +158,13 @@ def test_export_writes_a_program_over_raw_pixels_that_predicts_like_the_trained_
     assert logits.shape == (7, 10)
     assert torch.allclose(logits, net(normalise(pixels)), atol=1e-4)
     assert "Total params" in (out / "layers.txt").read_text()
+    # ... with the trial's recipe: it trained with the search's validation split held out, so it
+    # may teach a search on that split (recipe.teacher), and not one that holds out more
+    trained_with = load_experiment(out / "experiment.yaml").recipe
+    assert trained_with.val_size == 10_000 and trained_with.epochs == 1
+    check_teacher(Recipe(val_size=10_000, teacher=str(out)))
+    with pytest.raises(ConfigError, match="trained on 2,000 of the 12,000 validation images"):
+        check_teacher(Recipe(val_size=12_000, teacher=str(out)))
 
 
 def test_resuming_with_another_budget_or_experiment_exits_2_and_adds_nothing(trained, data_dir, monkeypatch):
