@@ -115,10 +115,11 @@ class Recipe(_Strict):
     # 2's epoch 1.28x faster, a depthwise-separable net's steps 1.0-1.17x (docs/benchmarks.md);
     # without bf16 units it is emulated and slower. Opt-in: it rounds differently.
     precision: Literal["fp32", "bf16"] = "fp32"
-    # Knowledge distillation: a trained network (a folder as `verify --out` writes it: spec.yaml,
-    # state_dict.pt, experiment.yaml) whose softened outputs on the same augmented batches join
-    # the labels in the loss: (1 - distill) * cross-entropy + distill * T² * KL(teacher_T ||
-    # student_T) at temperature T (Hinton et al. 2015). Paths are relative to the working folder.
+    # Knowledge distillation: a trained network (a folder as `export` or `verify --out` writes
+    # it: spec.yaml, state_dict.pt, experiment.yaml) whose softened outputs on the same augmented
+    # batches join the labels in the loss: (1 - distill) * cross-entropy + distill * T² *
+    # KL(teacher_T || student_T) at temperature T (Hinton et al. 2015). Paths are relative to the
+    # working folder. Measured so far it has not paid (results/README.md, "Distillation").
     # The teacher must never have trained on this run's validation images (checked before
     # anything is written: mnist_search/teacher.py). None: labels only.
     teacher: str | None = None

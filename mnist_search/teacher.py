@@ -1,6 +1,6 @@
 """Knowledge distillation: the teacher a recipe names, checked, loaded, and the loss it adds.
 
-A teacher is a folder as `verify --out` writes it: `spec.yaml` and `state_dict.pt` (the network)
+A teacher is a folder as `export` or `verify --out` writes it: `spec.yaml` and `state_dict.pt` (the network)
 and `experiment.yaml` (its recipe, whose `val_size` says which training images it never saw).
 The validation split is a fixed seeded draw, the first `val_size` of one permutation of the 60k
 (data.py), so a teacher trained with `val_size` V held out the first V: it never saw a student's
@@ -55,7 +55,7 @@ def check_teacher(recipe: Recipe) -> None:
     if held_out < recipe.val_size:
         raise ConfigError(
             f"{where}: it trained on {recipe.val_size - held_out:,} of the {recipe.val_size:,} validation "
-            f"images (its val_size {held_out:,}); a teacher must have held out at least this run's"
+            f"images of this run (its val_size {held_out:,}); use a teacher trained with them held out"
         )
     load_teacher(recipe, torch.device("cpu"))  # the weights must load, strictly
 
