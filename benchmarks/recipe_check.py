@@ -1,7 +1,8 @@
 """A recipe change judged on validation: one spec's seeds trained packed on the 50,000 / 10,000
-split with recipe fields overridden, printing validation accuracy per epoch and per seed, and
-the figure a search ranks on (the mean over seeds of each seed's minimum over the last 3 epochs).
-Never the test set: that is `verify`'s, after the choice.
+split with recipe fields overridden, printing validation accuracy per epoch and per seed, then
+per seed its minimum over the last 3 epochs (the figure compared in results/README.md) and the
+score a search ranks on (its mean over the last 3 epochs, `FitResult.val_score`), each averaged
+over the seeds. Never the test set: that is `verify`'s, after the choice.
 
     python benchmarks/recipe_check.py EXPERIMENT [--set FIELD=VALUE ...] [--seeds 0,1,2]
         [--threads 1] [--out FOLDER] [--data-dir ../shared/datasets/mnist]
@@ -14,6 +15,7 @@ Two of these side by side on 2 cores (1 thread each) take ~10 min for a 7,520-pa
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -58,19 +60,18 @@ def main() -> None:
     device = torch.device("cpu")
     net = pack_seeds(exp.spec, seeds, recipe, device)
     print(f"{a.experiment} {overrides or '(as written)'}, seeds {seeds}, {a.threads} thread(s)", flush=True)
-    rows: list[list[float]] = []
     start = time.perf_counter()
 
     def on_epoch(results) -> None:
-        rows.append([r.val_acc for r in results])
         accs = " ".join(f"{r.val_acc:.4f}" for r in results)
         print(f"epoch {results[0].epoch:>2}  val {accs}  {time.perf_counter() - start:.0f} s", flush=True)
 
-    fit_replicas(net, data, recipe, device, on_epoch, seeds=seeds)
-    worst = [min(row[k] for row in rows[-LAST:]) for k in range(len(seeds))]
+    results = fit_replicas(net, data, recipe, device, on_epoch, seeds=seeds)
+    worst = [min(r.last(LAST, "val_acc")) for r in results]
     print(
         f"val, min of the last {LAST} epochs per seed: {' / '.join(f'{v:.4f}' for v in worst)}; "
-        f"mean {sum(worst) / len(worst):.4f}"
+        f"mean {statistics.fmean(worst):.4f}; search score (mean of the last {LAST}) "
+        f"{statistics.fmean(r.val_score for r in results):.4f}"
     )
     if a.out is not None:
         model = net.replica(0)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, Recipe
 from .records import UNRECORDED_DEVICE
 
 # The goals (issue 17), per budget: every seed's minimum test accuracy over epochs 13-15 at least
@@ -118,7 +118,10 @@ def _point(folder: Path) -> Point:
             point.precision = recipe.get("precision", "fp32")
             point.teacher = recipe.get("teacher")
             if point.teacher is not None:
-                point.distill = (float(recipe.get("distill", 0.9)), float(recipe.get("temperature", 4.0)))
+                point.distill = (
+                    float(recipe.get("distill", Recipe().distill)),
+                    float(recipe.get("temperature", Recipe().temperature)),
+                )
         return point
     except (
         ValueError,

@@ -16,24 +16,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import ValidationError
 from torch import nn
 
-from .config import ArchSpec, ConfigError, Recipe
+from .config import ConfigError, Experiment, Recipe, load_experiment
 from .model import TinyNet, build_model
 
 FILES = ("spec.yaml", "state_dict.pt", "experiment.yaml")
 
 
-def _read_yaml(path: Path, where: str) -> dict:
+def _load(path: Path, where: str) -> Experiment:
+    """An experiment file of the teacher's folder, read as every experiment file is."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{where}: cannot read {path.name} ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {path.name} is not a mapping")
-    return data
+        return load_experiment(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def check_teacher(recipe: Recipe) -> None:
@@ -48,10 +44,7 @@ def check_teacher(recipe: Recipe) -> None:
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
-    trained = _read_yaml(folder / "experiment.yaml", where).get("recipe") or {}
-    held_out = trained.get("val_size", Recipe().val_size) if isinstance(trained, dict) else None
-    if not isinstance(held_out, int):
-        raise ConfigError(f"{where}: experiment.yaml has no recipe.val_size")
+    held_out = _load(folder / "experiment.yaml", where).recipe.val_size
     if held_out < recipe.val_size:
         raise ConfigError(
             f"{where}: it trained on {recipe.val_size - held_out:,} of the {recipe.val_size:,} validation "
@@ -65,10 +58,9 @@ def load_teacher(recipe: Recipe, device: torch.device, dtype: torch.dtype = torc
     frozen, channels-last."""
     where = f"recipe.teacher {recipe.teacher}"
     folder = Path(str(recipe.teacher))
-    try:
-        spec = ArchSpec.model_validate(_read_yaml(folder / "spec.yaml", where).get("spec"))
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: spec.yaml: {exc.errors()[0]['msg']}") from None
+    spec = _load(folder / "spec.yaml", where).spec
+    if spec is None:
+        raise ConfigError(f"{where}: spec.yaml has no `spec`")
     model = build_model(spec)
     try:
         state = torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True)
