@@ -125,6 +125,22 @@ class Recipe(_Strict):
     teacher: str | None = None
     distill: Annotated[float, Field(ge=0, le=1)] = 0.9  # weight of the teacher's term
     temperature: Annotated[float, Field(gt=0)] = 4.0
+    # Weight averaging: an exponential moving average of the weights, updated after every
+    # optimiser step with this decay (warmed up as (1 + t) / (10 + t) over the first steps, so
+    # early epochs are not dominated by the initialisation). When set, every measurement and the
+    # network a run hands out (export, model.pt2) are the averaged weights, with BatchNorm
+    # statistics of their own recomputed after every epoch (so it needs precise_bn > 0).
+    # None: the weights as trained. Measured so far it has not paid: ahead mid-training, level
+    # or lower by epochs 13-15 (results/README.md, "Weight averaging").
+    ema: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _check_ema(self) -> Recipe:
+        if self.ema is not None and self.precise_bn == 0:
+            raise ValueError(
+                "ema needs precise_bn > 0: the averaged weights need BatchNorm statistics of their own"
+            )
+        return self
 
 
 class IntRange(_Strict):

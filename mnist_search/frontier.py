@@ -66,6 +66,7 @@ class Point:
     precision: str = "fp32"  # the recipe's (Recipe.precision), from the folder's experiment.yaml
     teacher: str | None = None  # the recipe's (Recipe.teacher): distilled from it, with distill / T
     distill: tuple[float, float] | None = None
+    ema: float | None = None  # the recipe's (Recipe.ema): measured on averaged weights
 
     @property
     def mean(self) -> float:
@@ -117,6 +118,7 @@ def _point(folder: Path) -> Point:
             recipe = (yaml.safe_load(experiment.read_text()) or {}).get("recipe") or {}
             point.precision = recipe.get("precision", "fp32")
             point.teacher = recipe.get("teacher")
+            point.ema = recipe.get("ema")
             if point.teacher is not None:
                 point.distill = (
                     float(recipe.get("distill", Recipe().distill)),
@@ -181,17 +183,23 @@ def _from_table(folder: Path) -> Point:
 
 
 def _recipe_note(p: Point) -> str:
-    """How a point was trained when not in float32 (Recipe.precision) or not from the labels
-    alone (Recipe.teacher)."""
+    """How a point was trained when not in float32 (Recipe.precision), not from the labels
+    alone (Recipe.teacher) or not measured on the weights as trained (Recipe.ema)."""
     note = "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
     if p.teacher is not None and p.distill is not None:
         weight, temperature = p.distill
         note += f", distilled from `{p.teacher}` (weight {weight:g}, temperature {temperature:g})"
+    if p.ema is not None:
+        note += f", measured on a moving average of its weights (decay {p.ema:g})"
     return note
 
 
 def _recipe_tag(p: Point) -> str:
-    tags = ([] if p.precision == "fp32" else [p.precision]) + ([] if p.teacher is None else ["distilled"])
+    tags = (
+        ([] if p.precision == "fp32" else [p.precision])
+        + ([] if p.teacher is None else ["distilled"])
+        + ([] if p.ema is None else ["averaged"])
+    )
     return f" ({', '.join(tags)})" if tags else ""
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .averaging import WeightAverage
 from .config import TARGET, Recipe
 from .data import MNISTData, Split
 from .packed import PackedNet, SeparatePack, pack, unpack
@@ -306,21 +307,25 @@ def fit_replicas(
     n = len(data.train)
     scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), epochs)
     teacher = load_teacher(recipe, device, data.train.x.dtype) if recipe.teacher is not None else None
+    average = WeightAverage(net, recipe.ema, seeds, device) if recipe.ema is not None else None
+    measured = net if average is None else average.module  # what every epoch's figures are of
     results = [FitResult() for _ in seeds]
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
-        losses, accs = train_epoch(net, data, recipe, orders, optimizer, scheduler, gens, teacher=teacher)
+        losses, accs = train_epoch(
+            net, data, recipe, orders, optimizer, scheduler, gens, teacher=teacher, average=average
+        )
         for seed, loss in zip(seeds, losses):
             if not math.isfinite(loss):
                 raise NonFiniteLoss(
                     f"training loss became {loss} in epoch {epoch}" + (f" (seed {seed})" if k > 1 else "")
                 )
         if recipe.precise_bn:
-            recompute_bn_stats(net, _replica_images(data.train.x, orders[:, : recipe.precise_bn]))
+            recompute_bn_stats(measured, _replica_images(data.train.x, orders[:, : recipe.precise_bn]))
         nan = (float("nan"), float("nan"))
-        val = evaluate_replicas(net, data.val) if len(data.val) else [nan] * k
-        test = evaluate_replicas(net, data.test)
+        val = evaluate_replicas(measured, data.val) if len(data.val) else [nan] * k
+        test = evaluate_replicas(measured, data.test)
         lr = optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - start
         epoch_results = [
@@ -331,6 +336,8 @@ def fit_replicas(
             result.epochs.append(r)
         if on_epoch is not None:
             on_epoch(epoch_results)
+    if average is not None:  # hand out what was measured
+        net.load_state_dict(average.module.state_dict())
     return results
 
 
@@ -381,11 +388,13 @@ def train_epoch(
     forward=None,
     *,
     teacher: nn.Module | None = None,
+    average: WeightAverage | None = None,
 ) -> tuple[list[float], list[float]]:
     """One pass over the training images, replica k in `orders[k]` (K, n): per replica (mean
     loss, accuracy) on its augmented batches. `forward`: the network to call, `net` itself unless
     given (benchmarks/replica_speed.py passes a torch.compile'd one: it did not pay, see there).
-    `teacher`: the recipe's, loaded (teacher.py); it sees each replica's own augmented images."""
+    `teacher`: the recipe's, loaded (teacher.py); it sees each replica's own augmented images.
+    `average`: the recipe's weight average (averaging.py), updated after every step."""
     forward = net if forward is None else forward
     net.train()
     k, n = orders.shape
@@ -413,6 +422,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         per_replica.sum().backward()  # replicas share no weights: each gets its own gradient
         optimizer.step()
+        if average is not None:
+            average.update_parameters(net)
         if scheduler is not None:
             scheduler.step()
         loss_sum += per_replica.detach() * (end - start)

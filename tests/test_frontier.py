@@ -87,6 +87,22 @@ def test_a_distilled_point_is_marked_with_its_teacher_and_the_others_are_not():
     assert all("distilled" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
 
 
+def test_an_averaged_point_is_marked_and_the_same_trial_as_trained_is_not():
+    """results/budget-1k-separable-ema-t19 was verified with `--recipe-from` a recipe with
+    `ema: 0.999`: its row and section say it was measured on averaged weights."""
+    points = {p.folder: p for p in load_points(RESULTS)}
+    ema, plain = points["budget-1k-separable-ema-t19"], points["budget-1k-separable-cpu"]
+    assert (ema.ema, plain.ema) == (0.999, None) and (ema.study, ema.trial) == (plain.study, plain.trial)
+    assert [s.min_last3 for s in ema.seeds] == [0.9863, 0.986, 0.9859] and ema.goal_met is False
+    page = (RESULTS / "frontier.md").read_text()
+    row = next(
+        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-ema-t19/`]")
+    )
+    assert "(averaged)" in row and "98.63 % ± 0.04" in row
+    assert "measured on a moving average of its weights (decay 0.999)." in page
+    assert all("averaged" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
+
+
 def test_a_folder_with_verify_json_reads_the_same_from_its_table():
     """verify.json and verify.md are written together: the older folders, read from their table
     alone, are read right (checked on every folder that has both)."""
