@@ -264,7 +264,7 @@ def fit(
     seed: int = 0,
 ) -> FitResult:
     """Train one network (a pack of one: the same code as `fit_replicas`); `model` holds the
-    trained weights afterwards, on `device`."""
+    trained weights afterwards (their moving average with `recipe.ema`), on `device`."""
     net = pack([model])
     results = fit_replicas(
         net,
@@ -294,7 +294,8 @@ def fit_replicas(
     val and test after every epoch and reports per replica: `on_epoch([EpochResult] * K)`.
 
     `data` should already be on `device`. Raises NonFiniteLoss when a replica's loss becomes
-    NaN/inf. `on_epoch` may raise to stop early (pruning)."""
+    NaN/inf. `on_epoch` may raise to stop early (pruning). With `recipe.ema` every figure is of
+    the averaged weights, and `net` holds them at the end."""
     k = net.replicas
     if len(seeds) != k:
         raise ValueError(f"{k} replicas need {k} seeds, got {len(seeds)}")
