@@ -5,7 +5,11 @@ score a search ranks on (its mean over the last 3 epochs, `FitResult.val_score`)
 over the seeds. Never the test set: that is `verify`'s, after the choice.
 
     python benchmarks/recipe_check.py EXPERIMENT [--set FIELD=VALUE ...] [--seeds 0,1,2]
-        [--threads 1] [--out FOLDER] [--data-dir ../shared/datasets/mnist]
+        [--threads 1] [--silu] [--out FOLDER] [--data-dir ../shared/datasets/mnist]
+
+`--silu` is a probe, not a model option: it swaps every ReLU of the built pack for SiLU (the
+spec has no activation field; this measured whether it should — results/README.md, "Other
+shapes and an activation, on validation": it should not, so far).
 
 `--out` writes seed 0's network as a teacher folder (spec.yaml, state_dict.pt, experiment.yaml
 with this run's val_size): a teacher for searches on the same split (`recipe.teacher`).
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 
 from mnist_search.config import ConfigError, Recipe, experiment_to_yaml, load_experiment
 from mnist_search.data import load_mnist
@@ -33,6 +38,17 @@ from mnist_search.train import fit_replicas
 LAST = 3  # the epochs a run is judged on (target: each of the last 3)
 
 
+def swap_relu(net: nn.Module, activation: type[nn.Module]) -> int:
+    """Replace every nn.ReLU in `net` by `activation(inplace=True)`; how many were replaced."""
+    swapped = 0
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, activation(inplace=True))
+                swapped += 1
+    return swapped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", help="an experiment with a `spec` (e.g. a verify --out experiment.yaml)")
@@ -43,8 +59,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--val-size", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=None, help="write seed 0's network here as a teacher")
+    ap.add_argument("--silu", action="store_true", help="probe: every ReLU replaced by SiLU")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
+    if a.silu and a.out is not None:
+        raise SystemExit("error: --silu builds a network no spec describes; it cannot be written with --out")
     configure_threads(a.threads)
     exp = load_experiment(a.experiment)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
@@ -59,7 +78,13 @@ def main() -> None:
     data = load_mnist(a.data_dir, val_size=recipe.val_size)
     device = torch.device("cpu")
     net = pack_seeds(exp.spec, seeds, recipe, device)
-    print(f"{a.experiment} {overrides or '(as written)'}, seeds {seeds}, {a.threads} thread(s)", flush=True)
+    if a.silu:
+        swap_relu(net, nn.SiLU)
+    print(
+        f"{a.experiment} {overrides or '(as written)'}{' with SiLU' if a.silu else ''}, seeds {seeds}, "
+        f"{a.threads} thread(s)",
+        flush=True,
+    )
     start = time.perf_counter()
 
     def on_epoch(results) -> None:
