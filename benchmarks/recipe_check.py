@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
     if a.silu and a.out is not None:
-        raise SystemExit("error: --silu builds a network no spec describes; it cannot be written with --out")
+        ap.error("--silu builds a network no spec describes; it cannot be written with --out")
     configure_threads(a.threads)
     exp = load_experiment(a.experiment)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
