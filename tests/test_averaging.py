@@ -11,10 +11,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from mnist_search.averaging import warmed_decay
 from mnist_search.config import ConfigError, Recipe, load_experiment
 from mnist_search.model import build_model
-from mnist_search.packed import pack, unpack
-from mnist_search.train import fit, fit_replicas
+from mnist_search.train import fit
 
-from .test_packed import SEEDS, SPEC, small
+from .test_packed import SPEC, assert_each_replica_is_its_run_alone, small
 
 
 def test_the_decay_warms_up_then_holds():
@@ -65,18 +64,7 @@ def test_with_averaging_replica_k_of_a_packed_run_matches_a_run_alone(mnist):
     BatchNorm re-estimation (dropout from its own generator) are exactly its run alone."""
     data = small(mnist, 448, dtype=torch.float64)
     recipe = Recipe(epochs=2, batch_size=64, rotation=8, precise_bn=256, lr=0.05, ema=0.99)
-    alone = []
-    for seed in SEEDS:
-        model = build_model(SPEC, seed=seed).double()
-        alone.append((fit(model, data, recipe, torch.device("cpu"), seed=seed), model))
-    net = pack([build_model(SPEC, seed=s).double() for s in SEEDS])
-    packed = fit_replicas(net, data, recipe, torch.device("cpu"), seeds=SEEDS)
-    for k, (result, model) in enumerate(alone):
-        for mine, theirs in zip(packed[k].epochs, result.epochs):
-            assert mine.train_loss == pytest.approx(theirs.train_loss, abs=1e-9)
-            assert mine.val_loss == pytest.approx(theirs.val_loss, abs=1e-9)
-        for key, value in model.state_dict().items():
-            torch.testing.assert_close(unpack(net, k).state_dict()[key], value, atol=1e-9, rtol=1e-9, msg=key)
+    assert_each_replica_is_its_run_alone(data, recipe)
 
 
 def test_averaging_without_batchnorm_re_estimation_is_refused_in_one_line(tmp_path):

@@ -45,16 +45,11 @@ def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forwa
             assert torch.equal(back.state_dict()[key], value), key
 
 
-@pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
-def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
-    """14 steps (7 batches x 2 epochs) with rotation, translation, dropout and BatchNorm
-    re-estimation: each replica ends where the same spec trained alone with its seed ends.
-
-    In float64, so that the comparison is tight: a grouped convolution rounds differently from a
-    plain one (about 1e-7 in float32), and 14 steps of SGD amplify that to 1e-2 in some weights;
-    in float64 the same runs agree to about 1e-14."""
-    data = small(mnist, 448, dtype=torch.float64)
-    recipe = Recipe(epochs=2, batch_size=64, rotation=8, translate=0.05, precise_bn=256, lr=0.05)
+def assert_each_replica_is_its_run_alone(data, recipe: Recipe, spec: ArchSpec = SPEC) -> list:
+    """Train `spec` alone with each of SEEDS, then packed with all of them: replica k's losses,
+    accuracies and final weights are its run alone's (float64: 1e-9). Returns what the packed
+    run passed to its callback (per epoch), what it returned, and the runs alone as
+    (FitResult, model)."""
     alone = []
     for seed in SEEDS:
         model = build_model(spec, seed=seed).double()
@@ -62,11 +57,10 @@ def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
     seen = []
     net = pack([build_model(spec, seed=s).double() for s in SEEDS])
     packed = fit_replicas(net, data, recipe, torch.device("cpu"), seen.append, seeds=SEEDS)
-    assert [len(epoch) for epoch in seen] == [3, 3]  # per-replica results through the callback
     for k, (result, model) in enumerate(alone):
-        assert [seen[e][k] for e in range(2)] == packed[k].epochs
-        for mine, theirs in zip(packed[k].epochs, result.epochs):
+        for mine, theirs in zip(packed[k].epochs, result.epochs, strict=True):
             assert mine.train_loss == pytest.approx(theirs.train_loss, abs=1e-9)
+            assert mine.val_loss == pytest.approx(theirs.val_loss, abs=1e-9)
             assert (mine.train_acc, mine.val_acc, mine.test_acc) == (
                 theirs.train_acc,
                 theirs.val_acc,
@@ -77,6 +71,23 @@ def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
             torch.testing.assert_close(replica.state_dict()[key], value, atol=1e-9, rtol=1e-9, msg=key)
     # ... and the replicas really differ from one another (their own seeds, not one run thrice).
     assert packed[0].epochs[-1].train_loss != packed[1].epochs[-1].train_loss
+    return seen, packed, alone
+
+
+@pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
+def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
+    """14 steps (7 batches x 2 epochs) with rotation, translation, dropout and BatchNorm
+    re-estimation: each replica ends where the same spec trained alone with its seed ends.
+
+    In float64, so that the comparison is tight: a grouped convolution rounds differently from a
+    plain one (about 1e-7 in float32), and 14 steps of SGD amplify that to 1e-2 in some weights;
+    in float64 the same runs agree to about 1e-14."""
+    data = small(mnist, 448, dtype=torch.float64)
+    recipe = Recipe(epochs=2, batch_size=64, rotation=8, translate=0.05, precise_bn=256, lr=0.05)
+    seen, packed, _ = assert_each_replica_is_its_run_alone(data, recipe, spec)
+    assert [len(epoch) for epoch in seen] == [3, 3]  # per-replica results through the callback
+    for k in range(len(SEEDS)):
+        assert [seen[e][k] for e in range(2)] == packed[k].epochs
 
 
 def test_in_the_separate_layout_replica_k_trains_exactly_as_the_run_alone_with_seed_k(mnist):

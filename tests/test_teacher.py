@@ -14,12 +14,11 @@ from mnist_search.cli import app
 from mnist_search.config import ArchSpec, ConfigError, Recipe, experiment_to_yaml
 from mnist_search.export import export_model
 from mnist_search.model import build_model
-from mnist_search.packed import pack, unpack
 from mnist_search.teacher import check_teacher, distill_loss, load_teacher
-from mnist_search.train import fit, fit_replicas
+from mnist_search.train import fit
 
 from .conftest import REPO
-from .test_packed import SEEDS, SPEC, small
+from .test_packed import SEEDS, SPEC, assert_each_replica_is_its_run_alone, small
 
 TEACHER_SPEC = ArchSpec(stages=[[8, 10], [10, 12]], transitions=[8], batchnorm=True)
 
@@ -92,17 +91,7 @@ def test_with_a_teacher_replica_k_of_a_packed_run_still_matches_a_run_alone(tmp_
     data = small(mnist, 448, dtype=torch.float64)
     folder = write_teacher(tmp_path / "t", val_size=10_000)
     recipe = Recipe(epochs=2, batch_size=64, rotation=8, precise_bn=256, lr=0.05, teacher=str(folder))
-    alone = []
-    for seed in SEEDS:
-        model = build_model(SPEC, seed=seed).double()
-        alone.append((fit(model, data, recipe, torch.device("cpu"), seed=seed), model))
-    net = pack([build_model(SPEC, seed=s).double() for s in SEEDS])
-    packed = fit_replicas(net, data, recipe, torch.device("cpu"), seeds=SEEDS)
-    for k, (result, model) in enumerate(alone):
-        for mine, theirs in zip(packed[k].epochs, result.epochs):
-            assert mine.train_loss == pytest.approx(theirs.train_loss, abs=1e-9)
-        for key, value in model.state_dict().items():
-            torch.testing.assert_close(unpack(net, k).state_dict()[key], value, atol=1e-9, rtol=1e-9, msg=key)
+    *_, alone = assert_each_replica_is_its_run_alone(data, recipe)
     # ... and the teacher changed the training: the same seed without it ends elsewhere
     plain = build_model(SPEC, seed=SEEDS[0]).double()
     without = fit(
