@@ -20,6 +20,11 @@ def copy_results(tmp_path):
     return copy
 
 
+def front_row(page: str, folder: str) -> str:
+    """The line of frontier.md's table for `folder` (a < 1,000 point)."""
+    return next(line for line in page.splitlines() if line.startswith(f"| < 1,000 | [`{folder}/`]"))
+
+
 def test_the_committed_front_is_what_the_command_writes(tmp_path):
     copy = copy_results(tmp_path)
     result = runner.invoke(app, ["frontier", "--results", str(copy)])
@@ -59,14 +64,10 @@ def test_a_point_trained_in_bf16_is_marked_as_such_and_float32_points_are_not():
         "budget-1k-separable-b1000", 19, 976
     )  # fmt: skip
     page = (RESULTS / "frontier.md").read_text()
-    row = next(
-        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-bf16-t19/`]")
-    )
+    row = front_row(page, "budget-1k-separable-bf16-t19")
     assert "(bf16)" in row and "98.78 % ± 0.11" in row
     assert "study `budget-1k-separable-b1000`, trained in bf16 (autocast)." in page
-    plain = next(
-        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-cpu/`]")
-    )
+    plain = front_row(page, "budget-1k-separable-cpu")
     assert "bf16" not in plain
 
 
@@ -79,9 +80,7 @@ def test_a_distilled_point_is_marked_with_its_teacher_and_the_others_are_not():
     assert (kd.teacher, kd.distill) == ("results/budget-8k", (0.9, 4.0))
     assert plain.teacher is None and (kd.study, kd.trial) == (plain.study, plain.trial)
     page = (RESULTS / "frontier.md").read_text()
-    row = next(
-        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-kd-t19/`]")
-    )
+    row = front_row(page, "budget-1k-separable-kd-t19")
     assert "(distilled)" in row and "98.69 % ± 0.12" in row
     assert "distilled from `results/budget-8k` (weight 0.9, temperature 4)." in page
     assert all("distilled" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
@@ -95,9 +94,7 @@ def test_an_averaged_point_is_marked_and_the_same_trial_as_trained_is_not():
     assert (ema.ema, plain.ema) == (0.999, None) and (ema.study, ema.trial) == (plain.study, plain.trial)
     assert [s.min_last3 for s in ema.seeds] == [0.9863, 0.986, 0.9859] and ema.goal_met is False
     page = (RESULTS / "frontier.md").read_text()
-    row = next(
-        line for line in page.splitlines() if line.startswith("| < 1,000 | [`budget-1k-separable-ema-t19/`]")
-    )
+    row = front_row(page, "budget-1k-separable-ema-t19")
     assert "(averaged)" in row and "98.63 % ± 0.04" in row
     assert "measured on a moving average of its weights (decay 0.999)." in page
     assert all("averaged" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
