@@ -5,11 +5,12 @@ score a search ranks on (its mean over the last 3 epochs, `FitResult.val_score`)
 over the seeds. Never the test set: that is `verify`'s, after the choice.
 
     python benchmarks/recipe_check.py EXPERIMENT [--set FIELD=VALUE ...] [--seeds 0,1,2]
-        [--threads 1] [--silu] [--out FOLDER] [--data-dir ../shared/datasets/mnist]
+        [--threads 1] [--silu] [--bn-first] [--out FOLDER] [--data-dir ../shared/datasets/mnist]
 
 `--silu` is a probe, not a model option: it swaps every ReLU of the built pack for SiLU (the
 spec has no activation field; this measured whether it should — results/README.md, "Other
-shapes and an activation, on validation": it should not, so far).
+shapes and an activation, on validation": it should not, so far). `--bn-first` is a probe too: every
+ReLU → BatchNorm pair becomes BatchNorm → ReLU (the spec fixes conv → ReLU → BatchNorm).
 
 `--out` writes seed 0's network as a teacher folder (spec.yaml, state_dict.pt, experiment.yaml
 with this run's val_size): a teacher for searches on the same split (`recipe.teacher`).
@@ -49,6 +50,19 @@ def swap_relu(net: nn.Module, activation: type[nn.Module]) -> int:
     return swapped
 
 
+def batchnorm_first(net: nn.Module) -> int:
+    """Swap every ReLU directly followed by a BatchNorm in `net`'s Sequentials; how many were swapped."""
+    swapped = 0
+    for module in list(net.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            if isinstance(module[i], nn.ReLU) and isinstance(module[i + 1], nn.modules.batchnorm._BatchNorm):
+                module[i], module[i + 1] = module[i + 1], module[i]
+                swapped += 1
+    return swapped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", help="an experiment with a `spec` (e.g. a verify --out experiment.yaml)")
@@ -60,10 +74,11 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=None, help="write seed 0's network here as a teacher")
     ap.add_argument("--silu", action="store_true", help="probe: every ReLU replaced by SiLU")
+    ap.add_argument("--bn-first", action="store_true", help="probe: BatchNorm before each ReLU")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
-    if a.silu and a.out is not None:
-        ap.error("--silu builds a network no spec describes; it cannot be written with --out")
+    if (a.silu or a.bn_first) and a.out is not None:
+        ap.error("--silu and --bn-first build a network no spec describes; it cannot be written with --out")
     configure_threads(a.threads)
     exp = load_experiment(a.experiment)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
@@ -80,8 +95,11 @@ def main() -> None:
     net = pack_seeds(exp.spec, seeds, recipe, device)
     if a.silu:
         swap_relu(net, nn.SiLU)
+    if a.bn_first and not batchnorm_first(net):
+        raise SystemExit("error: --bn-first: this network has no ReLU followed by a BatchNorm")
     print(
-        f"{a.experiment} {overrides or '(as written)'}{' with SiLU' if a.silu else ''}, seeds {seeds}, "
+        f"{a.experiment} {overrides or '(as written)'}{' with SiLU' if a.silu else ''}"
+        f"{' BatchNorm first' if a.bn_first else ''}, seeds {seeds}, "
         f"{a.threads} thread(s)",
         flush=True,
     )

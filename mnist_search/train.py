@@ -314,8 +314,9 @@ def fit_replicas(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
+        this = unaugmented(recipe) if epoch > epochs - recipe.clean_epochs else recipe
         losses, accs = train_epoch(
-            net, data, recipe, orders, optimizer, scheduler, gens, teacher=teacher, average=average
+            net, data, this, orders, optimizer, scheduler, gens, teacher=teacher, average=average
         )
         for seed, loss in zip(seeds, losses):
             if not math.isfinite(loss):
@@ -340,6 +341,11 @@ def fit_replicas(
     if average is not None:  # hand out what was measured
         net.load_state_dict(average.module.state_dict())
     return results
+
+
+def unaugmented(recipe: Recipe) -> Recipe:
+    """`recipe` with every augmentation off (its `clean_epochs`)."""
+    return recipe.model_copy(update={"rotation": 0.0, "translate": 0.0, "scale": 0.0})
 
 
 def _replica_images(x: torch.Tensor, index: torch.Tensor, thetas: list | None = None) -> torch.Tensor:

@@ -62,6 +62,26 @@ def test_augmentation_is_identity_when_off_and_moves_pixels_when_on(mnist):
     assert math.isclose(moved.min().item(), x.min().item(), abs_tol=1e-4)  # border = background
 
 
+def test_clean_epochs_train_the_last_epochs_on_unwarped_images(mnist):
+    """`clean_epochs: 1` of 2: epoch 1 is the augmented run's epoch 1 exactly, epoch 2 is the
+    un-augmented run's (same weights in, no warp drawn) — so it differs from the augmented one."""
+    data = small(mnist, 1_000, 500)
+    warped, clean = Recipe(rotation=10, translate=0.1, epochs=2), Recipe(epochs=2)
+    both = warped.model_copy(update={"clean_epochs": 1})
+
+    def run(recipe, seed=2):
+        return fit(build_model(SPEC, seed=seed), data, recipe, torch.device("cpu"), seed=seed).epochs
+
+    mixed, augmented, plain = run(both), run(warped), run(clean)
+    assert mixed[0].train_loss == augmented[0].train_loss and mixed[0].val_acc == augmented[0].val_acc
+    assert mixed[1].train_loss != augmented[1].train_loss
+    # Un-warped images are easier: epoch 2's training loss is below the augmented run's.
+    assert mixed[1].train_loss < augmented[1].train_loss
+    assert plain[1].train_loss != mixed[1].train_loss  # epoch 1 was warped, so the weights differ
+    with pytest.raises(ValueError, match="clean_epochs \\(3\\) is more than epochs \\(2\\)"):
+        Recipe(epochs=2, clean_epochs=3)
+
+
 def test_unknown_or_missing_devices_are_rejected():
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
