@@ -1,7 +1,8 @@
 """Training and evaluation of one network on in-memory MNIST; reports through a callback only.
 
 The data stays on the device as whole tensors. Each epoch draws one permutation, slices batches
-from it and augments each batch with one batched affine warp (no per-sample work, no DataLoader).
+from it and augments each batch with one batched warp, affine or elastic (no per-sample work, no
+DataLoader).
 `fit` never prints or logs: it calls `on_epoch(EpochResult)` and whoever called it decides.
 """
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .averaging import WeightAverage
-from .config import TARGET, Recipe
+from .config import INPUT_SIZE, TARGET, Recipe
 from .data import MNISTData, Split
 from .packed import PackedNet, SeparatePack, pack, unpack
 from .teacher import distill_loss, load_teacher, teacher_logits
@@ -146,33 +147,57 @@ def mean_epoch(rs: Sequence[EpochResult]) -> EpochResult:
 
 
 def warp_params(n: int, recipe: Recipe, generator: torch.Generator | None) -> torch.Tensor | None:
-    """n random affine warps (rotation / translation / scale) as (n, 2, 3), drawn from
-    `generator`; None when the recipe augments nothing."""
-    if recipe.rotation == 0 and recipe.translate == 0 and recipe.scale == 0:
+    """n random warps drawn from `generator`: affine (rotation / translation / scale) as (n, 2, 3),
+    or, with `recipe.elastic`, whole sampling grids (n, 28, 28, 2) with the elastic displacement
+    added; None when the recipe augments nothing."""
+    if recipe.rotation == 0 and recipe.translate == 0 and recipe.scale == 0 and recipe.elastic == 0:
         return None
+    device = generator.device if generator else "cpu"
 
     def uniform(bound: float) -> torch.Tensor:
-        u = torch.rand(n, generator=generator, device=generator.device if generator else "cpu")
+        u = torch.rand(n, generator=generator, device=device)
         return (u * 2 - 1) * bound
 
     angle = uniform(math.radians(recipe.rotation))
     zoom = 1 + uniform(recipe.scale)
     shift = torch.stack([uniform(2 * recipe.translate), uniform(2 * recipe.translate)], 1)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    if recipe.elastic == 0:
+        return theta
+    size = [n, 1, INPUT_SIZE, INPUT_SIZE]
+    grid = F.affine_grid(theta, size, align_corners=False)  # (n, 28, 28, 2), in [-1, 1]
+    moves = torch.rand(n, 2, INPUT_SIZE, INPUT_SIZE, generator=generator, device=device) * 2 - 1
+    moves = smooth(moves, recipe.elastic_sigma) * (recipe.elastic * 2 / INPUT_SIZE)  # pixels -> [-1, 1]
+    return grid + moves.permute(0, 2, 3, 1)
+
+
+def smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel of (N, C, H, W) blurred by a Gaussian of `sigma` pixels (zeros outside)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    rows = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
-    """Apply per-image affine warps with one grid sample (the identity when theta is None)."""
+    """Apply per-image warps with one grid sample: `theta` affine (N, 2, 3) or sampling grids
+    (N, H, W, 2) (the identity when None)."""
     if theta is None:
         return x
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    grid = theta.to(x) if theta.dim() == 4 else F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     # Normalised background is (0 - MEAN) / STD; pad with the border (background) value.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
 def augment(x: torch.Tensor, recipe: Recipe, generator: torch.Generator | None) -> torch.Tensor:
-    """Random rotation / translation / scale of a whole batch with one affine grid sample."""
+    """Random rotation / translation / scale / elastic distortion of a whole batch with one grid
+    sample."""
     return warp(x, warp_params(x.shape[0], recipe, generator))
 
 
@@ -345,7 +370,7 @@ def fit_replicas(
 
 def unaugmented(recipe: Recipe) -> Recipe:
     """`recipe` with every augmentation off (its `clean_epochs`)."""
-    return recipe.model_copy(update={"rotation": 0.0, "translate": 0.0, "scale": 0.0})
+    return recipe.model_copy(update={"rotation": 0.0, "translate": 0.0, "scale": 0.0, "elastic": 0.0})
 
 
 def _replica_images(x: torch.Tensor, index: torch.Tensor, thetas: list | None = None) -> torch.Tensor:

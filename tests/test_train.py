@@ -11,7 +11,7 @@ from mnist_search.config import ArchSpec, Recipe
 from mnist_search.data import MNISTData, Split
 from mnist_search.model import build_model
 from mnist_search.runtime import resolve_device
-from mnist_search.train import NonFiniteLoss, augment, fit, make_optimizer, make_scheduler
+from mnist_search.train import NonFiniteLoss, augment, fit, make_optimizer, make_scheduler, warp_params
 
 SPEC = ArchSpec(stages=[[8, 12], [12, 16]], transitions=[8], batchnorm=True, dropout=0.05, head="gap")
 
@@ -58,6 +58,35 @@ def test_augmentation_is_identity_when_off_and_moves_pixels_when_on(mnist):
     assert torch.equal(augment(x, Recipe(), None), x)
     moved = augment(x, Recipe(rotation=10, translate=0.1), torch.Generator().manual_seed(0))
     assert moved.shape == x.shape
+    assert (moved - x).abs().mean() > 0.05
+    assert math.isclose(moved.min().item(), x.min().item(), abs_tol=1e-4)  # border = background
+
+
+def test_elastic_distortion_moves_pixels_by_a_smooth_field_of_about_its_size(mnist):
+    """`elastic`: sampling grids (n, 28, 28, 2) whose displacement from the identity is a
+    smoothed random field; larger `elastic`, larger moves; the same generator, the same grids."""
+    identity = torch.nn.functional.affine_grid(
+        torch.eye(2, 3).expand(8, 2, 3), [8, 1, 28, 28], align_corners=False
+    )
+
+    def moves(recipe, seed=0):  # displacement in pixels, (8, 28, 28, 2)
+        grid = warp_params(8, recipe, torch.Generator().manual_seed(seed))
+        assert grid.shape == (8, 28, 28, 2)
+        return (grid - identity) * 14
+
+    mild, classic = moves(Recipe(elastic=12)), moves(Recipe(elastic=34))  # Simard et al.: 34, sigma 4
+    assert torch.equal(classic, moves(Recipe(elastic=34)))
+    assert not torch.equal(classic, moves(Recipe(elastic=34), seed=1))
+    # Uniform [-1, 1] noise (std 0.577) under a normalised Gaussian of sigma 4 keeps std
+    # 0.577 / (2 sqrt(pi) 4) = 0.041 (less at the borders), times 34 pixels: ~1.4 px.
+    assert 0.6 < classic.abs().mean() < 1.6
+    assert torch.allclose(mild, classic * 12 / 34, atol=1e-5)
+    # Smooth: neighbours move nearly alike. At sigma 4 their correlation is exp(-1/64), so their
+    # difference is ~0.18 of a move (measured 0.17); unsmoothed noise would give ~1.1.
+    assert (classic[:, 1:] - classic[:, :-1]).abs().mean() < 0.3 * classic.abs().mean()
+    assert warp_params(8, Recipe(rotation=5), None).shape == (8, 2, 3)  # affine only: theta
+    x = mnist.train.x[:8]
+    moved = augment(x, Recipe(elastic=34), torch.Generator().manual_seed(0))
     assert (moved - x).abs().mean() > 0.05
     assert math.isclose(moved.min().item(), x.min().item(), abs_tol=1e-4)  # border = background
 
