@@ -146,11 +146,14 @@ def mean_epoch(rs: Sequence[EpochResult]) -> EpochResult:
     )  # fmt: skip
 
 
+AUGMENTATIONS = ("rotation", "translate", "scale", "elastic")  # the recipe's warps; 0 each: none
+
+
 def warp_params(n: int, recipe: Recipe, generator: torch.Generator | None) -> torch.Tensor | None:
     """n random warps drawn from `generator`: affine (rotation / translation / scale) as (n, 2, 3),
     or, with `recipe.elastic`, whole sampling grids (n, 28, 28, 2) with the elastic displacement
     added; None when the recipe augments nothing."""
-    if recipe.rotation == 0 and recipe.translate == 0 and recipe.scale == 0 and recipe.elastic == 0:
+    if not any(getattr(recipe, name) for name in AUGMENTATIONS):
         return None
     device = generator.device if generator else "cpu"
 
@@ -370,12 +373,12 @@ def fit_replicas(
 
 def unaugmented(recipe: Recipe) -> Recipe:
     """`recipe` with every augmentation off (its `clean_epochs`)."""
-    return recipe.model_copy(update={"rotation": 0.0, "translate": 0.0, "scale": 0.0, "elastic": 0.0})
+    return recipe.model_copy(update=dict.fromkeys(AUGMENTATIONS, 0.0))
 
 
 def _replica_images(x: torch.Tensor, index: torch.Tensor, thetas: list | None = None) -> torch.Tensor:
     """Replica k's images x[index[k]] in channel k: (B, K, 28, 28), channels-last; warped by
-    `thetas[k]` (B, 2, 3) when given."""
+    `thetas[k]` (affine (B, 2, 3) or grids (B, 28, 28, 2), `warp_params`) when given."""
     k, b = index.shape
     images = x[index.reshape(-1)]  # (K*B, 1, 28, 28)
     if thetas is not None and thetas[0] is not None:
