@@ -67,6 +67,7 @@ class Point:
     teacher: str | None = None  # the recipe's (Recipe.teacher): distilled from it, with distill / T
     distill: tuple[float, float] | None = None
     ema: float | None = None  # the recipe's (Recipe.ema): measured on averaged weights
+    optimizer: str = "sgd"  # the recipe's (Recipe.optimizer)
 
     @property
     def mean(self) -> float:
@@ -119,6 +120,7 @@ def _point(folder: Path) -> Point:
             point.precision = recipe.get("precision", "fp32")
             point.teacher = recipe.get("teacher")
             point.ema = recipe.get("ema")
+            point.optimizer = recipe.get("optimizer", Recipe().optimizer)
             if point.teacher is not None:
                 point.distill = (
                     float(recipe.get("distill", Recipe().distill)),
@@ -183,9 +185,12 @@ def _from_table(folder: Path) -> Point:
 
 
 def _recipe_note(p: Point) -> str:
-    """How a point was trained when not in float32 (Recipe.precision), not from the labels
-    alone (Recipe.teacher) or not measured on the weights as trained (Recipe.ema)."""
+    """How a point was trained when not in float32 (Recipe.precision), not with SGD
+    (Recipe.optimizer), not from the labels alone (Recipe.teacher) or not measured on the
+    weights as trained (Recipe.ema)."""
     note = "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
+    if p.optimizer != "sgd":
+        note += f", trained with {_OPTIMIZERS.get(p.optimizer, p.optimizer)}"
     if p.teacher is not None and p.distill is not None:
         weight, temperature = p.distill
         note += f", distilled from `{p.teacher}` (weight {weight:g}, temperature {temperature:g})"
@@ -194,9 +199,13 @@ def _recipe_note(p: Point) -> str:
     return note
 
 
+_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}
+
+
 def _recipe_tag(p: Point) -> str:
     tags = (
         ([] if p.precision == "fp32" else [p.precision])
+        + ([] if p.optimizer == "sgd" else [_OPTIMIZERS.get(p.optimizer, p.optimizer)])
         + ([] if p.teacher is None else ["distilled"])
         + ([] if p.ema is None else ["averaged"])
     )

@@ -86,6 +86,20 @@ def test_a_distilled_point_is_marked_with_its_teacher_and_the_others_are_not():
     assert all("distilled" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
 
 
+def test_a_point_trained_with_adam_is_marked_and_the_same_trial_with_sgd_is_not():
+    """results/budget-1k-separable-adam-t19 was verified with `--recipe-from` a recipe with
+    `optimizer: adam`: its row and section say so; the SGD run of the same trial does not."""
+    points = {p.folder: p for p in load_points(RESULTS)}
+    adam, plain = points["budget-1k-separable-adam-t19"], points["budget-1k-separable-cpu"]
+    assert (adam.optimizer, plain.optimizer) == ("adam", "sgd") and (adam.trial, adam.params) == (19, 976)
+    assert [s.min_last3 for s in adam.seeds] == [0.9857, 0.9883, 0.989] and adam.goal_met is False
+    page = (RESULTS / "frontier.md").read_text()
+    row = front_row(page, "budget-1k-separable-adam-t19")
+    assert "(Adam)" in row and "98.78 % ± 0.19" in row
+    assert "study `budget-1k-separable-b1000`, trained with Adam." in page
+    assert "Adam" not in front_row(page, "budget-1k-separable-cpu")
+
+
 def test_an_averaged_point_is_marked_and_the_same_trial_as_trained_is_not():
     """results/budget-1k-separable-ema-t19 was verified with `--recipe-from` a recipe with
     `ema: 0.999`: its row and section say it was measured on averaged weights."""
