@@ -190,7 +190,7 @@ def _recipe_note(p: Point) -> str:
     weights as trained (Recipe.ema)."""
     note = "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
     if p.optimizer != "sgd":
-        note += f", trained with {_OPTIMIZERS.get(p.optimizer, p.optimizer)}"
+        note += f", trained with {_optimizer_name(p)}"
     if p.teacher is not None and p.distill is not None:
         weight, temperature = p.distill
         note += f", distilled from `{p.teacher}` (weight {weight:g}, temperature {temperature:g})"
@@ -199,13 +199,14 @@ def _recipe_note(p: Point) -> str:
     return note
 
 
-_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}
+def _optimizer_name(p: Point) -> str:
+    return {"adam": "Adam", "adamw": "AdamW"}.get(p.optimizer, p.optimizer)
 
 
 def _recipe_tag(p: Point) -> str:
     tags = (
         ([] if p.precision == "fp32" else [p.precision])
-        + ([] if p.optimizer == "sgd" else [_OPTIMIZERS.get(p.optimizer, p.optimizer)])
+        + ([] if p.optimizer == "sgd" else [_optimizer_name(p)])
         + ([] if p.teacher is None else ["distilled"])
         + ([] if p.ema is None else ["averaged"])
     )
