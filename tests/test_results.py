@@ -11,6 +11,7 @@ from mnist_search.config import load_experiment
 from mnist_search.data import load_raw
 from mnist_search.frontier import load_points
 from mnist_search.model import build_model, count_params
+from mnist_search.space import check_budget
 
 from .conftest import REPO
 
@@ -57,3 +58,25 @@ def test_the_committed_model_is_under_budget_and_scores_its_verify_table_on_the_
     assert correct / len(y) == float(row[1])
     if claimed[1] == "yes, every seed":  # a claim of the target: this seed's last 3 epochs >= 99.4 %
         assert float(row[2]) >= 0.994 and row[3] == "yes"
+
+
+# The experiment files results/README.md runs its probes and searches from (families/, optim/,
+# teachers/, ...): each must still load under today's schema, and say truthfully what it holds.
+PROBES = sorted(p for p in (REPO / "results").glob("*/*.yaml") if not p.parent.name.startswith("budget-"))
+
+
+def test_the_probe_files_are_found():
+    names = {p.relative_to(REPO / "results").as_posix() for p in PROBES}
+    assert {"families/budget-8k-separable-t8-wide.yaml", "optim/budget-1k-separable-adam.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", PROBES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_committed_probe_file_loads_and_its_description_states_its_size(path):
+    exp = load_experiment(path)
+    if exp.spec is not None:  # one network: the last "N params" its description names is its size
+        stated = re.findall(r"([\d,]+)\s+params", exp.description)
+        if stated:
+            assert int(stated[-1].replace(",", "")) == count_params(exp.spec), exp.description
+    else:  # a search space under "Under N parameters": its smallest network fits that budget
+        budget = int(re.match(r"Under ([\d,]+) parameters", exp.description)[1].replace(",", ""))
+        assert check_budget(exp.search, budget) < budget
