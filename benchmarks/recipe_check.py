@@ -4,13 +4,18 @@ per seed its minimum over the last 3 epochs (the figure compared in results/READ
 score a search ranks on (its mean over the last 3 epochs, `FitResult.val_score`), each averaged
 over the seeds. Never the test set: that is `verify`'s, after the choice.
 
-    python benchmarks/recipe_check.py EXPERIMENT [--set FIELD=VALUE ...] [--seeds 0,1,2]
-        [--threads 1] [--silu] [--bn-first] [--out FOLDER] [--data-dir ../shared/datasets/mnist]
+    python benchmarks/recipe_check.py EXPERIMENT [--set FIELD=VALUE ...] [--spec FIELD=VALUE ...]
+        [--seeds 0,1,2] [--threads 1] [--silu] [--bn-first] [--shortcuts] [--out FOLDER]
+        [--data-dir ../shared/datasets/mnist]
+
+`--set` overrides a recipe field, `--spec` a field of the network's spec (`--spec pool=blur`).
 
 `--silu` is a probe, not a model option: it swaps every ReLU of the built pack for SiLU (the
 spec has no activation field; this measured whether it should — results/README.md, "Other
 shapes and an activation, on validation": it should not, so far). `--bn-first` is a probe too: every
 ReLU → BatchNorm pair becomes BatchNorm → ReLU (the spec fixes conv → ReLU → BatchNorm).
+`--shortcuts` is a third: every depthwise-separable block gets a parameter-free identity
+shortcut (PyramidNet's, zero-padded where the block widens, cropped to its unpadded output).
 
 `--out` writes seed 0's network as a teacher folder (spec.yaml, state_dict.pt, experiment.yaml
 with this run's val_size): a teacher for searches on the same split (`recipe.teacher`).
@@ -28,7 +33,7 @@ import torch
 import yaml
 from torch import nn
 
-from mnist_search.config import ConfigError, Recipe, experiment_to_yaml, load_experiment
+from mnist_search.config import ArchSpec, ConfigError, Recipe, experiment_to_yaml, load_experiment
 from mnist_search.data import load_mnist
 from mnist_search.export import export_model
 from mnist_search.layout import pack_seeds
@@ -63,6 +68,56 @@ def batchnorm_first(net: nn.Module) -> int:
     return swapped
 
 
+class Shortcut(nn.Module):
+    """`block(x)` plus a parameter-free shortcut from its input (PyramidNet's zero-padded
+    identity): `x` cropped to the block's output size (centre), per replica its first
+    min(C_in, C_out) channels added to the output's first ones. Replica i owns channels
+    [i*C, (i+1)*C) on both sides, so packing stays exact."""
+
+    def __init__(self, block: nn.Sequential, replicas: int):
+        super().__init__()
+        self.block, self.replicas = block, replicas
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        k, crop = self.replicas, (x.shape[-1] - y.shape[-1]) // 2
+        if crop:
+            x = x[..., crop:-crop, crop:-crop]
+        c_in, c_out = x.shape[1] // k, y.shape[1] // k
+        shared = min(c_in, c_out)
+        x = x.unflatten(1, (k, c_in))[:, :, :shared]
+        y = y.unflatten(1, (k, c_out)).clone()
+        y[:, :, :shared] += x
+        return y.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def shortcuts(net: nn.Module) -> int:
+    """Wrap every depthwise-separable block of `net`'s packs (depthwise conv, 1x1 conv, ReLU,
+    BatchNorm[, dropout]) in a Shortcut; how many were wrapped."""
+    packs = net.nets if hasattr(net, "nets") else [net]
+    wrapped = 0
+    for pack in packs:
+        layers, out, i = list(pack.layers), [], 0
+        while i < len(layers):
+            m = layers[i]
+            if (
+                isinstance(m, nn.Conv2d)
+                and m.groups == m.in_channels > pack.replicas
+                and m.kernel_size == (3, 3)
+            ):
+                j = i + 2  # the 1x1 conv, then ReLU, BatchNorm and any dropout up to the next conv/pool
+                while j < len(layers) and not isinstance(layers[j], (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                    j += 1
+                out.append(Shortcut(nn.Sequential(*layers[i:j]), pack.replicas))
+                wrapped += 1
+                i = j
+            else:
+                out.append(m)
+                i += 1
+        pack.layers = nn.Sequential(*out)
+    return wrapped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", help="an experiment with a `spec` (e.g. a verify --out experiment.yaml)")
@@ -75,13 +130,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write seed 0's network here as a teacher")
     ap.add_argument("--silu", action="store_true", help="probe: every ReLU replaced by SiLU")
     ap.add_argument("--bn-first", action="store_true", help="probe: BatchNorm before each ReLU")
+    ap.add_argument(
+        "--spec", action="append", default=[], metavar="FIELD=VALUE", help="override a spec field"
+    )
+    ap.add_argument("--shortcuts", action="store_true", help="probe: zero-padded identity shortcuts")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
-    if (a.silu or a.bn_first) and a.out is not None:
-        ap.error("--silu and --bn-first build a network no spec describes; it cannot be written with --out")
+    probes = [name for name in ("silu", "bn_first", "shortcuts") if getattr(a, name)]
+    if probes and a.out is not None:
+        ap.error("a probe builds a network no spec describes; it cannot be written with --out")
     configure_threads(a.threads)
     exp = load_experiment(a.experiment)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
+    spec_overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.spec)}
+    spec = ArchSpec.model_validate(exp.spec.model_dump() | spec_overrides)
     seeds = [int(s) for s in a.seeds.split(",")]
     recipe = Recipe.model_validate(
         exp.recipe.model_dump() | {"val_size": a.val_size, "seeds": len(seeds)} | overrides
@@ -92,14 +154,16 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     data = load_mnist(a.data_dir, val_size=recipe.val_size)
     device = torch.device("cpu")
-    net = pack_seeds(exp.spec, seeds, recipe, device)
+    net = pack_seeds(spec, seeds, recipe, device)
     if a.silu:
         swap_relu(net, nn.SiLU)
     if a.bn_first and not batchnorm_first(net):
         raise SystemExit("error: --bn-first: this network has no ReLU followed by a BatchNorm")
+    if a.shortcuts and not shortcuts(net):
+        raise SystemExit("error: --shortcuts: this network has no depthwise-separable block")
     print(
-        f"{a.experiment} {overrides or '(as written)'}{' with SiLU' if a.silu else ''}"
-        f"{' BatchNorm first' if a.bn_first else ''}, seeds {seeds}, "
+        f"{a.experiment} {overrides | spec_overrides or '(as written)'}, probes {probes or 'none'}, "
+        f"{net.layout} layout, seeds {seeds}, "
         f"{a.threads} thread(s)",
         flush=True,
     )
@@ -120,7 +184,7 @@ def main() -> None:
         model = net.replica(0)
         export_model(model, a.out)
         (a.out / "experiment.yaml").write_text(
-            experiment_to_yaml(exp.spec, recipe.model_copy(update={"seeds": 1}))
+            experiment_to_yaml(spec, recipe.model_copy(update={"seeds": 1}))
         )
         print(f"seed {seeds[0]}'s network written to {a.out} (trained with val_size {recipe.val_size})")
 

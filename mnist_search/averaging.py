@@ -1,4 +1,5 @@
-"""Weight averaging (`recipe.ema`): an exponential moving average of a network's weights.
+"""Weight averaging: an exponential moving average of a network's weights (`recipe.ema`), or
+their plain mean from an epoch on (`recipe.swa_from`, stochastic weight averaging).
 
 torch's `AveragedModel` keeps the average, updated with torch's EMA lerp and a warm-up
 (tf.train.ExponentialMovingAverage's `num_updates`): update t uses decay min(decay,
@@ -31,8 +32,11 @@ class WeightAverage(AveragedModel):
     BatchNorm statistics runs it in train mode, and that must draw neither from the training
     streams nor from the global generator (replica k would then depend on K)."""
 
-    def __init__(self, net: PackedNet | SeparatePack, decay: float, seeds: Sequence[int], device) -> None:
-        super().__init__(net, multi_avg_fn=self._lerp, use_buffers=False)
+    def __init__(
+        self, net: PackedNet | SeparatePack, decay: float | None, seeds: Sequence[int], device
+    ) -> None:
+        # decay None: torch's own equal-weight mean of every update (stochastic weight averaging)
+        super().__init__(net, multi_avg_fn=None if decay is None else self._lerp, use_buffers=False)
         self.decay, self.steps = decay, 0  # steps: averaging steps taken (the first is a copy)
         self.module.set_dropout_generators([torch.Generator(device=device).manual_seed(s) for s in seeds])
 

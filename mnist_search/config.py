@@ -47,6 +47,10 @@ class ArchSpec(_Strict):
                  instead of 9CW, so the same budget buys wider layers.
     head:        a 1x1 conv to 10 classes, then either global average pooling ("gap") or a
                  k x k conv over the whole remaining feature map ("conv", the seed's 7x7).
+    pool:        the transitions' 2x2 max-pool: "max" (stride 2), or "blur" (anti-aliased, Zhang
+                 2019: a 2x2 max at stride 1, then a fixed binomial 3x3 blur at stride 2 over
+                 reflect-padded maps). No parameters either way and the same output sizes
+                 (n -> n // 2); "blur" sees one more pixel of the map before it.
     """
 
     stages: tuple[tuple[Width, ...], ...] = Field(min_length=1)
@@ -56,6 +60,7 @@ class ArchSpec(_Strict):
     dropout: Probability = 0.0
     head: Literal["gap", "conv"] = "gap"
     separable: bool = False
+    pool: Literal["max", "blur"] = "max"
 
     @model_validator(mode="after")
     def _check_shape(self) -> ArchSpec:
@@ -69,6 +74,10 @@ class ArchSpec(_Strict):
         size = INPUT_SIZE
         for index, stage in enumerate(self.stages):
             if index > 0:
+                if self.pool == "blur" and size < 3:  # its blur pads the map by reflection
+                    raise ValueError(
+                        f"pool: blur needs a map of at least 3x3 to pool; stage {index} ends at {size}x{size}"
+                    )
                 size //= 2
             size -= 0 if self.padding else 2 * len(stage)
             if size < 1:
@@ -144,13 +153,24 @@ class Recipe(_Strict):
     # None: the weights as trained. Measured so far it has not paid: ahead mid-training, level
     # or lower by epochs 13-15 (results/README.md, "Weight averaging").
     ema: Annotated[float, Field(gt=0, lt=1)] | None = None
+    # Stochastic weight averaging (Izmailov et al. 2018): from the start of this epoch on, the
+    # plain mean of the weights after every optimiser step is what every later measurement is of
+    # and what the run hands out (BatchNorm statistics recomputed for it, so it needs precise_bn
+    # > 0). Pair it with a schedule that holds a moderate rate while it averages, e.g. onecycle
+    # with cycle_epochs one less than this and a small final_div_factor. None: no averaging.
+    swa_from: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check_ema(self) -> Recipe:
-        if self.ema is not None and self.precise_bn == 0:
-            raise ValueError(
-                "ema needs precise_bn > 0: the averaged weights need BatchNorm statistics of their own"
-            )
+        for name in ("ema", "swa_from"):
+            if getattr(self, name) is not None and self.precise_bn == 0:
+                raise ValueError(
+                    f"{name} needs precise_bn > 0: the averaged weights need BatchNorm statistics of their own"
+                )
+        if self.ema is not None and self.swa_from is not None:
+            raise ValueError("ema and swa_from: choose one weight average")
+        if self.swa_from is not None and self.swa_from > self.epochs:
+            raise ValueError(f"swa_from ({self.swa_from}) is after the last epoch ({self.epochs})")
         if self.clean_epochs > self.epochs:
             raise ValueError(f"clean_epochs ({self.clean_epochs}) is more than epochs ({self.epochs})")
         return self
@@ -196,6 +216,7 @@ class SearchSpace(_Strict):
     batchnorm: tuple[bool, ...] = (True,)
     head: tuple[Literal["gap", "conv"], ...] = ("gap",)
     separable: tuple[bool, ...] = (False,)
+    pool: tuple[Literal["max", "blur"], ...] = ("max",)
     lr: FloatRange | None = None  # when set, the recipe's lr is searched too
     weight_decay: FloatRange | None = None
     rotation: FloatRange | None = None
@@ -207,7 +228,7 @@ class SearchSpace(_Strict):
             raise ValueError("dropout: must lie in [0, 1)")
         if len(self.transitions) != len(self.stages) - 1:
             raise ValueError(f"transitions: need {len(self.stages) - 1} ranges, got {len(self.transitions)}")
-        for name in ("padding", "batchnorm", "head", "separable", "batch_size"):
+        for name in ("padding", "batchnorm", "head", "separable", "pool", "batch_size"):
             if getattr(self, name) == ():
                 raise ValueError(f"{name}: needs at least one choice")
         for padding in self.padding:  # widths do not change spatial sizes: check the layout once

@@ -67,6 +67,7 @@ class Point:
     teacher: str | None = None  # the recipe's (Recipe.teacher): distilled from it, with distill / T
     distill: tuple[float, float] | None = None
     ema: float | None = None  # the recipe's (Recipe.ema): measured on averaged weights
+    swa_from: int | None = None  # the recipe's (Recipe.swa_from): on their mean from this epoch
     optimizer: str = "sgd"  # the recipe's (Recipe.optimizer)
 
     @property
@@ -120,6 +121,7 @@ def _point(folder: Path) -> Point:
             point.precision = recipe.get("precision", "fp32")
             point.teacher = recipe.get("teacher")
             point.ema = recipe.get("ema")
+            point.swa_from = recipe.get("swa_from")
             point.optimizer = recipe.get("optimizer", Recipe().optimizer)
             if point.teacher is not None:
                 point.distill = (
@@ -187,7 +189,7 @@ def _from_table(folder: Path) -> Point:
 def _recipe_note(p: Point) -> str:
     """How a point was trained when not in float32 (Recipe.precision), not with SGD
     (Recipe.optimizer), not from the labels alone (Recipe.teacher) or not measured on the
-    weights as trained (Recipe.ema)."""
+    weights as trained (Recipe.ema, Recipe.swa_from)."""
     note = "" if p.precision == "fp32" else f", trained in {p.precision} (autocast)"
     if p.optimizer != "sgd":
         note += f", trained with {_optimizer_name(p)}"
@@ -196,6 +198,8 @@ def _recipe_note(p: Point) -> str:
         note += f", distilled from `{p.teacher}` (weight {weight:g}, temperature {temperature:g})"
     if p.ema is not None:
         note += f", measured on a moving average of its weights (decay {p.ema:g})"
+    if p.swa_from is not None:
+        note += f", measured on the mean of its weights from epoch {p.swa_from} on (SWA)"
     return note
 
 
@@ -208,7 +212,7 @@ def _recipe_tag(p: Point) -> str:
         ([] if p.precision == "fp32" else [p.precision])
         + ([] if p.optimizer == "sgd" else [_optimizer_name(p)])
         + ([] if p.teacher is None else ["distilled"])
-        + ([] if p.ema is None else ["averaged"])
+        + ([] if p.ema is None and p.swa_from is None else ["averaged"])
     )
     return f" ({', '.join(tags)})" if tags else ""
 
@@ -223,7 +227,10 @@ def _arch(spec: dict | None) -> str:
     stages = " → ".join("(" + ", ".join(map(str, s)) + ")" for s in spec["stages"])
     trans = ", ".join(map(str, spec["transitions"]))
     convs = "3x3 convs (depthwise-separable after the first)" if spec.get("separable") else "3x3 convs"
-    return f"{convs} {stages}, 1x1 transition {trans}, dropout {spec['dropout']:.3f}, {spec['head']} head"
+    pool = ", anti-aliased (blur) max-pool" if spec.get("pool") == "blur" else ""
+    return (
+        f"{convs} {stages}, 1x1 transition {trans}{pool}, dropout {spec['dropout']:.3f}, {spec['head']} head"
+    )
 
 
 def _pinned(command: str, study: str) -> str:
@@ -254,7 +261,8 @@ def _search_line(point: Point) -> str:
     if recorded and len(recorded) < len(s["devices"]):
         devices += " and, for trials made before trials recorded it, a device not recorded"
     return (
-        f"study `{s['study']}`: {s['proposals']} proposals, {s['trained']} trained "
+        f"study `{s['study']}`: {s['proposals']} proposal{'' if s['proposals'] == 1 else 's'}, "
+        f"{s['trained']} trained "
         f"({s['trial_seconds'] / 60:.0f} min of trial wall time summed over workers, on {devices}); {command}"
     )
 

@@ -20,7 +20,7 @@ from .dropout import POSITIONS_BELOW, drop_at, drop_positions, keep_mask
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # torch class name: Conv2d, ReLU, BatchNorm2d, Dropout, MaxPool2d, AvgPool2d
+    kind: str  # torch class name: Conv2d, ReLU, BatchNorm2d, Dropout, MaxPool2d, BlurPool2d, AvgPool2d
     in_channels: int
     out_channels: int
     in_size: int  # spatial side before the layer, pixels
@@ -59,7 +59,11 @@ def layer_plan(spec: ArchSpec) -> list[Layer]:
 
     for index, stage in enumerate(spec.stages):
         if index > 0:
-            add("MaxPool2d", channels, size // 2, kernel=2, stride=2)
+            if spec.pool == "blur":  # 2x2 max at stride 1 (n -> n - 1), blur at stride 2 (-> n // 2)
+                add("MaxPool2d", channels, size - 1, kernel=2, stride=1)
+                add("BlurPool2d", channels, (size + 1) // 2, kernel=3, stride=2, padding=1)
+            else:
+                add("MaxPool2d", channels, size // 2, kernel=2, stride=2)
             add("Conv2d", spec.transitions[index - 1], size)
         for width in stage:
             if spec.separable and channels > 1:  # depthwise 3x3, then 1x1 to the width
@@ -92,6 +96,23 @@ class Dropout(nn.Dropout):
         return drop_at(x, drop_positions(x.numel(), self.p), self.p)
 
 
+class BlurPool2d(nn.Module):
+    """A fixed binomial [1, 2, 1]^2 / 16 blur of every channel at stride 2 over reflect-padded maps
+    (the second half of Zhang 2019's anti-aliased max-pool). No parameters: the kernel is a
+    non-persistent buffer, so state dicts are those of the max-pooled network; any number of
+    channels (a pack's K*C as well)."""
+
+    def __init__(self):
+        super().__init__()
+        row = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (row[:, None] * row[None, :] / 16).view(1, 1, 3, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype).expand(c, 1, 3, 3), stride=2, groups=c)
+
+
 def layer_module(layer: Layer, replicas: int = 1, dropout=None) -> nn.Module:
     """The torch module of one planned layer; with `replicas` K, K side-by-side copies (a conv
     with K times the channels and K times the groups, BatchNorm over K times the channels) and dropout
@@ -110,6 +131,8 @@ def layer_module(layer: Layer, replicas: int = 1, dropout=None) -> nn.Module:
         return (dropout or Dropout)(layer.p)
     if layer.kind == "MaxPool2d":
         return nn.MaxPool2d(layer.kernel, layer.stride)
+    if layer.kind == "BlurPool2d":
+        return BlurPool2d()
     if layer.kind == "AvgPool2d":
         return nn.AvgPool2d(layer.kernel)
     raise ValueError(f"unknown layer kind {layer.kind}")
@@ -176,7 +199,7 @@ def receptive_field(spec: ArchSpec) -> list[RFRow]:
     jump, rf = 1, 1
     counts: dict[str, int] = {}
     for layer in layer_plan(spec):
-        if layer.kind not in ("Conv2d", "MaxPool2d", "AvgPool2d"):
+        if layer.kind not in ("Conv2d", "MaxPool2d", "BlurPool2d", "AvgPool2d"):
             continue
         j_out = jump * layer.stride
         r_out = rf + (layer.kernel - 1) * jump

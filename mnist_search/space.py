@@ -62,6 +62,7 @@ def sample_spec(trial: optuna.Trial, space: SearchSpace) -> ArchSpec:
         batchnorm=_choice(trial, "batchnorm", space.batchnorm),
         head=_choice(trial, "head", space.head),
         separable=_choice(trial, "separable", space.separable),
+        pool=_choice(trial, "pool", space.pool),
     )
 
 
@@ -102,6 +103,7 @@ def smallest_spec(space: SearchSpace) -> tuple[ArchSpec, int]:
             head=head,
             dropout=space.dropout.low,
             separable=separable,
+            pool=space.pool[0],  # no parameters either way
         )
         if best is None or count_params(spec) < best[1]:
             best = (spec, count_params(spec))

@@ -323,7 +323,8 @@ def fit_replicas(
 
     `data` should already be on `device`. Raises NonFiniteLoss when a replica's loss becomes
     NaN/inf. `on_epoch` may raise to stop early (pruning). With `recipe.ema` every figure is of
-    the averaged weights, and `net` holds them at the end."""
+    the averaged weights (with `recipe.swa_from`, from that epoch on), and `net` holds them at
+    the end."""
     k = net.replicas
     if len(seeds) != k:
         raise ValueError(f"{k} replicas need {k} seeds, got {len(seeds)}")
@@ -340,6 +341,9 @@ def fit_replicas(
     measured = net if average is None else average.module  # what every epoch's figures are of
     results = [FitResult() for _ in seeds]
     for epoch in range(1, epochs + 1):
+        if epoch == recipe.swa_from:  # the plain mean of every step's weights from here on
+            average = WeightAverage(net, None, seeds, device)
+            measured = average.module
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
         this = unaugmented(recipe) if epoch > epochs - recipe.clean_epochs else recipe

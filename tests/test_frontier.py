@@ -114,6 +114,26 @@ def test_an_averaged_point_is_marked_and_the_same_trial_as_trained_is_not():
     assert all("averaged" not in line for line in page.splitlines() if "budget-1k-separable-cpu/`]" in line)
 
 
+def test_a_point_measured_on_its_swa_mean_is_marked(tmp_path):
+    """A verify folder whose recipe has `swa_from` (a copy of the ema point's, its recipe
+    rewritten): its row is tagged averaged and its section names the epoch the mean starts at."""
+    import yaml
+
+    from mnist_search.frontier import frontier_markdown
+
+    folder = tmp_path / "budget-1k-swa"
+    shutil.copytree(RESULTS / "budget-1k-separable-ema-t19", folder)
+    experiment = yaml.safe_load((folder / "experiment.yaml").read_text())
+    del experiment["recipe"]["ema"]
+    experiment["recipe"]["swa_from"] = 11
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    (point,) = load_points(tmp_path)
+    assert (point.swa_from, point.ema) == (11, None)
+    page = frontier_markdown([point])
+    assert "(averaged)" in front_row(page, "budget-1k-swa")
+    assert "measured on the mean of its weights from epoch 11 on (SWA)." in page
+
+
 def test_a_folder_with_verify_json_reads_the_same_from_its_table():
     """verify.json and verify.md are written together: the older folders, read from their table
     alone, are read right (checked on every folder that has both)."""

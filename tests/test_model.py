@@ -62,6 +62,7 @@ def _draw(rng: random.Random) -> ArchSpec:
         dropout=rng.choice([0.0, 0.05, 0.2]),
         head=rng.choice(["gap", "conv"]),
         separable=rng.random() < 0.3,
+        pool=rng.choice(["max", "blur"]),
     )
 
 
@@ -76,6 +77,7 @@ def test_count_params_equals_the_built_network_for_many_random_specs():
     assert len(specs) > 250
     assert {s.padding for s in specs} == {True, False} and {s.head for s in specs} == {"gap", "conv"}
     assert {len(s.stages) for s in specs} == {1, 2, 3} and {s.separable for s in specs} == {True, False}
+    assert {s.pool for s in specs if len(s.stages) > 1} == {"max", "blur"}
     sizes = [count_params(s) for s in specs]
     assert min(sizes) < 500 and max(sizes) > 20_000
 
@@ -105,6 +107,40 @@ def test_receptive_field_of_seed_model_1_follows_the_recurrence():
     assert [r.r_out for r in rows] == [3, 5, 7, 8, 8, 12, 16, 16, 28]
     assert [r.j_out for r in rows] == [1, 1, 1, 2, 2, 2, 2, 2, 2]
     assert [(r.n_in, r.n_out) for r in rows][:4] == [(28, 26), (26, 24), (24, 22), (22, 11)]
+
+
+def test_blur_pool_keeps_sizes_and_widens_the_receptive_field_by_two():
+    # Seed model 1 with the anti-aliased pool: the 2x2 max at stride 1 (22 -> 21, r 7 -> 8, j 1),
+    # then the 3x3 blur at stride 2 (21 -> 11, r 8 + 2*1 = 10, j 2): every later r is 2 larger
+    # than with the plain pool's r 8, the sizes after it are the same, and no parameter changes.
+    plain = load_experiment(EXPERIMENTS / "seed-model-1.yaml").spec
+    spec = plain.model_copy(update={"pool": "blur"})
+    rows = receptive_field(spec)
+    assert [r.r_out for r in rows] == [3, 5, 7, 8, 10, 10, 14, 18, 18, 30]
+    assert [r.j_out for r in rows] == [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    assert [(r.n_in, r.n_out) for r in rows][3:5] == [(22, 21), (21, 11)]
+    assert [(r.n_in, r.n_out) for r in rows][5:] == [(r.n_in, r.n_out) for r in receptive_field(plain)][4:]
+    assert count_params(spec) == count_params(plain) == 14_620
+    shapes = [[tuple(v.shape) for v in build_model(s).state_dict().values()] for s in (spec, plain)]
+    assert shapes[0] == shapes[1]  # the same tensors, in order (the blur's kernel is no state)
+
+
+def test_blur_pool_is_the_binomial_filter_with_reflected_edges():
+    from mnist_search.model import BlurPool2d
+
+    blur = BlurPool2d()
+    assert list(blur.parameters()) == [] and blur.state_dict() == {}
+    flat = blur(torch.full((1, 2, 5, 5), 3.0))  # reflect padding keeps a constant map constant
+    assert flat.shape == (1, 2, 3, 3) and torch.allclose(flat, torch.full_like(flat, 3.0))
+    impulse = torch.zeros(1, 1, 5, 5)
+    impulse[0, 0, 2, 2] = 16.0  # the middle output pixel sits on it: the kernel's centre, 4/16
+    out = blur(impulse)[0, 0]
+    assert out.tolist() == [[0.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]]
+    impulse = torch.zeros(1, 1, 6, 6)
+    # Row 1, between output rows 0 and 1 (centred on rows 0 and 2): row 1's weight is 1 x 2 (its
+    # column is a centre) for each, but output row 0 also sees it through the reflected row -1.
+    impulse[0, 0, 1, 2] = 16.0
+    assert blur(impulse)[0, 0].tolist() == [[0.0, 4.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]
 
 
 def test_receptive_field_with_padding_and_gap_head():

@@ -17,6 +17,8 @@ from mnist_search.train import evaluate, fit, fit_replicas
 SPEC = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
 # ... and depthwise convs: groups of one channel per replica and channel.
 SEPARABLE = SPEC.model_copy(update={"separable": True})
+# ... and the anti-aliased pool: a fixed blur over every channel of the pack at once.
+BLUR = SEPARABLE.model_copy(update={"pool": "blur"})
 SEEDS = (4, 11, 7)
 
 
@@ -28,7 +30,7 @@ def small(mnist, n_train: int, n_eval: int = 500, dtype=torch.float32) -> MNISTD
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
+@pytest.mark.parametrize("spec", [SPEC, SEPARABLE, BLUR], ids=["plain", "separable", "blur"])
 def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forward(mnist, spec, layout):
     models = [build_model(spec, seed=s).eval() for s in SEEDS]
     net = pack(models, layout).eval()
@@ -74,7 +76,7 @@ def assert_each_replica_is_its_run_alone(data, recipe: Recipe, spec: ArchSpec = 
     return seen, packed, alone
 
 
-@pytest.mark.parametrize("spec", [SPEC, SEPARABLE], ids=["plain", "separable"])
+@pytest.mark.parametrize("spec", [SPEC, SEPARABLE, BLUR], ids=["plain", "separable", "blur"])
 def test_replica_k_of_a_packed_run_matches_a_run_alone_with_seed_k(mnist, spec):
     """14 steps (7 batches x 2 epochs) with rotation, translation, dropout and BatchNorm
     re-estimation: each replica ends where the same spec trained alone with its seed ends.
