@@ -158,6 +158,8 @@ class Recipe(_Strict):
     # and what the run hands out (BatchNorm statistics recomputed for it, so it needs precise_bn
     # > 0). Pair it with a schedule that holds a moderate rate while it averages, e.g. onecycle
     # with cycle_epochs one less than this and a small final_div_factor. None: no averaging.
+    # Measured so far it has not paid: level on an 8k net, its seeds closer together
+    # (results/README.md, "Stochastic weight averaging on the 8k net").
     swa_from: PositiveInt | None = None
 
     @model_validator(mode="after")
