@@ -24,7 +24,8 @@ def warmed_decay(decay: float, step: int) -> float:
 
 
 class WeightAverage(AveragedModel):
-    """A moving average of a pack's parameters; `.module` is the averaged pack. Its buffers are
+    """A moving average of a pack's parameters (with `decay` None, their plain mean: every update
+    weighs the same); `.module` is the averaged pack. Its buffers are
     the trained pack's, copied at each update: the caller recomputes BatchNorm statistics for
     the averaged weights before measuring them.
 

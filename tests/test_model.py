@@ -125,6 +125,17 @@ def test_blur_pool_keeps_sizes_and_widens_the_receptive_field_by_two():
     assert shapes[0] == shapes[1]  # the same tensors, in order (the blur's kernel is no state)
 
 
+def test_a_blur_pool_over_a_map_under_3x3_is_refused_in_one_line():
+    # 28 -> 20 (4 unpadded convs) -> 10 -> 2 (4 more): the blur's reflection needs 3x3 to pool.
+    stages = [[4] * 4, [4] * 4, [4]]
+    with pytest.raises(
+        ValueError, match="pool: blur needs a map of at least 3x3 to pool; stage 2 ends at 2x2"
+    ):
+        ArchSpec(stages=stages, transitions=[4, 4], pool="blur")
+    with pytest.raises(ValueError, match="shrinks below 1x1 in stage 3"):  # the plain pool: the next check
+        ArchSpec(stages=stages, transitions=[4, 4])
+
+
 def test_blur_pool_is_the_binomial_filter_with_reflected_edges():
     from mnist_search.model import BlurPool2d
 
