@@ -118,6 +118,11 @@ def shortcuts(net: nn.Module) -> int:
     return wrapped
 
 
+def field_values(pairs: list[str]) -> dict:
+    """`--set` / `--spec` arguments, FIELD=VALUE each, as {field: the value read as YAML}."""
+    return {k: yaml.safe_load(v) for k, v in (pair.split("=", 1) for pair in pairs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", help="an experiment with a `spec` (e.g. a verify --out experiment.yaml)")
@@ -141,8 +146,7 @@ def main() -> None:
         ap.error("a probe builds a network no spec describes; it cannot be written with --out")
     configure_threads(a.threads)
     exp = load_experiment(a.experiment)
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
-    spec_overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.spec)}
+    overrides, spec_overrides = field_values(a.set), field_values(a.spec)
     spec = ArchSpec.model_validate(exp.spec.model_dump() | spec_overrides)
     seeds = [int(s) for s in a.seeds.split(",")]
     recipe = Recipe.model_validate(

@@ -163,7 +163,7 @@ class Recipe(_Strict):
     swa_from: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _check_ema(self) -> Recipe:
+    def _check_averaging(self) -> Recipe:
         for name in ("ema", "swa_from"):
             if getattr(self, name) is not None and self.precise_bn == 0:
                 raise ValueError(
