@@ -6,7 +6,8 @@ gather, augment, forward, backward, step) for a fixed number of steps, after a w
 ms per step, ms per replica-step and the per-replica speed-up against eager K = 1 measured in the
 same process; then the same in the "separate" layout (K small networks side by side, packed.py:
 what `pick_layout` chooses where grouped convolutions are slow), and with `torch.compile` (the
-grouped network compiled for the training steps), its warm-up time separately.
+grouped network's training steps as one compiled graph, its dropout drawn outside it:
+mnist_search/compiled.py), its warm-up time separately.
 The last line: `per-replica speed-up at K=3: 1.62x eager, 1.95x compiled`.
 
     python benchmarks/replica_speed.py [--ks 1,2,3,4,8] [--steps 100] [--repeats 3] [--threads N]
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from mnist_search.compiled import CompiledForward
 from mnist_search.config import load_experiment
 from mnist_search.data import load_mnist
 from mnist_search.model import build_model, count_params
@@ -48,7 +50,7 @@ class Pack:
         n = len(data.train)
         steps = len(batch_bounds(n, self.recipe.batch_size))
         self.scheduler = make_scheduler(self.optimizer, self.recipe, steps, self.recipe.epochs)
-        self.forward = torch.compile(self.net) if compiled else self.net
+        self.forward = CompiledForward(self.net) if compiled else self.net
 
     def seconds(self, steps: int) -> float:
         """Wall seconds of `steps` training steps (gather, augment, forward, backward, step)."""

@@ -42,37 +42,59 @@ class PackedDropout(nn.Module):
         super().__init__()
         self.p, self.replicas = p, replicas
         self.generators: Sequence[torch.Generator] | None = None
+        # The layout of its input when last called eagerly, in which its drops are drawn:
+        # `keep_mask` for a compiled network needs it (compiled.py probes it).
+        self.channels_last: bool | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep`: this step's keep-mask drawn beforehand (`keep_mask`), for a compiled network,
+        which cannot draw it itself; without it the drops are drawn here."""
+        scale = 1.0 / (1.0 - self.p)
+        if keep is not None:
+            return x * keep.to(x.dtype).mul(scale) if self.training and self.p > 0 else x
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        self.channels_last = channels_last
         if not self.training or self.p == 0:
             return x
+        if x.device.type == "cpu" and self.p < POSITIONS_BELOW:
+            return drop_at(x, self._drop_index(x.shape, channels_last), self.p)
+        return x * self.keep_mask(x.shape, channels_last, x.device).to(x.dtype).mul_(scale)
+
+    def keep_mask(self, shape: torch.Size, channels_last: bool, device: torch.device) -> torch.Tensor:
+        """The keep-mask (bool, `shape` (B, K*C, H, W)) of exactly the drops `forward` would draw
+        for an input of that shape and layout now, from the same generators in the same order."""
         k = self.replicas
-        b, kc, h, w = x.shape
+        b, kc, h, w = shape
         c = kc // k
         gens = self.generators or [None] * k
-        if x.device.type != "cpu":  # one kernel per replica, from its generator
+        if device.type != "cpu":  # one kernel per replica, from its generator
             masks = [
-                torch.empty((b, c, h, w), device=x.device).bernoulli_(1 - self.p, generator=g) for g in gens
+                torch.empty((b, c, h, w), device=device).bernoulli_(1 - self.p, generator=g) for g in gens
             ]
-            mask = masks[0] if k == 1 else torch.stack(masks, 1).view(b, kc, h, w)
-            return x * mask.div_(1 - self.p).to(x.dtype)
+            return (masks[0] if k == 1 else torch.stack(masks, 1)).view(b, kc, h, w).bool()
         # CPU: each replica draws its drops in its own memory order, (B, H, W, C) for the
         # channels-last tensors training uses, as it would alone (dropout.py).
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         if self.p >= POSITIONS_BELOW:  # each replica's keep-bits, in its memory order, stacked like x
             alone = (b, h, w, c) if channels_last else (b, c, h, w)
             bits = [keep_bits(b * c * h * w, self.p, g).view(alone) for g in gens]
             keep = bits[0] if k == 1 else torch.stack(bits, 3 if channels_last else 1)
-            keep = keep.view(b, h, w, kc).permute(0, 3, 1, 2) if channels_last else keep.view(b, kc, h, w)
-            return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        # Below it, each replica's dropped positions, placed among the packed channels (replica i
-        # owns channels [i*C, (i+1)*C) at every pixel).
+        else:
+            keep = torch.ones(b * kc * h * w, dtype=torch.bool)
+            keep[self._drop_index(shape, channels_last)] = False
+        return keep.view(b, h, w, kc).permute(0, 3, 1, 2) if channels_last else keep.view(b, kc, h, w)
+
+    def _drop_index(self, shape: torch.Size, channels_last: bool) -> torch.Tensor:
+        """Below POSITIONS_BELOW: each replica's dropped positions (dropout.py), placed among the
+        packed channels (replica i owns channels [i*C, (i+1)*C) at every pixel), in memory order."""
+        k = self.replicas
+        b, kc, h, w = shape
+        c = kc // k
         run = c if channels_last else c * h * w  # a replica's elements lie in runs of this length
         index = []
-        for i, g in enumerate(gens):
+        for i, g in enumerate(self.generators or [None] * k):
             j = drop_positions(b * c * h * w, self.p, g)
             index.append(j // run * (k * run) + i * run + j % run)
-        return drop_at(x, torch.cat(index) if k > 1 else index[0], self.p)
+        return torch.cat(index) if k > 1 else index[0]
 
     def extra_repr(self) -> str:
         return f"p={self.p}, replicas={self.replicas}"
@@ -95,8 +117,33 @@ class PackedNet(nn.Module):
             )
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x).view(x.shape[0], self.replicas, NUM_CLASSES)
+    def forward(self, x: torch.Tensor, keeps: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """`keeps`: every dropout layer's keep-mask for this step, from `draw_keeps` (compiled.py)."""
+        if keeps is None:
+            return self.layers(x).view(x.shape[0], self.replicas, NUM_CLASSES)
+        masks = iter(keeps)
+        for layer in self.layers:
+            x = layer(x, next(masks)) if isinstance(layer, PackedDropout) else layer(x)
+        return x.view(x.shape[0], self.replicas, NUM_CLASSES)
+
+    def draw_keeps(self, batch: int) -> list[torch.Tensor | None]:
+        """Every dropout layer's keep-mask for the next training step on `batch` images: the drops
+        `forward` would draw itself, drawn now, so that a compiled network (compiled.py) gets
+        them as inputs — random draws of data-dependent size from per-replica generators cannot
+        be traced. Each layer draws in the layout its input had when last run eagerly."""
+        device = next(self.parameters()).device
+        shapes = [
+            (batch, layer.out_channels * self.replicas, layer.out_size, layer.out_size)
+            for layer in layer_plan(self.spec)
+            if layer.kind == "Dropout"
+        ]
+        modules = [m for m in self.layers if isinstance(m, PackedDropout)]
+        if any(m.channels_last is None for m in modules):
+            raise RuntimeError("draw_keeps: run the network eagerly once first (its dropout layouts)")
+        return [
+            m.keep_mask(torch.Size(shape), m.channels_last, device) if m.training and m.p > 0 else None
+            for m, shape in zip(modules, shapes, strict=True)
+        ]
 
     def set_dropout_generators(self, generators: Sequence[torch.Generator] | None) -> None:
         for module in self.layers:
@@ -119,15 +166,21 @@ class SeparatePack(nn.Module):
         self.spec, self.replicas = nets[0].spec, len(nets)
         self.nets = nn.ModuleList(nets)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keeps: Sequence[Sequence] | None = None) -> torch.Tensor:
         fmt = (
             torch.channels_last
             if x.is_contiguous(memory_format=torch.channels_last)
             else torch.contiguous_format
         )
+        keeps = keeps or [None] * self.replicas
         return torch.cat(
-            [net(x[:, k : k + 1].contiguous(memory_format=fmt)) for k, net in enumerate(self.nets)], 1
+            [net(x[:, k : k + 1].contiguous(memory_format=fmt), keeps[k]) for k, net in enumerate(self.nets)],
+            1,
         )
+
+    def draw_keeps(self, batch: int) -> list[list[torch.Tensor | None]]:
+        """Each replica's `PackedNet.draw_keeps`."""
+        return [net.draw_keeps(batch) for net in self.nets]
 
     def set_dropout_generators(self, generators: Sequence[torch.Generator] | None) -> None:
         for k, net in enumerate(self.nets):

@@ -431,7 +431,8 @@ def train_epoch(
 ) -> tuple[list[float], list[float]]:
     """One pass over the training images, replica k in `orders[k]` (K, n): per replica (mean
     loss, accuracy) on its augmented batches. `forward`: the network to call, `net` itself unless
-    given (benchmarks/replica_speed.py passes a torch.compile'd one: it did not pay, see there).
+    given (benchmarks/replica_speed.py passes a compiled.CompiledForward of it: on the CPU it did
+    not pay, docs/benchmarks.md).
     `teacher`: the recipe's, loaded (teacher.py); it sees each replica's own augmented images.
     `average`: the recipe's weight average (averaging.py), updated after every step."""
     forward = net if forward is None else forward

@@ -3,7 +3,8 @@
 # Python 3.12, which the device image lacks) and .gpu/mnist/ (MNIST/raw/*.gz), e.g.
 #   run(command="bash tests/device/packed.sh", carry=[".whl", ".gpu"], timeout_s=540)
 # 1. replica k of a packed run on CUDA against a run alone with seed k (float64, 14 steps);
-# 2. benchmarks/replica_speed.py on CUDA, K up to 64, eager, then compiled for K = 1, 8, 64.
+# 2. benchmarks/replica_speed.py on CUDA, K up to 64, eager, then compiled (one graph, dropout drawn
+#    outside it: mnist_search/compiled.py) for K = 1, 8, 64.
 set -x
 pip install -q --no-deps --target /tmp/site .whl/*.whl > /tmp/pip.log 2>&1 || tail -5 /tmp/pip.log
 export PYTHONPATH=/tmp/site:$PWD MNIST_SEARCH_DATA_DIR=$PWD/.gpu/mnist PYTHONUNBUFFERED=1

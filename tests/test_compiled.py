@@ -1,0 +1,100 @@
+"""compiled.py: a pack's training steps through torch.compile as one graph, its dropout drawn
+beforehand from the same generators — the same training as uncompiled (benchmarks/replica_speed.py
+measures it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+from mnist_search.compiled import CompiledForward
+from mnist_search.config import ArchSpec, Recipe
+from mnist_search.model import build_model
+from mnist_search.packed import pack
+from mnist_search.train import batch_bounds, make_optimizer, make_scheduler, train_epoch
+
+from .test_packed import SEEDS, small
+
+# Dropout at p = 0.1 (drawn as a mask of one draw per element) and p = 0.05 (by positions).
+MASK = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
+POSITIONS = MASK.model_copy(update={"dropout": 0.05, "separable": True})
+
+
+def trained(spec: ArchSpec, data, seeds, compiled: bool):
+    """Two epochs of `train_epoch` (float64, rotation, dropout, OneCycle) as `fit_replicas` runs
+    them: the pack and each epoch's per-replica (losses, accuracies)."""
+    recipe = Recipe(epochs=2, batch_size=64, rotation=8, lr=0.05)
+    net = pack([build_model(spec, seed=s).double() for s in seeds]).to(memory_format=torch.channels_last)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    net.set_dropout_generators([torch.Generator().manual_seed(s) for s in seeds])
+    optimizer = make_optimizer(net, recipe)
+    n = len(data.train)
+    scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), recipe.epochs)
+    forward = CompiledForward(net) if compiled else None
+    epochs = []
+    for _ in range(recipe.epochs):
+        orders = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        epochs.append(train_epoch(net, data, recipe, orders, optimizer, scheduler, gens, forward))
+    return net, epochs
+
+
+@pytest.mark.parametrize(
+    ("spec", "seeds"),
+    [(MASK, SEEDS), (POSITIONS, SEEDS), (POSITIONS, SEEDS[:1])],
+    ids=["mask", "positions", "alone"],
+)
+def test_a_compiled_pack_trains_as_the_uncompiled_one(mnist, spec, seeds):
+    """14 steps (7 batches x 2 epochs, the last batch smaller), in float64: every replica's
+    losses, accuracies and weights are the uncompiled run's to 1e-9 — the same drops,
+    augmentation and shuffling; for a pack of three and for one network alone (whose
+    one-channel input is both memory layouts at once)."""
+    torch._dynamo.reset()
+    data = small(mnist, 416, dtype=torch.float64)
+    eager_net, eager = trained(spec, data, seeds, compiled=False)
+    compiled_net, compiled = trained(spec, data, seeds, compiled=True)
+    for (losses, accs), (eager_losses, eager_accs) in zip(compiled, eager, strict=True):
+        assert losses == pytest.approx(eager_losses, abs=1e-9)
+        assert accs == eager_accs
+    for key, value in eager_net.state_dict().items():
+        torch.testing.assert_close(compiled_net.state_dict()[key], value, atol=1e-9, rtol=1e-9, msg=key)
+    if len(seeds) > 1:
+        assert compiled[-1][0][0] != compiled[-1][0][1]  # the replicas' own seeds: losses differ
+
+
+def test_the_compiled_network_is_one_graph_with_its_dropout_drawn_outside(mnist):
+    """No graph break: the whole forward pass, dropout included, is one compiled graph."""
+    net = pack([build_model(POSITIONS, seed=s) for s in SEEDS]).to(memory_format=torch.channels_last).train()
+    net.set_dropout_generators([torch.Generator().manual_seed(s) for s in SEEDS])
+    x = mnist.train.x[:32].expand(-1, len(SEEDS), -1, -1).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="eagerly once first"):
+        net.draw_keeps(32)  # the layouts its dropout draws in are not known yet
+    net(x)
+    keeps = net.draw_keeps(32)
+    assert len(keeps) == 4 and all(k.dtype == torch.bool and k.shape[0] == 32 for k in keeps)
+    explained = torch._dynamo.explain(net)(x, keeps)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    assert CompiledForward(net)(x).shape == (32, len(SEEDS), 10)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "separate"])
+@pytest.mark.parametrize("spec", [MASK, POSITIONS], ids=["mask", "positions"])
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_drops_drawn_beforehand_are_the_ones_the_network_draws_itself(mnist, spec, layout, replicas):
+    """Uncompiled, in training mode: a pack given `draw_keeps`' masks computes exactly what an
+    identical pack drawing its own drops computes (both dropout draws, both layouts, a pack of
+    one whose one-channel input is both memory layouts at once)."""
+    seeds = SEEDS[:replicas]
+
+    def fresh():
+        net = pack([build_model(spec, seed=s) for s in seeds], layout).to(memory_format=torch.channels_last)
+        net.set_dropout_generators([torch.Generator().manual_seed(s) for s in seeds])
+        return net.train()
+
+    x = mnist.train.x[:16].expand(-1, replicas, -1, -1).contiguous(memory_format=torch.channels_last)
+    drawing, given = fresh(), fresh()
+    with torch.no_grad():
+        given.eval()(x[:1])  # what CompiledForward's probe does: the layouts, no draws
+    given.train()
+    for _ in range(2):  # two steps: the generators move on alike
+        assert torch.equal(given(x, given.draw_keeps(16)), drawing(x))
