@@ -3,7 +3,8 @@
 # Python 3.12, which the device image lacks) and .gpu/mnist/ (MNIST/raw/*.gz), e.g.
 #   run(command="bash tests/device/packed.sh", carry=[".whl", ".gpu"], timeout_s=540)
 # 1. replica k of a packed run on CUDA against a run alone with seed k (float64, 14 steps);
-# 2. benchmarks/replica_speed.py on CUDA, K up to 64, eager, then compiled (one graph, dropout drawn
+# 2. a compiled pack against the eager one on CUDA (tests/device/compiled_check.py);
+# 3. benchmarks/replica_speed.py on CUDA, K up to 64, eager, then compiled (one graph, dropout drawn
 #    outside it: mnist_search/compiled.py) for K = 1, 8, 64.
 set -x
 pip install -q --no-deps --target /tmp/site .whl/*.whl > /tmp/pip.log 2>&1 || tail -5 /tmp/pip.log
@@ -34,5 +35,6 @@ for k, s in enumerate(seeds):
     print(f"GPU-CHECK seed {s}: packed vs alone max weight diff {diff:.2e}; "
           f"val acc {packed[k].epochs[-1].val_acc:.4f} vs {alone.epochs[-1].val_acc:.4f}")
 PY
+python3 tests/device/compiled_check.py --device cuda 2>&1 | grep -v "^W1"
 python3 benchmarks/replica_speed.py --device cuda --ks 1,2,4,8,16,32,64 --no-compile
 python3 benchmarks/replica_speed.py --device cuda --ks 1,8,64 --repeats 2 2>&1 | grep -v "^W1"
