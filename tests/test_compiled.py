@@ -9,34 +9,17 @@ import torch
 import torch._dynamo
 
 from mnist_search.compiled import CompiledForward
-from mnist_search.config import ArchSpec, Recipe
 from mnist_search.model import build_model
 from mnist_search.packed import pack
-from mnist_search.train import batch_bounds, make_optimizer, make_scheduler, train_epoch
 
+from .device.compiled_check import SPEC as MASK  # dropout at p = 0.1: a mask of one draw per element
+from .device.compiled_check import trained  # two epochs of train_epoch, compiled or not
 from .test_packed import SEEDS, small
 
-# Dropout at p = 0.1 (drawn as a mask of one draw per element) and p = 0.05 (by positions).
-MASK = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
+CPU = torch.device("cpu")
+
+# Dropout at p = 0.05: drawn by positions.
 POSITIONS = MASK.model_copy(update={"dropout": 0.05, "separable": True})
-
-
-def trained(spec: ArchSpec, data, seeds, compiled: bool):
-    """Two epochs of `train_epoch` (float64, rotation, dropout, OneCycle) as `fit_replicas` runs
-    them: the pack and each epoch's per-replica (losses, accuracies)."""
-    recipe = Recipe(epochs=2, batch_size=64, rotation=8, lr=0.05)
-    net = pack([build_model(spec, seed=s).double() for s in seeds]).to(memory_format=torch.channels_last)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    net.set_dropout_generators([torch.Generator().manual_seed(s) for s in seeds])
-    optimizer = make_optimizer(net, recipe)
-    n = len(data.train)
-    scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), recipe.epochs)
-    forward = CompiledForward(net) if compiled else None
-    epochs = []
-    for _ in range(recipe.epochs):
-        orders = torch.stack([torch.randperm(n, generator=g) for g in gens])
-        epochs.append(train_epoch(net, data, recipe, orders, optimizer, scheduler, gens, forward))
-    return net, epochs
 
 
 @pytest.mark.parametrize(
@@ -51,8 +34,8 @@ def test_a_compiled_pack_trains_as_the_uncompiled_one(mnist, spec, seeds):
     one-channel input is both memory layouts at once)."""
     torch._dynamo.reset()
     data = small(mnist, 416, dtype=torch.float64)
-    eager_net, eager = trained(spec, data, seeds, compiled=False)
-    compiled_net, compiled = trained(spec, data, seeds, compiled=True)
+    eager_net, eager = trained(spec, data, seeds, CPU, compiled=False)
+    compiled_net, compiled = trained(spec, data, seeds, CPU, compiled=True)
     for (losses, accs), (eager_losses, eager_accs) in zip(compiled, eager, strict=True):
         assert losses == pytest.approx(eager_losses, abs=1e-9)
         assert accs == eager_accs

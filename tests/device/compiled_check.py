@@ -22,9 +22,12 @@ from mnist_search.train import batch_bounds, make_optimizer, make_scheduler, tra
 SPEC = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
 
 
-def trained(data, seeds, device, compiled: bool):
+def trained(spec: ArchSpec, data: MNISTData, seeds, device: torch.device, compiled: bool):
+    """Two epochs of `train_epoch` (float64, rotation, dropout, OneCycle) as `fit_replicas` runs
+    them, compiled or not: the pack and each epoch's per-replica (losses, accuracies).
+    tests/test_compiled.py runs the same on the CPU."""
     recipe = Recipe(epochs=2, batch_size=64, rotation=8, lr=0.05)
-    net = pack([build_model(SPEC, seed=s).double() for s in seeds]).to(
+    net = pack([build_model(spec, seed=s).double() for s in seeds]).to(
         device, memory_format=torch.channels_last
     )
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -33,11 +36,11 @@ def trained(data, seeds, device, compiled: bool):
     n = len(data.train)
     scheduler = make_scheduler(optimizer, recipe, len(batch_bounds(n, recipe.batch_size)), recipe.epochs)
     forward = CompiledForward(net) if compiled else None
-    losses = []
+    epochs = []
     for _ in range(recipe.epochs):
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])
-        losses.append(train_epoch(net, data, recipe, orders, optimizer, scheduler, gens, forward)[0])
-    return net, losses
+        epochs.append(train_epoch(net, data, recipe, orders, optimizer, scheduler, gens, forward))
+    return net, epochs
 
 
 def main() -> None:
@@ -52,14 +55,14 @@ def main() -> None:
     data = MNISTData(split(d.train, 416), split(d.val, 100), split(d.test, 100)).to(device)
     for seeds in ([4, 11, 7], [4]):
         torch._dynamo.reset()
-        eager_net, eager = trained(data, seeds, device, compiled=False)
-        compiled_net, compiled = trained(data, seeds, device, compiled=True)
+        eager_net, eager = trained(SPEC, data, seeds, device, compiled=False)
+        compiled_net, compiled = trained(SPEC, data, seeds, device, compiled=True)
         diff = max(
             (compiled_net.state_dict()[k].double() - v.double()).abs().max().item()
             for k, v in eager_net.state_dict().items()
         )
         print(f"COMPILED-CHECK {device} K={len(seeds)}: max weight diff {diff:.1e}; last losses "
-              f"compiled {[round(x, 6) for x in compiled[-1]]} eager {[round(x, 6) for x in eager[-1]]}")  # fmt: skip
+              f"compiled {[round(x, 6) for x in compiled[-1][0]]} eager {[round(x, 6) for x in eager[-1][0]]}")  # fmt: skip
 
 
 if __name__ == "__main__":
