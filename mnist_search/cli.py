@@ -16,17 +16,12 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+# Only light modules here: torch, MLflow and Optuna (~4 s to import on 2 cores) are imported by
+# the commands that use them, so `--help` and usage errors answer at once (tests/test_cli.py).
 from .config import DEFAULT_BUDGET, TARGET, ConfigError
-from .data import DataError
-from .export import ExportError
-from .model import count_params, layer_table, mult_adds, receptive_field_table
-from .progress import EpochProgress, StudyProgress, VerifyDisplay, WarningLines, print_report, study_summary
-from .runtime import DeviceError, available_cores, default_jobs, interrupt_on_sigterm
+from .errors import USAGE_ERRORS, DeviceError, NonFiniteLoss
+from .runtime import available_cores, default_jobs, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
-from .space import BudgetError
-from .storage import StorageError
-from .tracking import TRACKING_FAILURES, TrackingError, runs_link, short_reason
-from .train import NonFiniteLoss
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -39,9 +34,6 @@ out = Console()
 err = Console(stderr=True)
 
 MAX_SEED = 2**31 - 1  # trial n trains with seed + n: leave room below the generators' limits
-
-# Wrong input, found before anything is written: one line, exit 2.
-USAGE_ERRORS = (ConfigError, DataError, DeviceError, StorageError, TrackingError, BudgetError, ExportError)
 
 # Options shared by several commands.
 DataDir = Annotated[
@@ -80,6 +72,17 @@ ExperimentRef = Annotated[
     str,
     typer.Argument(help="Experiment YAML with a `spec` section: a path or a shipped name (seed-model-1)."),
 ]
+
+
+class WarningLines(logging.Handler):
+    """The library's warnings (logger "mnist_search"), one `warning: ...` line each."""
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -137,6 +140,7 @@ def _str(path: Path | None) -> str | None:
 @app.command()
 def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
     """Print the layer table, receptive field and mult-adds of a spec, without training."""
+    from .model import count_params, layer_table, mult_adds, receptive_field_table
     from .runs import load_spec
 
     try:
@@ -168,6 +172,8 @@ def train(
     budget: Budget = DEFAULT_BUDGET,
 ) -> None:
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
+    from .model import count_params
+    from .progress import EpochProgress
     from .runs import EXPERIMENT_NAME, TrainRequest, load_spec, run_train
 
     request = TrainRequest(
@@ -302,8 +308,10 @@ def study_worker() -> None:
 
 def _run_study(request, quiet: bool, worker: bool = False) -> None:
     from .leaderboard import completed, leaderboard
+    from .progress import StudyProgress, study_summary
     from .search import StudyMismatch
     from .studies import REPEATS_TO_STOP, prepare_study
+    from .tracking import runs_link
 
     try:
         session = prepare_study(request)
@@ -370,6 +378,9 @@ def _print_link(link: str) -> None:
 
 def _workers_ended(session, outcome) -> NoReturn:
     """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
+    from .progress import study_summary
+    from .tracking import runs_link
+
     done, total = session.done, session.request.trials
     out.print(
         f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers",
@@ -411,6 +422,7 @@ def report(
     import json
 
     from .leaderboard import feasible_share, leaderboard, pareto_front
+    from .progress import print_report
     from .records import StudyRecord
     from .search import load_study
 
@@ -523,6 +535,8 @@ def verify(
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
+    from .progress import VerifyDisplay
+    from .tracking import TRACKING_FAILURES, short_reason
     from .verify import EXPERIMENT_NAME, VerifyRequest, run_verify
 
     if jobs is None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError
+
 # The canonical MNIST mean and standard deviation of pixel values in [0, 1].
 MEAN, STD = 0.1307, 0.3081
 
@@ -26,10 +28,6 @@ FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte", 2049, 10_000),
 }
 SPLIT_SEED = 20_240_101  # fixed: the validation split never changes between runs or trials
-
-
-class DataError(Exception):
-    """MNIST files are missing or corrupt; the message names the file and is one line."""
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:

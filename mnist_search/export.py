@@ -12,15 +12,11 @@ from torch import nn
 
 from .config import ArchSpec, Recipe, experiment_to_yaml, spec_to_yaml
 from .data import MEAN, STD
+from .errors import ExportError
 from .leaderboard import TrialRow, completed, leaderboard
 from .model import WithNormalisation, build_model, layer_table, receptive_field_table
 from .records import TrialRecord
 from .tracking import Tracking
-
-
-class ExportError(Exception):
-    """The trial's checkpoint cannot be found or read."""
-
 
 FILES = ["model.pt2", "state_dict.pt", "spec.yaml", "layers.txt", "receptive_field.txt"]
 

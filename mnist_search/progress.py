@@ -1,12 +1,11 @@
 """What the CLI shows: progress (a live rich display on a terminal, plain lines or nothing
-otherwise), the study leaderboard and summary line, and the library's warnings.
+otherwise), the study leaderboard and its summary line.
 
 Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its `on_epoch` callback.
 """
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -219,17 +218,6 @@ class VerifyDisplay:
             f"{packs} packs of seeds in {workers} worker processes, torch threads each: {threads}",
             highlight=False,
         )
-
-
-class WarningLines(logging.Handler):
-    """The library's warnings (logger "mnist_search"), one `warning: ...` line each."""
-
-    def __init__(self, console: Console):
-        super().__init__()
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.console.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
 
 
 def study_summary(study, trials: int) -> str:

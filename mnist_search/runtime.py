@@ -1,7 +1,9 @@
 """Where and how the work runs: the torch device, thread counts, local worker processes, signals.
 
 Nothing here knows about studies or MLflow: callers hand in what a worker needs (its command and a
-payload for its standard input) and get exit codes back.
+payload for its standard input) and get exit codes back. torch is imported by the functions that use
+it: the CLI imports this module to install its signal handler and count cores before any command
+has asked for torch (`--help` and usage errors answer without it).
 """
 
 from __future__ import annotations
@@ -12,19 +14,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import torch
+from .errors import DeviceError
 
-from .layout import LayoutError, layout_setting
-
-
-class DeviceError(ValueError):
-    """--device names a device that is unknown or not present; one line for the user."""
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str) -> torch.device:
     """auto -> CUDA when present, else CPU. Raises DeviceError for unknown or unavailable devices."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -44,6 +45,8 @@ def available_cores() -> int:
 def configure_threads(threads: int | None = None) -> int:
     """One intra-op thread per available core (the default can oversubscribe inside containers),
     or MNIST_SEARCH_THREADS (set for each of N local workers so that N x threads <= cores)."""
+    import torch
+
     threads = threads or int(os.environ.get("MNIST_SEARCH_THREADS", "0")) or available_cores()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
@@ -51,6 +54,8 @@ def configure_threads(threads: int | None = None) -> int:
 
 def setup_device(name: str) -> torch.device:
     """The device for --device, with torch's threads set for this machine's cores."""
+    from .layout import LayoutError, layout_setting
+
     device = resolve_device(name)
     try:
         layout_setting()  # checked before anything is written; read again where packs are laid out
@@ -70,6 +75,8 @@ def interrupt_on_sigterm() -> None:
 
 
 def cuda_out_of_memory() -> type[BaseException]:
+    import torch
+
     return torch.cuda.OutOfMemoryError
 
 
@@ -127,6 +134,8 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
     `stdin` is written to each worker's standard input: settings that must not appear on a command
     line (`ps` shows command lines to every local user) travel there. Ctrl-C and SIGTERM are
     forwarded to every worker, which end their runs cleanly."""
+    import torch
+
     cores = available_cores()
     gpus = torch.cuda.device_count()
     procs: list[subprocess.Popen] = []

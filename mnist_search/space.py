@@ -11,6 +11,7 @@ import itertools
 import optuna
 
 from .config import ArchSpec, Recipe, SearchSpace
+from .errors import BudgetError
 from .model import count_params
 
 # The constraint Optuna 5 records per trial (trial.set_constraint): params - (budget - 1), so that
@@ -33,10 +34,6 @@ def record_budget(trial: optuna.Trial, params: int, budget: int) -> bool:
     # TPE's ranking of infeasible trials (by summed violation) are unchanged.
     trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, [float(violation)])
     return violation <= 0
-
-
-class BudgetError(ValueError):
-    """No architecture in the search space fits the budget."""
 
 
 def sample_spec(trial: optuna.Trial, space: SearchSpace) -> ArchSpec:

@@ -18,9 +18,10 @@ from pathlib import Path
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from .errors import StorageError
 from .journal import GuardedJournalFile
 from .settings import default_storage_url, mask_url
-from .waiting import ServiceError, patiently
+from .waiting import patiently
 
 # A RUNNING trial whose worker sent no heartbeat for GRACE seconds is declared FAIL and retried.
 # Overridable by environment (the tests shorten them to see a killed worker sooner).
@@ -39,10 +40,6 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
         if self.on_stale is not None:
             self.on_stale(trial)
-
-
-class StorageError(ServiceError):
-    """The storage URL cannot be parsed or the database cannot be reached; one line."""
 
 
 def open_storage(

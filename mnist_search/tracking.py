@@ -39,16 +39,12 @@ from mlflow.models import infer_signature
 
 from .config import TARGET, ArchSpec, Recipe, spec_to_yaml
 from .data import MEAN, STD, MNISTData
+from .errors import TrackingError
 from .layout import pack_seeds
 from .model import WithNormalisation, count_params, layer_table, mult_adds, receptive_field_table
 from .settings import mask_url, resolve_tracking_uri, store_dir
 from .train import EpochResult, FitResult, NonFiniteLoss, fit_replicas
-from .waiting import ServiceError, patiently
-
-
-class TrackingError(ServiceError):
-    """The tracking server cannot be reached or refused us; one line for the user."""
-
+from .waiting import patiently
 
 # What the MLflow client raises when the tracking store fails under it (a server that went away
 # surfaces as MlflowException after the client's retries, or as a requests error).

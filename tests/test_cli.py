@@ -28,6 +28,7 @@ def test_summary_prints_the_seed_table_and_budget_verdict():
     assert "3,928 — under the budget of 4,000" in ok.output
 
 
+@pytest.mark.slow
 def test_train_logs_metrics_tables_and_model_to_a_real_tracking_server(mlflow_server, data_dir, tmp_path):
     args = [
         "train", str(EXPERIMENTS / "seed-model-2.yaml"), "--epochs", "2", "--limit-train", "3000",
@@ -148,6 +149,32 @@ def test_help_fits_80_columns_and_names_every_option_whole(command):
         assert "--artifacts-destination" in help_text
 
 
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--help"], ["--version"], ["study", "--help"], ["verify", "--help"], ["study", "--budget", "0"],
+     ["train", "x.yaml", "--bogus"]],
+    ids=" ".join,
+)  # fmt: skip
+def test_help_and_usage_errors_answer_without_importing_torch_mlflow_or_optuna(args, tmp_path):
+    """They took 5 s on 2 cores, 4 of them importing torch and MLflow for nothing; `benchmarks/
+    cli_start.py` measures it. The modules loaded when the command exits are what is checked."""
+    loaded = tmp_path / "loaded.txt"
+    code = (
+        "import atexit, sys\n"
+        "out = sys.argv.pop(1)\n"
+        "atexit.register(lambda: open(out, 'w').write(' '.join(sorted(sys.modules))))\n"
+        "from mnist_search.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(loaded), *args], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert proc.returncode in (0, 2), proc.stderr
+    assert "Traceback" not in proc.stderr
+    modules = set(loaded.read_text().split())
+    assert "mnist_search.cli" in modules and "typer" in modules  # the command did run
+    assert not modules & {"torch", "mlflow", "optuna", "torchvision", "pandas", "numpy"}
+
+
 @pytest.mark.slow
 def test_the_live_study_display_shows_the_running_trial_and_an_eta(tmp_path, data_dir):
     """Under a pseudo-terminal (as a user sees it): `#N SIZEp ep k/E` and an ETA once a trial ended."""
@@ -165,6 +192,7 @@ def test_the_live_study_display_shows_the_running_trial_and_an_eta(tmp_path, dat
     assert re.search(r"eta 0:\d\d:\d\d", screen)  # after trial 0: its duration x trials left
 
 
+@pytest.mark.slow
 def test_study_uses_one_worker_per_core_by_default_and_says_so(store, data_dir, tmp_path, monkeypatch):
     """No --jobs (and no MNIST_SEARCH_JOBS): on the CPU, one 1-thread worker process per core as
     memory allows; the first line says how many; the workers share the study to its total."""

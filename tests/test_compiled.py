@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch._dynamo
 
-from mnist_search.compiled import CompiledForward
 from mnist_search.model import build_model
 from mnist_search.packed import pack
 
@@ -22,6 +21,7 @@ CPU = torch.device("cpu")
 POSITIONS = MASK.model_copy(update={"dropout": 0.05, "separable": True})
 
 
+@pytest.mark.slow  # three inductor compilations: 20-35 s each with a cold cache
 @pytest.mark.parametrize(
     ("spec", "seeds"),
     [(MASK, SEEDS), (POSITIONS, SEEDS), (POSITIONS, SEEDS[:1])],
@@ -57,7 +57,7 @@ def test_the_compiled_network_is_one_graph_with_its_dropout_drawn_outside(mnist)
     assert len(keeps) == 4 and all(k.dtype == torch.bool and k.shape[0] == 32 for k in keeps)
     explained = torch._dynamo.explain(net)(x, keeps)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
-    assert CompiledForward(net)(x).shape == (32, len(SEEDS), 10)
+    # (CompiledForward runs this graph through inductor in the equivalence test above: slow.)
 
 
 @pytest.mark.parametrize("layout", ["grouped", "separate"])

@@ -66,6 +66,7 @@ def test_cuda_without_gpu_and_unknown_device(store):
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_an_unknown_pack_layout_setting_exits_2_and_writes_nothing(store, data_dir, tmp_path):
     """MNIST_SEARCH_PACK (layout.py) is checked by study, train and verify before they write."""
     common = tiny_trained_study(tmp_path, data_dir)
@@ -372,6 +373,7 @@ def test_tracking_server_going_away_mid_verify_is_one_line_and_exit_1(tmp_path, 
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_two_commands_starting_together_on_a_fresh_local_store_both_succeed(tmp_path, data_dir):
     """The first touch of a fresh SQLite store creates its schema; two processes doing it at once
     used to fail with 'table ... already exists' (a traceback, exit 1)."""

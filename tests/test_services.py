@@ -41,6 +41,7 @@ def warned():
     logger.removeHandler(handler)
 
 
+@pytest.mark.slow
 def test_a_study_waits_for_a_tracking_server_that_comes_up_late(tmp_path, data_dir):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

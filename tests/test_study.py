@@ -348,6 +348,7 @@ def test_a_trial_is_never_pruned_in_the_epochs_it_is_scored_on(mnist, epochs, st
     assert trial.user_attrs["params"] == 586  # budget-1k's smallest net
 
 
+@pytest.mark.slow
 def test_two_workers_ending_at_the_timeout_exit_0_with_one_summary(tmp_path, data_dir):
     """`--jobs 2 --timeout`: each worker used to print its own summary (the first while the other
     still trained) and the command exited 1 although nothing failed."""
