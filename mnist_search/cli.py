@@ -20,7 +20,7 @@ from rich.console import Console
 # the commands that use them, so `--help` and usage errors answer at once (tests/test_cli.py).
 from .config import DEFAULT_BUDGET, TARGET, ConfigError
 from .errors import USAGE_ERRORS, DeviceError, NonFiniteLoss
-from .runtime import available_cores, default_jobs, interrupt_on_sigterm
+from .runtime import available_cores, check_device_name, default_jobs, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
 
 app = typer.Typer(
@@ -172,7 +172,11 @@ def train(
     budget: Budget = DEFAULT_BUDGET,
 ) -> None:
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
-    from .model import count_params
+    try:
+        check_device_name(device)
+    except DeviceError as exc:
+        fail(str(exc))
+    from .model import count_params  # torch, MLflow: after the check above
     from .progress import EpochProgress
     from .runs import EXPERIMENT_NAME, TrainRequest, load_spec, run_train
 
@@ -277,13 +281,14 @@ def study(
     experiment_name: ExperimentName = None,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
-    from .studies import EXPERIMENT_NAME, StudyRequest
-
-    if jobs is None:
-        try:
+    try:
+        check_device_name(device)
+        if jobs is None:
             jobs = default_jobs(device)
-        except DeviceError as exc:
-            fail(str(exc))
+    except DeviceError as exc:
+        fail(str(exc))
+    from .studies import EXPERIMENT_NAME, StudyRequest  # torch, MLflow, Optuna: after the checks above
+
     request = StudyRequest(
         budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs, seeds=seeds,
         study_name=study_name, storage=storage, tracking_uri=tracking_uri, device=device, seed=seed,
@@ -535,15 +540,16 @@ def verify(
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
-    from .progress import VerifyDisplay
+    try:
+        check_device_name(device)
+        if jobs is None:
+            jobs = default_jobs(device)
+    except DeviceError as exc:
+        fail(str(exc))
+    from .progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
     from .tracking import TRACKING_FAILURES, short_reason
     from .verify import EXPERIMENT_NAME, VerifyRequest, run_verify
 
-    if jobs is None:
-        try:
-            jobs = default_jobs(device)
-        except DeviceError as exc:
-            fail(str(exc))
     request = VerifyRequest(
         study_name, top, tuple(trial_numbers or ()), seeds, epochs, storage, tracking_uri, device,
         _str(data_dir), limit_train, out_dir, recipe_from, jobs, command_line(ctx),

@@ -22,19 +22,24 @@ if TYPE_CHECKING:
     import torch
 
 
+def check_device_name(name: str) -> None:
+    """Refuse an unknown --device name before torch is imported (seconds) to look at the devices."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise DeviceError(f"--device {name}: unknown device (use auto, cpu or cuda)")
+
+
 def resolve_device(name: str) -> torch.device:
     """auto -> CUDA when present, else CPU. Raises DeviceError for unknown or unavailable devices."""
+    check_device_name(name)
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {name}: no CUDA GPU is available on this machine")
-        return torch.device(name)
-    raise DeviceError(f"--device {name}: unknown device (use auto, cpu or cuda)")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name}: no CUDA GPU is available on this machine")
+    return torch.device(name)
 
 
 def available_cores() -> int:

@@ -152,7 +152,8 @@ def test_help_fits_80_columns_and_names_every_option_whole(command):
 @pytest.mark.parametrize(
     "args",
     [[], ["--help"], ["--version"], ["study", "--help"], ["verify", "--help"], ["study", "--budget", "0"],
-     ["train", "x.yaml", "--bogus"]],
+     ["train", "x.yaml", "--bogus"], ["study", "--device", "quantum"], ["verify", "--device", "tpu"],
+     ["train", "seed-model-1", "--device", "gpu"]],
     ids=" ".join,
 )  # fmt: skip
 def test_help_and_usage_errors_answer_without_importing_torch_mlflow_or_optuna(args, tmp_path):
