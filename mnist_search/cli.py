@@ -133,6 +133,16 @@ def command_line(ctx: typer.Context) -> str:
     return mask_url(shlex.join(words))
 
 
+def _checked_jobs(device: str, jobs: int | None) -> int:
+    """--jobs, or the default for --device; an unknown device name is refused here, before the
+    command imports torch (seconds) to look at the devices."""
+    try:
+        check_device_name(device)
+        return default_jobs(device) if jobs is None else jobs
+    except DeviceError as exc:
+        fail(str(exc))
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -281,12 +291,7 @@ def study(
     experiment_name: ExperimentName = None,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
-    try:
-        check_device_name(device)
-        if jobs is None:
-            jobs = default_jobs(device)
-    except DeviceError as exc:
-        fail(str(exc))
+    jobs = _checked_jobs(device, jobs)
     from .studies import EXPERIMENT_NAME, StudyRequest  # torch, MLflow, Optuna: after the checks above
 
     request = StudyRequest(
@@ -540,12 +545,7 @@ def verify(
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
-    try:
-        check_device_name(device)
-        if jobs is None:
-            jobs = default_jobs(device)
-    except DeviceError as exc:
-        fail(str(exc))
+    jobs = _checked_jobs(device, jobs)
     from .progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
     from .tracking import TRACKING_FAILURES, short_reason
     from .verify import EXPERIMENT_NAME, VerifyRequest, run_verify
