@@ -18,7 +18,15 @@ from rich.console import Console
 
 # Only light modules here: torch, MLflow and Optuna (~4 s to import on 2 cores) are imported by
 # the commands that use them, so `--help` and usage errors answer at once (tests/test_cli.py).
-from .config import DEFAULT_BUDGET, TARGET, ConfigError
+from .config import (
+    DEFAULT_BUDGET,
+    TARGET,
+    ConfigError,
+    default_search,
+    load_experiment,
+    load_search,
+    load_spec,
+)
 from .errors import USAGE_ERRORS, DeviceError, NonFiniteLoss
 from .runtime import available_cores, check_device_name, default_jobs, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
@@ -150,13 +158,12 @@ def _str(path: Path | None) -> str | None:
 @app.command()
 def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
     """Print the layer table, receptive field and mult-adds of a spec, without training."""
-    from .model import count_params, layer_table, mult_adds, receptive_field_table
-    from .runs import load_spec
-
     try:
         _, spec = load_spec(path)
     except ConfigError as exc:
         fail(str(exc))
+    from .model import count_params, layer_table, mult_adds, receptive_field_table  # torch: after the check
+
     params = count_params(spec)
     out.print(layer_table(spec), markup=False, highlight=False)
     out.print()
@@ -184,18 +191,18 @@ def train(
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
     try:
         check_device_name(device)
-    except DeviceError as exc:
+        exp, _ = load_spec(path)
+    except (DeviceError, ConfigError) as exc:
         fail(str(exc))
-    from .model import count_params  # torch, MLflow: after the check above
+    from .model import count_params  # torch, MLflow: after the checks above
     from .progress import EpochProgress
-    from .runs import EXPERIMENT_NAME, TrainRequest, load_spec, run_train
+    from .runs import EXPERIMENT_NAME, TrainRequest, run_train
 
     request = TrainRequest(
         path, epochs, seed, device, _str(data_dir), limit_train, tracking_uri,
         experiment_name or EXPERIMENT_NAME, budget,
     )  # fmt: skip
     try:
-        exp, _ = load_spec(path)
         with EpochProgress(epochs or exp.recipe.epochs, out, label=exp.name or "train") as progress:
             run = run_train(request, on_epoch=progress.update)
     except USAGE_ERRORS as exc:
@@ -291,6 +298,10 @@ def study(
     experiment_name: ExperimentName = None,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
+    try:
+        load_search(experiment or default_search(budget))  # a typo answers before torch is imported
+    except ConfigError as exc:
+        fail(str(exc))
     jobs = _checked_jobs(device, jobs)
     from .studies import EXPERIMENT_NAME, StudyRequest  # torch, MLflow, Optuna: after the checks above
 
@@ -545,6 +556,11 @@ def verify(
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
+    if recipe_from is not None:
+        try:
+            load_experiment(recipe_from)  # a typo answers before torch is imported
+        except ConfigError as exc:
+            fail(str(exc))
     jobs = _checked_jobs(device, jobs)
     from .progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
     from .tracking import TRACKING_FAILURES, short_reason

@@ -375,6 +375,22 @@ def load_experiment(ref: str | Path) -> Experiment:
         raise ConfigError(f"{ref}: {_first_error(exc)}") from None
 
 
+def load_spec(ref: str | Path) -> tuple[Experiment, ArchSpec]:
+    """An experiment that fixes one spec (`mnist-search train`, `summary`), and its spec."""
+    exp = load_experiment(ref)
+    if exp.spec is None:
+        raise ConfigError(f"{ref}: no `spec` section (this is a search experiment; use `mnist-search study`)")
+    return exp, exp.spec
+
+
+def load_search(ref: str | Path) -> Experiment:
+    """An experiment with a search space (`mnist-search study`)."""
+    exp = load_experiment(ref)
+    if exp.search is None:
+        raise ConfigError(f"{ref}: no `search` section (use `mnist-search train` for a fixed spec)")
+    return exp
+
+
 def experiment_to_yaml(spec: ArchSpec, recipe: Recipe, description: str = "") -> str:
     """A fixed-spec experiment file (`mnist-search train` reads it) with its exact recipe."""
     data = {"description": description} if description else {}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DEFAULT_BUDGET, ArchSpec, ConfigError, Experiment, check_name, load_experiment
+from .config import DEFAULT_BUDGET, ArchSpec, check_name, load_spec
 from .data import load_mnist
 from .runtime import setup_device
 from .settings import resolve_tracking_uri
@@ -42,13 +42,6 @@ class TrainedRun:
     result: FitResult
     device: torch.device
     link: str  # the experiment's runs in MLflow's UI
-
-
-def load_spec(ref: str) -> tuple[Experiment, ArchSpec]:
-    exp = load_experiment(ref)
-    if exp.spec is None:
-        raise ConfigError(f"{ref}: no `spec` section (this is a search experiment; use `mnist-search study`)")
-    return exp, exp.spec
 
 
 def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | None = None) -> TrainedRun:

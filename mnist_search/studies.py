@@ -28,7 +28,7 @@ from .config import (
     Recipe,
     check_name,
     default_search,
-    load_experiment,
+    load_search,
 )
 from .data import MNISTData, load_mnist
 from .objective import FanOut, Objective, TrialFailed, TrialHooks
@@ -305,11 +305,7 @@ def prepare_study(request: StudyRequest) -> StudySession:
 
     Raises ConfigError, BudgetError, DeviceError, TrackingError, DataError, StorageError or
     StudyMismatch (one line each) before anything is written."""
-    exp = load_experiment(request.experiment)
-    if exp.search is None:
-        raise ConfigError(
-            f"{request.experiment}: no `search` section (use `mnist-search train` for a fixed spec)"
-        )
+    exp = load_search(request.experiment)
     check_budget(exp.search, request.budget, f"{exp.name}'s")
     check_teacher(exp.recipe)
     name = request.study_name or default_study_name(exp, request.budget)

@@ -153,12 +153,15 @@ def test_help_fits_80_columns_and_names_every_option_whole(command):
     "args",
     [[], ["--help"], ["--version"], ["study", "--help"], ["verify", "--help"], ["study", "--budget", "0"],
      ["train", "x.yaml", "--bogus"], ["study", "--device", "quantum"], ["verify", "--device", "tpu"],
-     ["train", "seed-model-1", "--device", "gpu"]],
+     ["train", "seed-model-1", "--device", "gpu"], ["study", "--experiment", "budget-9k"],
+     ["study", "--experiment", "seed-model-1"], ["train", "missing.yaml"], ["train", "budget-1k"],
+     ["summary", "missing.yaml"], ["verify", "--recipe-from", "missing.yaml"]],
     ids=" ".join,
 )  # fmt: skip
 def test_help_and_usage_errors_answer_without_importing_torch_mlflow_or_optuna(args, tmp_path):
     """They took 5 s on 2 cores, 4 of them importing torch and MLflow for nothing; `benchmarks/
-    cli_start.py` measures it. The modules loaded when the command exits are what is checked."""
+    cli_start.py` measures it. The modules loaded when the command exits are what is checked.
+    A missing or wrong-kind experiment file is a usage error too: it is read before the imports."""
     loaded = tmp_path / "loaded.txt"
     code = (
         "import atexit, sys\n"
@@ -167,8 +170,9 @@ def test_help_and_usage_errors_answer_without_importing_torch_mlflow_or_optuna(a
         "from mnist_search.cli import main\n"
         "main()\n"
     )
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_SEARCH_JOBS"}  # as a user runs it
     proc = subprocess.run([sys.executable, "-c", code, str(loaded), *args], capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+                          timeout=60, check=False, env=env)  # fmt: skip
     if not args:  # the help, on stdout, with Click's exit code for a missing command
         assert proc.returncode == 2 and proc.stdout.startswith("Usage:") and not proc.stderr
     elif args[-1] in ("--help", "--version"):
