@@ -21,13 +21,12 @@ from rich.console import Console
 from .config import (
     DEFAULT_BUDGET,
     TARGET,
-    ConfigError,
     default_search,
     load_experiment,
     load_search,
     load_spec,
 )
-from .errors import USAGE_ERRORS, DeviceError, NonFiniteLoss
+from .errors import USAGE_ERRORS, NonFiniteLoss
 from .runtime import available_cores, check_device_name, default_jobs, interrupt_on_sigterm
 from .settings import mask_url, resolve_tracking_uri
 
@@ -141,14 +140,19 @@ def command_line(ctx: typer.Context) -> str:
     return mask_url(shlex.join(words))
 
 
+def checked(call, *args):
+    """call(*args), a user's mistake (one of USAGE_ERRORS) ending the command as a one-line exit 2."""
+    try:
+        return call(*args)
+    except USAGE_ERRORS as exc:
+        fail(str(exc))
+
+
 def _checked_jobs(device: str, jobs: int | None) -> int:
     """--jobs, or the default for --device; an unknown device name is refused here, before the
     command imports torch (seconds) to look at the devices."""
-    try:
-        check_device_name(device)
-        return default_jobs(device) if jobs is None else jobs
-    except DeviceError as exc:
-        fail(str(exc))
+    checked(check_device_name, device)
+    return checked(default_jobs, device) if jobs is None else jobs
 
 
 def _str(path: Path | None) -> str | None:
@@ -158,10 +162,7 @@ def _str(path: Path | None) -> str | None:
 @app.command()
 def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
     """Print the layer table, receptive field and mult-adds of a spec, without training."""
-    try:
-        _, spec = load_spec(path)
-    except ConfigError as exc:
-        fail(str(exc))
+    _, spec = checked(load_spec, path)
     from .model import count_params, layer_table, mult_adds, receptive_field_table  # torch: after the check
 
     params = count_params(spec)
@@ -189,11 +190,8 @@ def train(
     budget: Budget = DEFAULT_BUDGET,
 ) -> None:
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
-    try:
-        check_device_name(device)
-        exp, _ = load_spec(path)
-    except (DeviceError, ConfigError) as exc:
-        fail(str(exc))
+    checked(check_device_name, device)
+    exp, _ = checked(load_spec, path)
     from .model import count_params  # torch, MLflow: after the checks above
     from .progress import EpochProgress
     from .runs import EXPERIMENT_NAME, TrainRequest, run_train
@@ -298,10 +296,7 @@ def study(
     experiment_name: ExperimentName = None,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
-    try:
-        load_search(experiment or default_search(budget))  # a typo answers before torch is imported
-    except ConfigError as exc:
-        fail(str(exc))
+    checked(load_search, experiment or default_search(budget))  # a typo answers before torch is imported
     jobs = _checked_jobs(device, jobs)
     from .studies import EXPERIMENT_NAME, StudyRequest  # torch, MLflow, Optuna: after the checks above
 
@@ -447,10 +442,7 @@ def report(
     from .records import StudyRecord
     from .search import load_study
 
-    try:
-        st = load_study(study_name, storage)
-    except USAGE_ERRORS as exc:
-        fail(str(exc))
+    st = checked(load_study, study_name, storage)
     rows = leaderboard(st)
     front = pareto_front(rows)
     feasible, proposed = feasible_share(st)
@@ -473,10 +465,7 @@ def frontier(
     params, test accuracy over seeds and goal, with the public results marked."""
     from .frontier import goal_text, write_frontier
 
-    try:
-        points = write_frontier(results)
-    except USAGE_ERRORS as exc:
-        fail(str(exc))
+    points = checked(write_frontier, results)
     for p in points:
         verdict = {True: "held", False: "missed", None: "no goal"}[p.goal_met]
         out.print(
@@ -499,10 +488,7 @@ def export(
     """Write a trial's model as a torch.export program (model.pt2), its state_dict, spec and tables."""
     from .export import export_from_study
 
-    try:
-        row, written = export_from_study(study_name, storage, trial, out_dir, tracking_uri)
-    except USAGE_ERRORS as exc:
-        fail(str(exc))
+    row, written = checked(export_from_study, study_name, storage, trial, out_dir, tracking_uri)
     out.print(
         f"trial {row.trial} ({row.params:,} params) exported to {out_dir}: {', '.join(written)}",
         highlight=False,
@@ -557,10 +543,7 @@ def verify(
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
     # (Over 60 lines only through its option declarations: the body is one call and printing.)
     if recipe_from is not None:
-        try:
-            load_experiment(recipe_from)  # a typo answers before torch is imported
-        except ConfigError as exc:
-            fail(str(exc))
+        checked(load_experiment, recipe_from)  # a typo answers before torch is imported
     jobs = _checked_jobs(device, jobs)
     from .progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
     from .tracking import TRACKING_FAILURES, short_reason
