@@ -82,7 +82,10 @@ class StudyProgress:
     "best" is the study's best completed trial: its params, validation accuracy (mean of its
     last 3 epochs: the objective) and test accuracy (min of its last 3 epochs). `study_best`
     reads it from the storage (at the start and after each trial here), so it includes trials of
-    earlier runs and of other workers; without it, the best of the trials seen here.
+    earlier runs and of other workers; without it, the best of the trials seen here. Likewise
+    `study_tally` reads the study's (trained, pruned, failed) counts, so that "done" is the
+    study's with other workers (each `--jobs` process, other machines) training beside this one;
+    without it, `already` plus the trials ended here.
 
     A live rich display on a terminal; plain log lines (one per finished trial) when output is
     not a terminal or with --quiet.
@@ -95,12 +98,14 @@ class StudyProgress:
         already: int,
         quiet: bool = False,
         study_best: Callable[[], TrialRow | None] | None = None,
+        study_tally: Callable[[], tuple[int, int, int]] | None = None,
     ):
         self.console = console
         self.live = console.is_terminal and not quiet
         self.total, self.done = total, already
         self.pruned = self.failed = 0
-        self.study_best = study_best
+        self.study_best, self.study_tally = study_best, study_tally
+        self._take_study_tally()
         self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
         self._take_study_best()
         self.progress = make_progress(console, eta=True) if self.live else None
@@ -139,6 +144,16 @@ class StudyProgress:
         if row is not None and row.val_acc is not None:
             self._consider((row.val_acc, row.params or 0, row.test_acc_min_last3 or 0.0, row.trial))
 
+    def _take_study_tally(self, ended: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """The study's counts, plus `ended` (a trial ended here, not stored as ended yet); never
+        fewer than counted here."""
+        if self.study_tally is not None:
+            stored = self.study_tally()
+            self.done, self.pruned, self.failed = (
+                max(mine, theirs + this)
+                for mine, theirs, this in zip((self.done, self.pruned, self.failed), stored, ended)
+            )
+
     def _status(self) -> str:
         best = "-"
         if self.best:
@@ -165,13 +180,16 @@ class StudyProgress:
     def trial_ended(self, end, model) -> None:
         if end.reason == "interrupted":
             return
-        self.done += 1
-        self.pruned += end.state == "PRUNED"
-        self.failed += end.state == "FAIL"
+        ended = (1, int(end.state == "PRUNED"), int(end.state == "FAIL"))
+        self.done, self.pruned, self.failed = (
+            n + e for n, e in zip((self.done, self.pruned, self.failed), ended)
+        )
         self.durations.append(end.seconds)
         self.running = ""
         res = end.result
-        self._take_study_best()  # other workers' trials (this one is not stored as ended yet)
+        # Other workers' trials (this one is not stored as ended yet).
+        self._take_study_tally(ended)
+        self._take_study_best()
         if end.state == "COMPLETE":
             self._consider((res.val_score, end.params, res.test_min_last3, end.number))
         if self.progress is not None:

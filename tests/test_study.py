@@ -280,6 +280,65 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
     assert second.endswith("best #5 3,928p val 0.9950 test min3 0.9500")
 
 
+def test_the_line_counts_the_studys_trials_with_other_workers_training_beside_this_one(tmp_path):
+    """Each `--jobs` worker (the CPU default is 2) and each machine of a shared study prints its own
+    lines. Their "[k/N] pruned P failed F" are the study's, read from the storage: a worker's
+    lines used to count only the trials it ended (two workers both printed [1/N], [2/N], ...; two
+    1k searches beside each other here ended at [38/60] and [39/60] with 56 trained)."""
+    import io
+
+    from optuna.trial import TrialState, create_trial
+    from rich.console import Console
+
+    from mnist_search.config import Recipe
+    from mnist_search.objective import TrialEnd
+    from mnist_search.progress import StudyProgress
+    from mnist_search.studies import trial_tally
+    from mnist_search.train import EpochResult, FitResult, ReplicaResults
+
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(str(tmp_path / "j.log")), direction="maximize"
+    )
+
+    def stored(state, value=None, **attrs):  # a trial another worker ended
+        steps = {} if state == TrialState.FAIL else {9: 0.97}
+        study.add_trial(create_trial(state=state, value=value, intermediate_values=steps,
+                                     user_attrs={"feasible": True, **attrs}))  # fmt: skip
+
+    stored(TrialState.COMPLETE, 0.98)
+    stored(TrialState.PRUNED)
+    stored(TrialState.FAIL, fail_reason="ValueError: loss is nan")  # its own failure: counts
+    stored(TrialState.FAIL, fail_reason="interrupted")  # replaced on resume: does not count
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"feasible": False}))  # untrained
+    assert trial_tally(study) == (3, 1, 1) and trials_done(study) == 3
+
+    spec = load_experiment("seed-model-3").spec
+    epochs = [EpochResult(e, 0.1, 0.9, 0.1, 0.98, 0.1, 0.97, 0.01, 1.0) for e in range(1, 16)]
+    console = Console(file=io.StringIO(), width=200)
+    with StudyProgress(console, total=10, already=3, quiet=True,
+                       study_tally=lambda: trial_tally(study)) as progress:  # fmt: skip
+        assert (progress.done, progress.pruned, progress.failed) == (3, 1, 1)  # from the start
+        ended = ReplicaResults([0], [FitResult(epochs)])
+        progress.trial_ended(TrialEnd(5, "COMPLETE", spec, Recipe(), 3928, ended, 12.0), None)
+        stored(TrialState.PRUNED)  # the other worker ends two more while this one trains
+        stored(TrialState.COMPLETE, 0.985)
+        ended = ReplicaResults([0], [FitResult(epochs[:9])])
+        progress.trial_ended(TrialEnd(8, "PRUNED", spec, Recipe(), 3928, ended, 5.0), None)
+    first, second = console.file.getvalue().splitlines()
+    assert "[4/10] pruned 1 failed 1 " in first  # 3 stored + this one (not stored as ended yet)
+    # Trial 5 ended here, but this test stands in for the worker and never stores it: 5 stored + this one.
+    assert "[6/10] pruned 3 failed 1 " in second
+
+    # Without the storage (the API's default): what ended here.
+    console = Console(file=io.StringIO(), width=200)
+    with StudyProgress(console, total=10, already=3, quiet=True) as progress:
+        progress.trial_ended(
+            TrialEnd(5, "COMPLETE", spec, Recipe(), 3928, ReplicaResults([0], [FitResult(epochs)]), 12.0),
+            None,
+        )
+    assert "[4/10] pruned 0 failed 0 " in console.file.getvalue()
+
+
 def test_each_budget_gets_the_shipped_search_sized_for_it():
     """`study --budget N` without --experiment searches the shipped space of the smallest size at
     least as large, in the family that verified best at that size (separable up to 5,000); every
