@@ -69,16 +69,15 @@ def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
     return False
 
 
-def trials_done(study: optuna.Study) -> int:
-    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
-
-
 def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
     """The study's trained trials that count toward its total, by every worker and run: (trained,
     of them pruned, of them failed), as the progress line shows them."""
-    counted = [t for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
-    states = [t.state for t in counted]
-    return len(counted), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
+    states = [t.state for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
+    return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
+
+
+def trials_done(study: optuna.Study) -> int:
+    return trial_tally(study)[0]
 
 
 def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
