@@ -326,7 +326,7 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
     from .leaderboard import completed, leaderboard
     from .progress import StudyProgress, study_summary
     from .search import StudyMismatch
-    from .studies import REPEATS_TO_STOP, prepare_study, trial_tally
+    from .studies import REPEATS_TO_STOP, prepare_study, trial_tally, trials_training
     from .tracking import runs_link
 
     try:
@@ -365,6 +365,7 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
         quiet=quiet or request.jobs > 1,
         study_best=study_best,
         study_tally=lambda: trial_tally(session.study),
+        study_training=lambda: trials_training(session.study),
     ) as progress:
         outcome = session.run(progress)
     if outcome.workers is not None:

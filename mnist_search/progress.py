@@ -85,7 +85,9 @@ class StudyProgress:
     earlier runs and of other workers; without it, the best of the trials seen here. Likewise
     `study_tally` reads the study's (trained, pruned, failed) counts, so that "done" is the
     study's with other workers (each `--jobs` process, other machines) training beside this one;
-    without it, `already` plus the trials ended here.
+    without it, `already` plus the trials ended here. `study_training` counts the trials training
+    in the study now (this one included): the ETA divides the trials left among them, so that a
+    worker sharing its study with others does not promise their work at its own pace alone.
 
     A live rich display on a terminal; plain log lines (one per finished trial) when output is
     not a terminal or with --quiet.
@@ -99,12 +101,15 @@ class StudyProgress:
         quiet: bool = False,
         study_best: Callable[[], TrialRow | None] | None = None,
         study_tally: Callable[[], tuple[int, int, int]] | None = None,
+        study_training: Callable[[], int] | None = None,
     ):
         self.console = console
         self.live = console.is_terminal and not quiet
         self.total, self.done = total, already
         self.pruned = self.failed = 0
         self.study_best, self.study_tally = study_best, study_tally
+        self.study_training = study_training
+        self.workers = 1  # trials training in the study at the last look (see _take_workers)
         self._take_study_tally()
         self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
         self._take_study_best()
@@ -129,7 +134,14 @@ class StudyProgress:
         if not self.durations:
             return "eta after 1st trial"
         running = time.monotonic() - self.started if self.running else 0.0
-        return f"eta {_clock(max(0.0, statistics.fmean(self.durations) * left - running))}"
+        # The trials left run `workers` at a time, each taking a trial's mean time; the running
+        # ones (this one's elapsed time stands in for the others') are part done.
+        per_worker = statistics.fmean(self.durations) * left / self.workers
+        return f"eta {_clock(max(0.0, per_worker - running))}"
+
+    def _take_workers(self) -> None:
+        if self.study_training is not None:
+            self.workers = max(1, self.study_training())
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
@@ -165,11 +177,13 @@ class StudyProgress:
     def trial_started(self, trial, spec, recipe) -> None:
         self.running, self.epochs = f"#{trial.number} {count_params(spec):,}p", recipe.epochs
         self.started = time.monotonic()
+        self._take_workers()
         if self.progress is not None:
             self.progress.update(self.task, description=f"{self.running} ep 0/{self.epochs}", eta=self._eta())
 
     def epoch_ended(self, trial, r, per_seed) -> None:
         if self.progress is not None:
+            self._take_workers()
             self.progress.update(
                 self.task,
                 description=f"{self.running} ep {r.epoch}/{self.epochs}",

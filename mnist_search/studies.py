@@ -76,6 +76,15 @@ def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
     return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
 
 
+def trials_training(study: optuna.Study) -> int:
+    """How many of the study's trials hold a training slot now, on every worker and machine."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if TrialRecord.of(t).training
+    )
+
+
 def trials_done(study: optuna.Study) -> int:
     return trial_tally(study)[0]
 

@@ -3,6 +3,7 @@ and a study whose trials fail with a reason of their own."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -337,6 +338,55 @@ def test_the_line_counts_the_studys_trials_with_other_workers_training_beside_th
             None,
         )
     assert "[4/10] pruned 0 failed 0 " in console.file.getvalue()
+
+
+def test_the_eta_shares_the_trials_left_among_the_trials_training_in_the_study(tmp_path):
+    """A worker's live ETA (its trials' mean time x trials left) counted the study's trials left as
+    if it trained them all alone: with three machines sharing a study it promised three times the
+    wait. It divides them among the trials training in the study now, read from the storage."""
+    import io
+
+    from rich.console import Console
+
+    from mnist_search.config import Recipe
+    from mnist_search.objective import TrialEnd
+    from mnist_search.progress import StudyProgress
+    from mnist_search.records import TrialRecord
+    from mnist_search.studies import trials_training
+    from mnist_search.train import EpochResult, FitResult, ReplicaResults
+
+    study = optuna.create_study(
+        study_name="s", storage=open_storage(str(tmp_path / "j.log")), direction="maximize"
+    )
+    others = [study.ask() for _ in range(3)]
+    TrialRecord.write(others[0], feasible=True, training=True)  # another worker's, training
+    TrialRecord.write(others[1], feasible=True, training=True)
+    TrialRecord.write(others[2], feasible=True, training=False)  # waiting for a slot: not counted
+    assert trials_training(study) == 2
+
+    spec = load_experiment("seed-model-3").spec
+    epochs = [EpochResult(e, 0.1, 0.9, 0.1, 0.98, 0.1, 0.97, 0.01, 1.0) for e in range(1, 16)]
+    ended = TrialEnd(5, "COMPLETE", spec, Recipe(), 3928, ReplicaResults([0], [FitResult(epochs)]), 600.0)
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)  # the live display
+    with StudyProgress(console, total=10, already=1,
+                       study_training=lambda: trials_training(study)) as progress:  # fmt: skip
+        progress.trial_ended(ended, None)  # 2 done, 8 left; trials take 10 min here
+        mine = study.ask()  # this worker's next trial, as the objective marks it
+        TrialRecord.write(mine, feasible=True, training=True)
+        progress.trial_started(mine, spec, Recipe())
+        assert progress.workers == 3
+        progress.started -= 120  # 2 min into it
+        # 8 trials x 10 min / 3 at a time, less 2 min (and the seconds this test took since)
+        assert re.fullmatch(r"eta 0:24:[34]\d", progress._eta())
+        study.tell(others[0], 0.99)  # one machine finished its trial and stopped
+        progress.epoch_ended(mine, epochs[0], {0: epochs[0]})
+        assert progress.workers == 2
+        assert re.fullmatch(r"eta 0:3[78]:\d\d", progress._eta())  # 8 x 10 min / 2, less 2 min
+
+    # Without the storage (the API's default), and alone in the study: the trials left x mean time.
+    with StudyProgress(console, total=10, already=1) as progress:
+        progress.trial_ended(ended, None)
+        assert progress._eta() == "eta 1:20:00"
 
 
 def test_each_budget_gets_the_shipped_search_sized_for_it():
