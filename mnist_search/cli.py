@@ -516,6 +516,14 @@ def verify(
         ),
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per architecture (0, 1, ...).")] = 3,
+    first_seed: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Start the seeds here (--first-seed 3 --seeds 3: seeds 3, 4, 5): a verified point "
+            "checked on seeds it was not judged on.",
+        ),
+    ] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per run.")] = 15,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
@@ -558,7 +566,7 @@ def verify(
     request = VerifyRequest(
         study_name, top, tuple(trial_numbers or ()), seeds, epochs, storage, tracking_uri, device,
         _str(data_dir), limit_train, out_dir, recipe_from, jobs, command_line(ctx),
-        experiment_name or EXPERIMENT_NAME,
+        experiment_name or EXPERIMENT_NAME, first_seed,
     )  # fmt: skip
     try:
         report = run_verify(request, VerifyDisplay(out))

@@ -154,6 +154,7 @@ class VerifyRequest:
     jobs: int = 1
     command: str = ""  # the command line, written into verify.md
     experiment_name: str = EXPERIMENT_NAME
+    first_seed: int = 0  # seeds first_seed, first_seed + 1, ...: fresh ones for a point already verified
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Reci
     plan = plan_packs([mult_adds(v.spec) for v in results], request.seeds, request.jobs)
     tasks = []
     for index, (i, seeds) in enumerate(plan):
-        v = results[i]
+        v, seeds = results[i], tuple(request.first_seed + s for s in seeds)
         tags = {"kind": "verify-run", "trial_number": str(v.trial), "study_name": study.study_name}
         tasks.append(SeedPack(index, v.trial, v.spec, v.recipe, seeds, tags))
     return results, tasks

@@ -143,6 +143,33 @@ def test_verify_trial_picks_a_named_trial_and_an_unknown_one_exits_2(trained, da
     assert f"trial {ranked[-1]} seed 0:" in result.output and f"trial {ranked[0]} seed" not in result.output
 
 
+def test_verify_first_seed_trains_those_seeds_as_a_verify_from_seed_0_trained_them(
+    trained, data_dir, monkeypatch
+):
+    """--first-seed 1 --seeds 1: seed 1 alone, the run a verify of seeds 0 and 1 trained for
+    seed 1 (the same test accuracy to the last image); a verified point checked on fresh seeds."""
+    monkeypatch.setenv("MNIST_SEARCH_PACK", "separate")  # replicas train exactly as alone (test_packed)
+    trial = ranked_trials()[0]
+    client = local_client(trained / "mlruns")
+    before = parent_ids(client)
+    both = runner.invoke(app, verify_args(data_dir, "--trial", str(trial), "--seeds", "2", "--jobs", "1"))
+    assert both.exit_code == 0, both.output
+    _, children = new_parent(client, before)
+    acc = {c.data.params["seed"]: c.data.metrics["test/acc"] for c in children}
+    assert sorted(acc) == ["0", "1"] and acc["0"] != acc["1"]
+
+    before = parent_ids(client)
+    args = verify_args(data_dir, "--trial", str(trial), "--first-seed", "1", "--seeds", "1", "--jobs", "1")
+    later = runner.invoke(app, args)
+    assert later.exit_code == 0, later.output
+    _, (run,) = new_parent(client, before)
+    assert run.data.params["seed"] == "1" and run.info.run_name == f"verify-trial-{trial}-seed-1"
+    assert run.data.metrics["test/acc"] == acc["1"]
+    assert f"trial {trial} seed 1:" in later.output and re.search(
+        rf"\| {trial} \| [\d,]+ \| 1 \|", later.output
+    )
+
+
 def test_verify_recipe_from_uses_another_recipe_with_the_trials_own_knobs(trained, data_dir):
     ranked = ranked_trials()
     client = local_client(trained / "mlruns")
