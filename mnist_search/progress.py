@@ -109,7 +109,7 @@ class StudyProgress:
         self.pruned = self.failed = 0
         self.study_best, self.study_tally = study_best, study_tally
         self.study_training = study_training
-        self.workers = 1  # trials training in the study at the last look (see _take_workers)
+        self.workers = 1  # trials training in the study at the last look (see _eta)
         self._take_study_tally()
         self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
         self._take_study_best()
@@ -134,14 +134,12 @@ class StudyProgress:
         if not self.durations:
             return "eta after 1st trial"
         running = time.monotonic() - self.started if self.running else 0.0
+        if self.study_training is not None:  # read where it is shown: never with plain lines
+            self.workers = max(1, self.study_training())
         # The trials left run `workers` at a time, each taking a trial's mean time; the running
         # ones (this one's elapsed time stands in for the others') are part done.
         per_worker = statistics.fmean(self.durations) * left / self.workers
         return f"eta {_clock(max(0.0, per_worker - running))}"
-
-    def _take_workers(self) -> None:
-        if self.study_training is not None:
-            self.workers = max(1, self.study_training())
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
@@ -177,13 +175,11 @@ class StudyProgress:
     def trial_started(self, trial, spec, recipe) -> None:
         self.running, self.epochs = f"#{trial.number} {count_params(spec):,}p", recipe.epochs
         self.started = time.monotonic()
-        self._take_workers()
         if self.progress is not None:
             self.progress.update(self.task, description=f"{self.running} ep 0/{self.epochs}", eta=self._eta())
 
     def epoch_ended(self, trial, r, per_seed) -> None:
         if self.progress is not None:
-            self._take_workers()
             self.progress.update(
                 self.task,
                 description=f"{self.running} ep {r.epoch}/{self.epochs}",
