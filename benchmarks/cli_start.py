@@ -17,7 +17,7 @@ import sys
 import time
 
 MAIN = "from mnist_search.cli import main; main()"
-BASELINE = "import mnist_search.cli, mnist_search.tracking, mnist_search.export, mnist_search.progress"
+BASELINE = "import mnist_search.cli, mnist_search.tracking.client, mnist_search.workflows.export, mnist_search.progress"
 CASES = {
     "mnist-search --help": [MAIN, "--help"],
     "mnist-search study --help": [MAIN, "study", "--help"],

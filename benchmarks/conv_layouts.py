@@ -1,6 +1,6 @@
 """Where a packed step goes: each convolution of a net alone, K = 1 against K replicas packed.
 
-For every convolution of the spec (mnist_search.model.layer_plan), times forward + backward (the
+For every convolution of the spec (mnist_search.core.model.layer_plan), times forward + backward (the
 weight's gradient, and the input's except at the first layer, as in training) on random inputs of
 the training batch size, for one network (K = 1) and for K replicas in four ways:
 
@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist_search.config import load_experiment
-from mnist_search.model import layer_plan
-from mnist_search.runtime import available_cores, configure_threads
+from mnist_search.core.config import load_experiment
+from mnist_search.core.model import layer_plan
+from mnist_search.workflows.runtime import available_cores, configure_threads
 
 DEFAULT = Path(__file__).resolve().parent.parent / "results" / "budget-8k" / "experiment.yaml"
 WAYS = ("K=1", "grouped", "grouped, contiguous", "block-diagonal", "slices")

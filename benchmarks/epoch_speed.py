@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_search.config import load_experiment
-from mnist_search.data import MEAN, STD, load_mnist, resolve_data_dir
-from mnist_search.model import build_model, layer_plan
-from mnist_search.runtime import configure_threads
-from mnist_search.train import fit
+from mnist_search.core.config import load_experiment
+from mnist_search.core.data import MEAN, STD, load_mnist, resolve_data_dir
+from mnist_search.core.model import build_model, layer_plan
+from mnist_search.training.train import fit
+from mnist_search.workflows.runtime import configure_threads
 
 SPEC_FILE = Path(__file__).resolve().parent.parent / "experiments" / "seed-model-2.yaml"
 

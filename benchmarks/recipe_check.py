@@ -33,13 +33,13 @@ import torch
 import yaml
 from torch import nn
 
-from mnist_search.config import ArchSpec, ConfigError, Recipe, experiment_to_yaml, load_experiment
-from mnist_search.data import load_mnist
-from mnist_search.export import export_model
-from mnist_search.layout import pack_seeds
-from mnist_search.runtime import configure_threads
-from mnist_search.teacher import check_teacher
-from mnist_search.train import fit_replicas
+from mnist_search.core.config import ArchSpec, ConfigError, Recipe, experiment_to_yaml, load_experiment
+from mnist_search.core.data import load_mnist
+from mnist_search.speed.layout import pack_seeds
+from mnist_search.training.teacher import check_teacher
+from mnist_search.training.train import fit_replicas
+from mnist_search.workflows.export import export_model
+from mnist_search.workflows.runtime import configure_threads
 
 LAST = 3  # the epochs a run is judged on (target: each of the last 3)
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from mnist_search.compiled import CompiledForward
-from mnist_search.config import load_experiment
-from mnist_search.data import load_mnist
-from mnist_search.model import build_model, count_params
-from mnist_search.packed import pack
-from mnist_search.runtime import available_cores, configure_threads
-from mnist_search.train import batch_bounds, make_optimizer, make_scheduler, train_epoch
+from mnist_search.core.config import load_experiment
+from mnist_search.core.data import load_mnist
+from mnist_search.core.model import build_model, count_params
+from mnist_search.speed.compiled import CompiledForward
+from mnist_search.speed.packed import pack
+from mnist_search.training.train import batch_bounds, make_optimizer, make_scheduler, train_epoch
+from mnist_search.workflows.runtime import available_cores, configure_threads
 
 DEFAULT = Path(__file__).resolve().parent.parent / "results" / "budget-8k" / "experiment.yaml"
 

@@ -1,5 +1,5 @@
 """`python -m mnist_search ...` = the `mnist-search` command (used to start --jobs workers)."""
 
-from .cli import main
+from mnist_search.cli import main
 
 main()

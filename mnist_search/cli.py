@@ -18,7 +18,7 @@ from rich.console import Console
 
 # Only light modules here: torch, MLflow and Optuna (~4 s to import on 2 cores) are imported by
 # the commands that use them, so `--help` and usage errors answer at once (tests/test_cli.py).
-from .config import (
+from mnist_search.core.config import (
     DEFAULT_BUDGET,
     TARGET,
     default_search,
@@ -26,9 +26,14 @@ from .config import (
     load_search,
     load_spec,
 )
-from .errors import USAGE_ERRORS, NonFiniteLoss
-from .runtime import available_cores, check_device_name, default_jobs, interrupt_on_sigterm
-from .settings import mask_url, resolve_tracking_uri
+from mnist_search.core.errors import USAGE_ERRORS, NonFiniteLoss
+from mnist_search.core.settings import mask_url, resolve_tracking_uri
+from mnist_search.workflows.runtime import (
+    available_cores,
+    check_device_name,
+    default_jobs,
+    interrupt_on_sigterm,
+)
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -163,7 +168,12 @@ def _str(path: Path | None) -> str | None:
 def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
     """Print the layer table, receptive field and mult-adds of a spec, without training."""
     _, spec = checked(load_spec, path)
-    from .model import count_params, layer_table, mult_adds, receptive_field_table  # torch: after the check
+    from mnist_search.core.model import (  # torch: after the check
+        count_params,
+        layer_table,
+        mult_adds,
+        receptive_field_table,
+    )
 
     params = count_params(spec)
     out.print(layer_table(spec), markup=False, highlight=False)
@@ -192,9 +202,9 @@ def train(
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
     checked(check_device_name, device)
     exp, _ = checked(load_spec, path)
-    from .model import count_params  # torch, MLflow: after the checks above
-    from .progress import EpochProgress
-    from .runs import EXPERIMENT_NAME, TrainRequest, run_train
+    from mnist_search.core.model import count_params  # torch, MLflow: after the checks above
+    from mnist_search.progress import EpochProgress
+    from mnist_search.workflows.train import EXPERIMENT_NAME, TrainRequest, run_train
 
     request = TrainRequest(
         path, epochs, seed, device, _str(data_dir), limit_train, tracking_uri,
@@ -298,7 +308,10 @@ def study(
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     checked(load_search, experiment or default_search(budget))  # a typo answers before torch is imported
     jobs = _checked_jobs(device, jobs)
-    from .studies import EXPERIMENT_NAME, StudyRequest  # torch, MLflow, Optuna: after the checks above
+    from mnist_search.workflows.study import (  # torch, MLflow, Optuna: after the checks above
+        EXPERIMENT_NAME,
+        StudyRequest,
+    )
 
     request = StudyRequest(
         budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs, seeds=seeds,
@@ -317,17 +330,17 @@ def study(
 @app.command("study-worker", hidden=True)
 def study_worker() -> None:
     """One of `study --jobs N`'s workers: the study's options arrive as JSON on standard input."""
-    from .studies import StudyRequest
+    from mnist_search.workflows.study import StudyRequest
 
     _run_study(StudyRequest.model_validate_json(sys.stdin.read()), quiet=True, worker=True)
 
 
 def _run_study(request, quiet: bool, worker: bool = False) -> None:
-    from .leaderboard import completed, leaderboard
-    from .progress import StudyProgress, study_summary
-    from .search import StudyMismatch
-    from .studies import REPEATS_TO_STOP, prepare_study, trial_tally, trials_training
-    from .tracking import runs_link
+    from mnist_search.progress import StudyProgress, study_summary
+    from mnist_search.search.leaderboard import completed, leaderboard
+    from mnist_search.search.studies import StudyMismatch
+    from mnist_search.tracking.client import runs_link
+    from mnist_search.workflows.study import REPEATS_TO_STOP, prepare_study, trial_tally, trials_training
 
     try:
         session = prepare_study(request)
@@ -400,8 +413,8 @@ def _print_link(link: str) -> None:
 
 def _workers_ended(session, outcome) -> NoReturn:
     """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
-    from .progress import study_summary
-    from .tracking import runs_link
+    from mnist_search.progress import study_summary
+    from mnist_search.tracking.client import runs_link
 
     done, total = session.done, session.request.trials
     out.print(
@@ -443,10 +456,10 @@ def report(
     """Leaderboard of a study (ranked by validation) and its Pareto front of params vs accuracy."""
     import json
 
-    from .leaderboard import feasible_share, leaderboard, pareto_front
-    from .progress import print_report
-    from .records import StudyRecord
-    from .search import load_study
+    from mnist_search.progress import print_report
+    from mnist_search.search.leaderboard import feasible_share, leaderboard, pareto_front
+    from mnist_search.search.records import StudyRecord
+    from mnist_search.search.studies import load_study
 
     st = checked(load_study, study_name, storage)
     rows = leaderboard(st)
@@ -469,7 +482,7 @@ def frontier(
 ) -> None:
     """Write the verified front (RESULTS/frontier.md and frontier.png): each results folder's
     params, test accuracy over seeds and goal, with the public results marked."""
-    from .frontier import goal_text, write_frontier
+    from mnist_search.workflows.frontier import goal_text, write_frontier
 
     points = checked(write_frontier, results)
     for p in points:
@@ -492,7 +505,7 @@ def export(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Write a trial's model as a torch.export program (model.pt2), its state_dict, spec and tables."""
-    from .export import export_from_study
+    from mnist_search.workflows.export import export_from_study
 
     row, written = checked(export_from_study, study_name, storage, trial, out_dir, tracking_uri)
     out.print(
@@ -559,9 +572,9 @@ def verify(
     if recipe_from is not None:
         checked(load_experiment, recipe_from)  # a typo answers before torch is imported
     jobs = _checked_jobs(device, jobs)
-    from .progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
-    from .tracking import TRACKING_FAILURES, short_reason
-    from .verify import EXPERIMENT_NAME, VerifyRequest, run_verify
+    from mnist_search.progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
+    from mnist_search.tracking.client import TRACKING_FAILURES, short_reason
+    from mnist_search.workflows.verify import EXPERIMENT_NAME, VerifyRequest, run_verify
 
     request = VerifyRequest(
         study_name, top, tuple(trial_numbers or ()), seeds, epochs, storage, tracking_uri, device,
@@ -613,7 +626,7 @@ def server(
     ] = None,
 ) -> None:
     """Start an MLflow tracking server (the docker-compose `mlflow` service, without Docker)."""
-    from .tracking import server_command
+    from mnist_search.tracking.client import server_command
 
     cmd, backend = server_command(backend_store_uri, artifacts_destination, host, port, allowed_hosts)
     err.print(f"mlflow server on http://{host}:{port} (backend {mask_url(backend)})", highlight=False)

@@ -22,9 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .leaderboard import TrialRow, completed, feasible_share, leaderboard
-from .model import count_params
-from .train import EpochResult, mean_epoch
+from mnist_search.core.model import count_params
+from mnist_search.core.results import EpochResult, mean_epoch
+from mnist_search.search.leaderboard import TrialRow, completed, feasible_share, leaderboard
 
 
 def make_progress(console: Console, eta: bool = False) -> Progress:
@@ -250,7 +250,7 @@ class VerifyDisplay:
 
 def study_summary(study, trials: int) -> str:
     """One line: trials trained, the share of proposals under budget, and the best trial."""
-    from .studies import trials_done
+    from mnist_search.workflows.study import trials_done
 
     feasible, proposed = feasible_share(study)
     line = (

@@ -19,7 +19,7 @@ import random
 import statistics
 from pathlib import Path
 
-from mnist_search.frontier import GOALS  # the goals frontier.md applies
+from mnist_search.workflows.frontier import GOALS  # the goals frontier.md applies
 
 
 def verified(results: Path, budget: int) -> list[tuple[str, int, list[float], list[float]]]:

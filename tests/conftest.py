@@ -33,7 +33,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(data_dir):
-    from mnist_search.data import load_mnist
+    from mnist_search.core.data import load_mnist
 
     return load_mnist(data_dir)
 

@@ -10,10 +10,10 @@ import torch
 import yaml
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from mnist_search.averaging import warmed_decay
-from mnist_search.config import ConfigError, Recipe, load_experiment
-from mnist_search.model import build_model
-from mnist_search.train import fit
+from mnist_search.core.config import ConfigError, Recipe, load_experiment
+from mnist_search.core.model import build_model
+from mnist_search.training.averaging import warmed_decay
+from mnist_search.training.train import fit
 
 from .test_packed import SPEC, assert_each_replica_is_its_run_alone, small
 

@@ -1,4 +1,4 @@
-"""mnist_search.batchnorm.BatchNorm2d against torch's own BatchNorm, computed in float64."""
+"""mnist_search.core.batchnorm.BatchNorm2d against torch's own BatchNorm, computed in float64."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_search.batchnorm import BatchNorm2d
-from mnist_search.config import ArchSpec
-from mnist_search.model import build_model
+from mnist_search.core.batchnorm import BatchNorm2d
+from mnist_search.core.config import ArchSpec
+from mnist_search.core.model import build_model
 
 
 @pytest.fixture(autouse=True)

@@ -206,7 +206,7 @@ def test_the_live_study_display_shows_the_running_trial_and_an_eta(tmp_path, dat
 def test_study_uses_one_worker_per_core_by_default_and_says_so(store, data_dir, tmp_path, monkeypatch):
     """No --jobs (and no MNIST_SEARCH_JOBS): on the CPU, one 1-thread worker process per core as
     memory allows; the first line says how many; the workers share the study to its total."""
-    from mnist_search.runtime import available_cores, default_jobs
+    from mnist_search.workflows.runtime import available_cores, default_jobs
 
     monkeypatch.delenv("MNIST_SEARCH_JOBS")
     jobs = default_jobs("cpu")

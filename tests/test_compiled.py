@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from mnist_search.model import build_model
-from mnist_search.packed import pack
+from mnist_search.core.model import build_model
+from mnist_search.speed.packed import pack
 
 from .device.compiled_check import SPEC as MASK  # dropout at p = 0.1: a mask of one draw per element
 from .device.compiled_check import trained  # two epochs of train_epoch, compiled or not

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from mnist_search.data import DataError, load_mnist, load_raw
+from mnist_search.core.data import DataError, load_mnist, load_raw
 
 
 def test_real_mnist_loads_with_the_official_counts(data_dir):

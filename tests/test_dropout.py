@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from mnist_search.dropout import drop_at, drop_positions, keep_bits, memory_order
-from mnist_search.model import Dropout
-from mnist_search.packed import PackedDropout
+from mnist_search.core.dropout import drop_at, drop_positions, keep_bits, memory_order
+from mnist_search.core.model import Dropout
+from mnist_search.speed.packed import PackedDropout
 
 
 @pytest.mark.parametrize("p", [0.001, 0.016, 0.1, 0.5, 0.9])

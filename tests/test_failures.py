@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import load_experiment
-from mnist_search.data import MNISTData, Split
-from mnist_search.objective import NoHooks, Objective, TrialFailed
-from mnist_search.storage import open_storage
+from mnist_search.core.config import load_experiment
+from mnist_search.core.data import MNISTData, Split
+from mnist_search.search.objective import NoHooks, Objective, TrialFailed
+from mnist_search.search.storage import open_storage
 
 from .conftest import (
     BAD_YAML,
@@ -138,9 +138,9 @@ class Recorder(NoHooks):
 
 def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeypatch):
     """Fault injection: the first fit_replicas raises CUDA's OOM error; the next trial trains normally."""
-    from mnist_search import objective as objective_module
+    from mnist_search.training import train as training_module
 
-    real_fit, calls = objective_module.fit_replicas, []
+    real_fit, calls = training_module.fit_replicas, []
 
     def fit_once_out_of_memory(*args, **kwargs):
         calls.append(1)
@@ -148,7 +148,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(mnist, monkeyp
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(objective_module, "fit_replicas", fit_once_out_of_memory)
+    monkeypatch.setattr(training_module, "fit_replicas", fit_once_out_of_memory)
     space = load_experiment(EXPERIMENTS / "budget-8k.yaml").search
     data = MNISTData(Split(mnist.train.x[:500], mnist.train.y[:500]), Split(mnist.val.x[:200], mnist.val.y[:200]),
                      Split(mnist.test.x[:200], mnist.test.y[:200]))  # fmt: skip
@@ -205,7 +205,7 @@ def test_an_interrupt_while_optuna_records_a_finished_trial_is_an_interrupt(tmp_
     """Optuna 5.0, interrupted inside its tell of a finished trial, raises UnboundLocalError from
     its own `finally` (seen stopping a search with `timeout -s INT`: a worker printed a traceback).
     The signal's moment is reproduced by the storage read that tell makes raising KeyboardInterrupt."""
-    from mnist_search.studies import _optimize
+    from mnist_search.workflows.study import _optimize
 
     storage = open_storage(str(tmp_path / "journal.log"))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")

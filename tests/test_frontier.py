@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 from mnist_search.cli import app
-from mnist_search.frontier import GOALS, load_points
+from mnist_search.workflows.frontier import GOALS, load_points
 
 from .conftest import REPO, one_line_exit_2, runner
 
@@ -119,7 +119,7 @@ def test_a_point_measured_on_its_swa_mean_is_marked(tmp_path):
     rewritten): its row is tagged averaged and its section names the epoch the mean starts at."""
     import yaml
 
-    from mnist_search.frontier import frontier_markdown
+    from mnist_search.workflows.frontier import frontier_markdown
 
     folder = tmp_path / "budget-1k-swa"
     shutil.copytree(RESULTS / "budget-1k-separable-ema-t19", folder)
@@ -137,7 +137,7 @@ def test_a_point_measured_on_its_swa_mean_is_marked(tmp_path):
 def test_a_folder_with_verify_json_reads_the_same_from_its_table():
     """verify.json and verify.md are written together: the older folders, read from their table
     alone, are read right (checked on every folder that has both)."""
-    from mnist_search.frontier import _from_json, _from_table
+    from mnist_search.workflows.frontier import _from_json, _from_table
 
     both = [p for p in RESULTS.glob("budget-*") if (p / "verify.json").exists()]
     assert both, "no committed verify.json"
@@ -176,9 +176,9 @@ def test_the_search_behind_a_point_names_every_device_its_trials_trained_on():
     by `frontier`) says both, not "cpu" alone."""
     import optuna
 
-    from mnist_search.frontier import _search_line
-    from mnist_search.storage import open_storage
-    from mnist_search.verify import UNRECORDED_DEVICE, search_summary
+    from mnist_search.search.storage import open_storage
+    from mnist_search.workflows.frontier import _search_line
+    from mnist_search.workflows.verify import UNRECORDED_DEVICE, search_summary
 
     storage = open_storage(str(RESULTS / "frontier" / "search.journal"))
     mixed = search_summary(optuna.load_study(study_name="budget-3k-b3000", storage=storage))
@@ -196,7 +196,7 @@ def test_a_search_that_left_the_experiment_to_the_default_is_shown_with_it_writt
     """budget-1k-cpu's study ran `study --budget 1000` when the default for 1,000 was budget-1k; the
     default is now budget-1k-separable, so the front writes the experiment the study searched (its
     name, budget-1k-b1000, says which) into the command. A command that named one is left as is."""
-    from mnist_search.frontier import _search_line
+    from mnist_search.workflows.frontier import _search_line
 
     points = {p.folder: p for p in load_points(RESULTS)}
     plain = points["budget-1k-cpu"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import ArchSpec, Recipe
-from mnist_search.data import MNISTData, Split, load_mnist
-from mnist_search.model import build_model
-from mnist_search.train import evaluate, fit
+from mnist_search.core.config import ArchSpec, Recipe
+from mnist_search.core.data import MNISTData, Split, load_mnist
+from mnist_search.core.model import build_model
+from mnist_search.training.train import evaluate, fit
 
 from .conftest import EXPERIMENTS, local_client, runner, runs_of
 

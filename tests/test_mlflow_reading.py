@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mnist_search.cli import app
-from mnist_search.data import load_raw
+from mnist_search.core.data import load_raw
 
 from .conftest import TINY, runner
 
@@ -144,7 +144,7 @@ def test_champion_carries_the_verify_table(served):
 def test_workers_registering_one_run_at_once_agree_on_one_version(served):
     """The check-then-create race of two workers finishing a study together: several threads
     register the same run at the same moment; one version remains and all of them return it."""
-    from mnist_search.registry import register, registered_name
+    from mnist_search.tracking.registry import register, registered_name
 
     _, _, children = runs(served, "reading-studies")
     run_id = children[0].info.run_id
@@ -166,7 +166,7 @@ def test_a_uid_without_a_passwd_entry_still_gets_a_user_tag(monkeypatch):
     import os
     import pwd
 
-    from mnist_search.tracking import source_tags
+    from mnist_search.tracking.client import source_tags
 
     for key in ("LOGNAME", "USER", "LNAME", "USERNAME"):
         monkeypatch.delenv(key, raising=False)

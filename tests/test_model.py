@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from mnist_search.config import ArchSpec, load_experiment
-from mnist_search.model import (
+from mnist_search.core.config import ArchSpec, load_experiment
+from mnist_search.core.model import (
     build_model,
     count_params,
     layer_plan,
@@ -137,7 +137,7 @@ def test_a_blur_pool_over_a_map_under_3x3_is_refused_in_one_line():
 
 
 def test_blur_pool_is_the_binomial_filter_with_reflected_edges():
-    from mnist_search.model import BlurPool2d
+    from mnist_search.core.model import BlurPool2d
 
     blur = BlurPool2d()
     assert list(blur.parameters()) == [] and blur.state_dict() == {}

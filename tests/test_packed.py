@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_search.config import ArchSpec, Recipe
-from mnist_search.data import MNISTData, Split
-from mnist_search.layout import LAYOUTS, pick_layout, step_ms
-from mnist_search.model import build_model, count_params
-from mnist_search.packed import PackedNet, pack, unpack
-from mnist_search.train import evaluate, fit, fit_replicas
+from mnist_search.core.config import ArchSpec, Recipe
+from mnist_search.core.data import MNISTData, Split
+from mnist_search.core.model import build_model, count_params
+from mnist_search.speed.layout import LAYOUTS, pick_layout, step_ms
+from mnist_search.speed.packed import PackedNet, pack, unpack
+from mnist_search.training.train import evaluate, fit, fit_replicas
 
 # Every layer kind: dropout, BatchNorm, a transition, a k x k conv head.
 SPEC = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
@@ -184,7 +184,7 @@ def test_a_study_with_seeds_scores_the_mean_records_the_worst_and_shows_every_se
     import optuna
 
     from mnist_search.cli import app
-    from mnist_search.storage import open_storage
+    from mnist_search.search.storage import open_storage
 
     from .conftest import TINY, local_client, runner
 

@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-from mnist_search.config import load_experiment
-from mnist_search.data import load_raw
-from mnist_search.frontier import load_points
-from mnist_search.model import build_model, count_params
-from mnist_search.space import check_budget
+from mnist_search.core.config import load_experiment
+from mnist_search.core.data import load_raw
+from mnist_search.core.model import build_model, count_params
+from mnist_search.search.space import check_budget
+from mnist_search.workflows.frontier import load_points
 
 from .conftest import REPO
 

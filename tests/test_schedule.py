@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_search.schedule import makespan, pack_cost, plan_packs, seed_packs
+from mnist_search.workflows.schedule import makespan, pack_cost, plan_packs, seed_packs
 
 
 def test_pack_cost_follows_the_measured_per_replica_speed_up():

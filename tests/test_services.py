@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from mnist_search.cli import app
-from mnist_search.storage import StorageError, open_storage
-from mnist_search.tracking import TrackingError, check_tracking
+from mnist_search.search.storage import StorageError, open_storage
+from mnist_search.tracking.client import TrackingError, check_tracking
 
 from .conftest import (
     console_script,

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import SearchSpace, load_experiment
-from mnist_search.model import build_model, count_params
-from mnist_search.objective import Objective
-from mnist_search.search import make_pruner, open_study
-from mnist_search.space import check_budget, sample_recipe, sample_spec, smallest_spec
-from mnist_search.storage import open_storage
-from mnist_search.studies import TotalReached, trials_done
+from mnist_search.core.config import SearchSpace, load_experiment
+from mnist_search.core.model import build_model, count_params
+from mnist_search.search.objective import Objective
+from mnist_search.search.space import check_budget, sample_recipe, sample_spec, smallest_spec
+from mnist_search.search.storage import open_storage
+from mnist_search.search.studies import make_pruner, open_study
+from mnist_search.workflows.study import TotalReached, trials_done
 
 from .conftest import EXPERIMENTS, local_client, runner, runs_of, start_cli, study_args
 
@@ -241,10 +241,10 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
 
     from rich.console import Console
 
-    from mnist_search.config import Recipe, load_experiment
-    from mnist_search.objective import TrialEnd
+    from mnist_search.core.config import Recipe, load_experiment
+    from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
     from mnist_search.progress import StudyProgress
-    from mnist_search.train import EpochResult, FitResult, ReplicaResults
+    from mnist_search.search.objective import TrialEnd
 
     spec = load_experiment("seed-model-3").spec
     result = FitResult(
@@ -264,7 +264,7 @@ def test_a_finished_trials_line_shows_the_figures_the_study_ranks_by():
 
     # "best" is the study's: a better trial stored by another worker or an earlier run (trial 9
     # here, read through `study_best`) is shown instead of this process's own best ...
-    from mnist_search.leaderboard import TrialRow
+    from mnist_search.search.leaderboard import TrialRow
 
     stored = TrialRow(9, "COMPLETE", 2301, None, 0.9914, 0.9901, False, 15, 900.0, None, None, None)
     console = Console(file=io.StringIO(), width=200)
@@ -291,11 +291,11 @@ def test_the_line_counts_the_studys_trials_with_other_workers_training_beside_th
     from optuna.trial import TrialState, create_trial
     from rich.console import Console
 
-    from mnist_search.config import Recipe
-    from mnist_search.objective import TrialEnd
+    from mnist_search.core.config import Recipe
+    from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
     from mnist_search.progress import StudyProgress
-    from mnist_search.studies import trial_tally
-    from mnist_search.train import EpochResult, FitResult, ReplicaResults
+    from mnist_search.search.objective import TrialEnd
+    from mnist_search.workflows.study import trial_tally
 
     study = optuna.create_study(
         study_name="s", storage=open_storage(str(tmp_path / "j.log")), direction="maximize"
@@ -348,12 +348,12 @@ def test_the_eta_shares_the_trials_left_among_the_trials_training_in_the_study(t
 
     from rich.console import Console
 
-    from mnist_search.config import Recipe
-    from mnist_search.objective import TrialEnd
+    from mnist_search.core.config import Recipe
+    from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
     from mnist_search.progress import StudyProgress
-    from mnist_search.records import TrialRecord
-    from mnist_search.studies import trials_training
-    from mnist_search.train import EpochResult, FitResult, ReplicaResults
+    from mnist_search.search.objective import TrialEnd
+    from mnist_search.search.records import TrialRecord
+    from mnist_search.workflows.study import trials_training
 
     study = optuna.create_study(
         study_name="s", storage=open_storage(str(tmp_path / "j.log")), direction="maximize"
@@ -393,8 +393,8 @@ def test_each_budget_gets_the_shipped_search_sized_for_it():
     """`study --budget N` without --experiment searches the shipped space of the smallest size at
     least as large, in the family that verified best at that size (separable up to 5,000); every
     shipped one has architectures under its own budget, and over it."""
-    from mnist_search.config import default_search
-    from mnist_search.studies import StudyRequest
+    from mnist_search.core.config import default_search
+    from mnist_search.workflows.study import StudyRequest
 
     picks = {b: default_search(b) for b in (500, 1000, 1001, 2000, 3000, 4000, 5000, 7999, 8000, 20000)}
     assert picks == {500: "budget-1k-separable", 1000: "budget-1k-separable", 1001: "budget-2k-separable",
@@ -438,7 +438,7 @@ def test_a_trial_is_never_pruned_in_the_epochs_it_is_scored_on(mnist, epochs, st
     """The objective is the mean of the last 3 epochs: a pruner that would prune at every epoch
     stops a 4-epoch trial after epoch 1, and lets a 3-epoch one finish (on the GPU a trial was
     pruned after its 15th and last epoch, its cost spent for nothing)."""
-    from mnist_search.data import MNISTData, Split
+    from mnist_search.core.data import MNISTData, Split
 
     def part(s: Split, n: int) -> Split:
         return Split(s.x[:n], s.y[:n])

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import ConfigError, Recipe, load_experiment
-from mnist_search.data import normalise
-from mnist_search.model import build_model
-from mnist_search.storage import open_storage
-from mnist_search.teacher import check_teacher
+from mnist_search.core.config import ConfigError, Recipe, load_experiment
+from mnist_search.core.data import normalise
+from mnist_search.core.model import build_model
+from mnist_search.search.storage import open_storage
+from mnist_search.training.teacher import check_teacher
 
 from .conftest import (
     EXPERIMENTS,

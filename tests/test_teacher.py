@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from mnist_search.cli import app
-from mnist_search.config import ArchSpec, ConfigError, Recipe, experiment_to_yaml
-from mnist_search.export import export_model
-from mnist_search.model import build_model
-from mnist_search.teacher import check_teacher, distill_loss, load_teacher
-from mnist_search.train import fit
+from mnist_search.core.config import ArchSpec, ConfigError, Recipe, experiment_to_yaml
+from mnist_search.core.model import build_model
+from mnist_search.training.teacher import check_teacher, distill_loss, load_teacher
+from mnist_search.training.train import fit
+from mnist_search.workflows.export import export_model
 
 from .conftest import REPO
 from .test_packed import SEEDS, SPEC, assert_each_replica_is_its_run_alone, small

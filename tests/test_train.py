@@ -7,11 +7,18 @@ import math
 import pytest
 import torch
 
-from mnist_search.config import ArchSpec, Recipe
-from mnist_search.data import MNISTData, Split
-from mnist_search.model import build_model
-from mnist_search.runtime import resolve_device
-from mnist_search.train import NonFiniteLoss, augment, fit, make_optimizer, make_scheduler, warp_params
+from mnist_search.core.config import ArchSpec, Recipe
+from mnist_search.core.data import MNISTData, Split
+from mnist_search.core.model import build_model
+from mnist_search.training.train import (
+    NonFiniteLoss,
+    augment,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    warp_params,
+)
+from mnist_search.workflows.runtime import resolve_device
 
 SPEC = ArchSpec(stages=[[8, 12], [12, 16]], transitions=[8], batchnorm=True, dropout=0.05, head="gap")
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import load_experiment
-from mnist_search.data import MNISTData, Split
-from mnist_search.journal import torn_bytes
-from mnist_search.objective import NoHooks, Objective, TrialFailed
-from mnist_search.owners import Owner
-from mnist_search.settings import mask_url
-from mnist_search.storage import open_storage
+from mnist_search.core.config import load_experiment
+from mnist_search.core.data import MNISTData, Split
+from mnist_search.core.settings import mask_url
+from mnist_search.search.journal import torn_bytes
+from mnist_search.search.objective import NoHooks, Objective, TrialFailed
+from mnist_search.search.owners import Owner
+from mnist_search.search.storage import open_storage
 
 from .conftest import EXPERIMENTS, TINY, local_client, one_line_exit_2, poll, runner, runs_of, start_cli
 
@@ -206,9 +206,9 @@ def stable(exp):
 
 
 def test_any_error_in_a_trial_fails_that_trial_with_its_reason_and_the_study_goes_on(mnist, monkeypatch):
-    from mnist_search import objective as objective_module
+    from mnist_search.training import train as training_module
 
-    real_fit, calls = objective_module.fit_replicas, []
+    real_fit, calls = training_module.fit_replicas, []
 
     def fit_allocation_failure_once(*args, **kwargs):
         calls.append(1)
@@ -216,7 +216,7 @@ def test_any_error_in_a_trial_fails_that_trial_with_its_reason_and_the_study_goe
             raise MemoryError("cannot allocate 2 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(objective_module, "fit_replicas", fit_allocation_failure_once)
+    monkeypatch.setattr(training_module, "fit_replicas", fit_allocation_failure_once)
     exp = load_experiment(EXPERIMENTS / "budget-8k.yaml")
     data = MNISTData(Split(mnist.train.x[:300], mnist.train.y[:300]), Split(mnist.val.x[:100], mnist.val.y[:100]),
                      Split(mnist.test.x[:100], mnist.test.y[:100]))  # fmt: skip
@@ -246,12 +246,12 @@ def test_a_trial_without_a_validation_score_fails_with_a_reason(mnist):
 def test_the_same_error_three_trials_in_a_row_stops_the_study_with_one_line(
     store, data_dir, tmp_path, monkeypatch
 ):
-    from mnist_search import objective as objective_module
+    from mnist_search.training import train as training_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom: the same fault every time")
 
-    monkeypatch.setattr(objective_module, "fit_replicas", broken)
+    monkeypatch.setattr(training_module, "fit_replicas", broken)
     (tmp_path / "tiny.yaml").write_text(TINY)
     result = runner.invoke(app, tiny_args(data_dir, 10))
     assert result.exit_code == 1, result.output
@@ -338,7 +338,7 @@ def test_a_study_resumed_against_another_tracking_store_ends_0_and_names_where_i
     tracks the new trials here and ends 0. The best trial's run is in the other store, so the
     parent names it instead of linking or registering it (this was a traceback, after the workers
     each reported the tracking server failed, which it had not)."""
-    from mnist_search.registry import registered_name
+    from mnist_search.tracking.registry import registered_name
 
     kept = str(tmp_path / "kept.journal")
     args = ["study", "--experiment", "tiny.yaml", "--storage", kept, "--data-dir", str(data_dir),
@@ -420,7 +420,7 @@ def test_workers_writing_the_same_parent_tag_at_once_all_succeed(tmp_path):
 
     import mlflow
 
-    from mnist_search.tracking import RunLog
+    from mnist_search.tracking.client import RunLog
 
     uri = f"sqlite:///{tmp_path / 'race.db'}"
     client = mlflow.MlflowClient(uri)

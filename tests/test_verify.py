@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from mnist_search.cli import app
-from mnist_search.config import ArchSpec, load_experiment
-from mnist_search.data import load_mnist
-from mnist_search.model import build_model, count_params
-from mnist_search.runtime import available_cores
-from mnist_search.storage import open_storage
-from mnist_search.train import evaluate
+from mnist_search.core.config import ArchSpec, load_experiment
+from mnist_search.core.data import load_mnist
+from mnist_search.core.model import build_model, count_params
+from mnist_search.search.storage import open_storage
+from mnist_search.training.train import evaluate
+from mnist_search.workflows.runtime import available_cores
 
 from .conftest import EXPERIMENTS, local_client, runner, runs_of, store_with_default_study
 

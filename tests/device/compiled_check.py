@@ -12,12 +12,12 @@ import argparse
 import torch
 import torch._dynamo
 
-from mnist_search.compiled import CompiledForward
-from mnist_search.config import ArchSpec, Recipe
-from mnist_search.data import MNISTData, Split, load_mnist
-from mnist_search.model import build_model
-from mnist_search.packed import pack
-from mnist_search.train import batch_bounds, make_optimizer, make_scheduler, train_epoch
+from mnist_search.core.config import ArchSpec, Recipe
+from mnist_search.core.data import MNISTData, Split, load_mnist
+from mnist_search.core.model import build_model
+from mnist_search.speed.compiled import CompiledForward
+from mnist_search.speed.packed import pack
+from mnist_search.training.train import batch_bounds, make_optimizer, make_scheduler, train_epoch
 
 SPEC = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
 

@@ -29,12 +29,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from mnist_search.config import load_experiment
-from mnist_search.data import load_mnist
-from mnist_search.objective import Objective, TrialFailed
-from mnist_search.records import INTERRUPTED, TrialRecord
-from mnist_search.search import default_study_name, open_study
-from mnist_search.storage import open_storage
+from mnist_search.core.config import load_experiment
+from mnist_search.core.data import load_mnist
+from mnist_search.search.objective import Objective, TrialFailed
+from mnist_search.search.records import INTERRUPTED, TrialRecord
+from mnist_search.search.storage import open_storage
+from mnist_search.search.studies import default_study_name, open_study
 
 GRACE_SECONDS = 20  # after the deadline, for interrupted trials to write their state
 

@@ -1,0 +1,94 @@
+"""A study's results from its storage alone: ranked rows, the Pareto front, the feasible share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from mnist_search.search.records import TrialRecord
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return TrialRecord.of(trial).feasible is True
+
+
+def trained_trials(
+    study: optuna.Study, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+) -> list[optuna.trial.FrozenTrial]:
+    """Trials that were (or are being) trained: feasible ones in the given states."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if feasible(t)]
+
+
+@dataclass
+class TrialRow:
+    """One leaderboard row."""
+
+    trial: int
+    state: str  # COMPLETE / PRUNED / FAIL
+    params: int | None
+    mult_adds: int | None
+    val_acc: float | None  # the objective (mean val acc of the last 3 epochs); COMPLETE only
+    test_acc_min_last3: float | None
+    target_met: bool
+    epochs_run: int
+    seconds: float | None
+    spec: dict | None
+    mlflow_run_id: str | None
+    fail_reason: str | None
+    rank: int = 0
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> TrialRow:
+        rec = TrialRecord.of(trial)
+        return cls(
+            trial=trial.number,
+            state=trial.state.name,
+            params=rec.params,
+            mult_adds=rec.mult_adds,
+            val_acc=trial.value if trial.state == TrialState.COMPLETE else None,
+            test_acc_min_last3=rec.test_acc_min_last3,
+            target_met=rec.target_met,
+            epochs_run=rec.epochs_run,
+            seconds=rec.seconds,
+            spec=rec.spec,
+            mlflow_run_id=rec.mlflow_run_id,
+            fail_reason=rec.fail_reason or trial.system_attrs.get("fail_reason"),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def leaderboard(study: optuna.Study) -> list[TrialRow]:
+    """Trained trials ranked by validation score (completed first), with their figures."""
+    rows = [TrialRow.of(t) for t in trained_trials(study) if not TrialRecord.of(t).surplus]
+    rows.sort(key=lambda r: (r.val_acc is None, -(r.val_acc or 0), r.params or 0))
+    for rank, row in enumerate(rows, start=1):
+        row.rank = rank
+    return rows
+
+
+def completed(rows: list[TrialRow]) -> list[TrialRow]:
+    return [r for r in rows if r.state == "COMPLETE"]
+
+
+def pareto_front(rows: list[TrialRow], key: str = "val_acc") -> list[TrialRow]:
+    """Completed trials not beaten by another on both fewer params and higher `key`."""
+    done = sorted((r for r in completed(rows) if getattr(r, key) is not None),
+                  key=lambda r: (r.params, -getattr(r, key)))  # fmt: skip
+    front, best = [], -math.inf
+    for row in done:
+        if getattr(row, key) > best:
+            front.append(row)
+            best = getattr(row, key)
+    return front
+
+
+def feasible_share(study: optuna.Study) -> tuple[int, int]:
+    """(feasible proposals, all proposals) over the study so far."""
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)]
+    proposals = [r for r in records if r.feasible is not None and not r.surplus]
+    return sum(r.feasible for r in proposals), len(proposals)

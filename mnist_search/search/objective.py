@@ -1,0 +1,233 @@
+"""The search objective: propose a spec, reject it if over budget, else train and score it.
+
+An over-budget proposal is recorded as an infeasible trial through Optuna 5's
+`trial.set_constraint` (feasible when <= 0), which the constrained TPE sampler learns from, and
+costs microseconds: it is never built. Its state is PRUNED ("over budget"), not COMPLETE: it has
+no accuracy, so nothing that reads completed trials (optuna-dashboard's importances, `best_trial`)
+mistakes it for a trained one scoring 0. Observers (MLflow, the progress display) follow each trial
+through `TrialHooks`; the objective itself never prints or logs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import optuna
+import torch
+
+from mnist_search.core.config import ArchSpec, Recipe, SearchSpace
+from mnist_search.core.data import MNISTData
+from mnist_search.core.model import count_params, mult_adds
+from mnist_search.core.results import EpochResult, ReplicaResults, mean_epoch
+from mnist_search.core.settings import mask_url
+from mnist_search.search.owners import this_process
+from mnist_search.search.records import INTERRUPTED, TrialRecord
+from mnist_search.search.space import record_budget, sample_recipe, sample_spec
+from mnist_search.training.train import NonFiniteLoss, train_seeds
+
+
+@dataclass
+class TrialEnd:
+    """What the objective hands to its observers when a trained trial ends."""
+
+    number: int
+    state: str  # COMPLETE / PRUNED / FAIL
+    spec: ArchSpec
+    recipe: Recipe
+    params: int
+    result: ReplicaResults  # per seed; reads like one FitResult (the mean, the worst seed)
+    seconds: float
+    reason: str = ""
+
+
+SCORED_EPOCHS = 3  # the objective is the mean validation accuracy of the last 3 epochs
+
+
+def trial_seed(base: int, number: int) -> int:
+    """Trial n trains with seed base + n: a distinct, reproducible initialisation per trial."""
+    return base + number
+
+
+def replica_seeds(base: int, number: int, replicas: int) -> list[int]:
+    """The seeds of trial n's K replicas: (base + n) * K + k, distinct across the trials of a
+    study; with K = 1 the trial's seed itself."""
+    first = trial_seed(base, number) * replicas
+    return list(range(first, first + replicas))
+
+
+class TrialFailed(Exception):
+    """A trial failed for a reason of its own (recorded on it); the study goes on."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: its type and the first line of its message (URLs masked: it
+    is stored in the study and in MLflow)."""
+    text = str(exc).strip().splitlines()
+    return mask_url(f"{type(exc).__name__}: {text[0]}"[:300]) if text else type(exc).__name__
+
+
+class TrialHooks(Protocol):
+    """Observers of a trained trial: MLflow logging and the progress display plug in here."""
+
+    def trial_started(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe) -> None: ...
+
+    def epoch_ended(self, trial: optuna.Trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
+        """`r`: the epoch's mean over the trial's seeds; `per_seed`: each seed's own."""
+
+    def trial_ended(self, end: TrialEnd, model: torch.nn.Module | None) -> None: ...
+
+
+class NoHooks:
+    def trial_started(self, trial, spec, recipe) -> None: ...
+
+    def epoch_ended(self, trial, r, per_seed) -> None: ...
+
+    def trial_ended(self, end, model) -> None: ...
+
+
+class FanOut:
+    """Several observers behind one: each event goes to every hook, in order."""
+
+    def __init__(self, *hooks: TrialHooks):
+        self.hooks = hooks
+
+    def trial_started(self, *args) -> None:
+        for hook in self.hooks:
+            hook.trial_started(*args)
+
+    def epoch_ended(self, *args) -> None:
+        for hook in self.hooks:
+            hook.epoch_ended(*args)
+
+    def trial_ended(self, *args) -> None:
+        for hook in self.hooks:
+            hook.trial_ended(*args)
+
+
+class Objective:
+    """Maximise the mean validation accuracy of the last 3 epochs of a budget-feasible spec.
+
+    `recipe.epochs` is the number of epochs per trial (the one source of it). `slot(study, number)`
+    says whether the trial may train ("train"), or the study's total is reached ("stop", "skip").
+    Any exception while a trial trains fails that trial only, with its reason (`TrialFailed`),
+    except the `fatal` ones (a tracking server that went away), which stop the study.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        recipe: Recipe,
+        budget: int,
+        data: MNISTData,
+        device: torch.device,
+        hooks: TrialHooks | None = None,
+        *,
+        seed: int = 0,
+        slot: Callable[[optuna.Study, int], str] = lambda study, number: "train",
+        fatal: tuple[type[BaseException], ...] = (),
+    ):
+        self.space, self.recipe, self.budget = space, recipe, budget
+        self.data, self.device, self.hooks = data, device, hooks or NoHooks()
+        self.seed, self.slot, self.fatal = seed, slot, fatal
+        self.owner = str(this_process())
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        # The owner first: from now on a worker that dies leaves a trial that can be told dead.
+        TrialRecord.write(trial, worker=self.owner)
+        spec = sample_spec(trial, self.space)
+        recipe = sample_recipe(trial, self.space, self.recipe)
+        params = count_params(spec)
+        under = record_budget(trial, params, self.budget)
+        TrialRecord.write(trial, params=params, mult_adds=mult_adds(spec), spec=spec.model_dump(mode="json"))
+        if not under:
+            # Rejected in microseconds: recorded as infeasible so constrained TPE learns from it
+            # (TPE treats an infeasible trial alike whether COMPLETE or PRUNED).
+            reason = f"over budget: {params:,} >= {self.budget:,} params, not trained"
+            TrialRecord.write(trial, feasible=False, fail_reason=reason)  # shown by optuna-dashboard
+            raise optuna.TrialPruned(reason)
+        # A dead worker's trial retried inherits its user attributes: it is not training (yet).
+        TrialRecord.write(trial, feasible=True, training=False)
+        slot = self.slot(trial.study, trial.number)
+        if slot != "train":
+            # Not trained, not counted: the study's total is (being) reached by other workers
+            # ("stop": this worker ends), or a dead worker's trial waits to be retried ("skip").
+            TrialRecord.write(trial, surplus=True)
+            if slot == "stop":
+                trial.study.stop()
+            raise optuna.TrialPruned(f"not trained ({slot})")
+        # Now ahead of lower-numbered trials still waiting for a slot.
+        TrialRecord.write(
+            trial, training=True, recipe=recipe.model_dump(mode="json"), device=self.device.type
+        )
+        return self._train(trial, spec, recipe, params)
+
+    def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
+        seeds = replica_seeds(self.seed, trial.number, recipe.seeds)
+        result = ReplicaResults.empty(seeds)
+        start = time.perf_counter()
+
+        def on_epoch(epoch: list[EpochResult]) -> None:  # `result` has it already
+            r = mean_epoch(epoch)
+            self.hooks.epoch_ended(trial, r, dict(zip(seeds, epoch)))
+            if not math.isfinite(r.val_acc):
+                return  # nothing to judge it by (Optuna's pruners prune a NaN): it FAILs at the end
+            trial.report(r.val_acc, step=r.epoch)
+            # Never within the epochs it is scored on (the last 3): by then most of its cost is
+            # spent, and a trial pruned after its last epoch (seen on the GPU) is a loss for nothing.
+            if r.epoch <= recipe.epochs - SCORED_EPOCHS and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
+
+        def ended(
+            state: str, reason: str = "", trained: torch.nn.Module | None = None, error: bool = False
+        ) -> None:
+            end = TrialEnd(
+                trial.number, state, spec, recipe, params, result, time.perf_counter() - start, reason
+            )
+            TrialRecord.write(trial, seconds=round(end.seconds, 2), epochs_run=len(result.epochs))
+            if result.epochs:
+                TrialRecord.write(
+                    trial,
+                    test_acc_min_last3=result.test_min_last3,
+                    test_acc=result.epochs[-1].test_acc,
+                    target_met=result.target_met(),
+                )
+                if len(seeds) > 1 and len(result.results[0].epochs) >= 1:
+                    TrialRecord.write(trial, val_acc_worst=result.val_worst)
+            if reason:
+                TrialRecord.write(trial, fail_reason=reason, error=error)
+            self.hooks.trial_ended(end, trained)
+
+        def packed(layout: str) -> None:
+            TrialRecord.write(trial, seeds=seeds, pack_layout=layout)
+
+        try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
+            self.hooks.trial_started(trial, spec, recipe)
+            models = train_seeds(spec, self.data, recipe, self.device, result, on_epoch, packed)
+            model = models[result.best]  # the seed with the best validation score
+        except optuna.TrialPruned as exc:
+            ended("PRUNED", str(exc))
+            raise
+        except KeyboardInterrupt:
+            ended("FAIL", INTERRUPTED)
+            raise
+        except self.fatal:
+            raise  # the tracking store is gone: nothing more can be recorded there
+        except torch.cuda.OutOfMemoryError:
+            ended("FAIL", "CUDA out of memory", error=True)
+            raise TrialFailed("CUDA out of memory") from None
+        except NonFiniteLoss as exc:
+            ended("FAIL", str(exc))
+            raise TrialFailed(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 -- any other fault fails this trial only, with its reason
+            ended("FAIL", describe(exc), error=True)
+            raise TrialFailed(describe(exc)) from None
+        if not math.isfinite(result.val_score):
+            reason = f"objective is {result.val_score} (no validation accuracy to score)"
+            ended("FAIL", reason)
+            raise TrialFailed(reason)
+        ended("COMPLETE", trained=model)
+        return result.val_score

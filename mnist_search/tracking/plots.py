@@ -1,0 +1,109 @@
+"""Study plots for the parent MLflow run: optimisation history, params vs accuracy, importances."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
+import optuna
+from matplotlib.figure import Figure
+
+from mnist_search.core.config import TARGET
+from mnist_search.search.leaderboard import TrialRow, completed, leaderboard, pareto_front
+from mnist_search.search.records import TrialRecord
+
+
+def history(rows: list[TrialRow]) -> Figure:
+    done = sorted((r for r in rows if r.val_acc is not None), key=lambda r: r.trial)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if done:
+        xs = [r.trial for r in done]
+        ys = [r.val_acc for r in done]
+        best = [max(ys[: i + 1]) for i in range(len(ys))]
+        ax.scatter(xs, ys, s=18, label="val acc (mean of last 3 epochs)")
+        ax.step(xs, best, where="post", color="C1", label="best so far")
+    ax.axhline(TARGET, color="grey", ls="--", lw=1, label="99.4 % target")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Optimisation history (completed, under-budget trials)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def params_vs_accuracy(rows: list[TrialRow], budget: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, color, label in (
+        ("val_acc", "C0", "val acc"),
+        ("test_acc_min_last3", "C2", "test acc (min of last 3)"),
+    ):
+        pts = [r for r in completed(rows) if getattr(r, key) is not None]
+        ax.scatter([r.params for r in pts], [getattr(r, key) for r in pts], s=18, color=color, label=label)
+        front = pareto_front(rows, key)
+        ax.step([r.params for r in front], [getattr(r, key) for r in front], where="post", color=color, lw=1)
+    ax.axhline(TARGET, color="grey", ls="--", lw=1)
+    ax.axvline(budget, color="red", ls=":", lw=1, label=f"budget {budget:,}")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Parameters vs accuracy (lines: Pareto fronts)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trained_study(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy holding the completed, under-budget (trained) trials only: over-budget
+    proposals carry a placeholder value that must not enter importances or plots."""
+    done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if TrialRecord.of(t).feasible]  # fmt: skip
+    trained = optuna.create_study(direction="maximize", study_name=study.study_name)
+    trained.add_trials(done)
+    return trained
+
+
+def importances(study: optuna.Study) -> Figure | None:
+    """fANOVA-style importances over completed feasible trials; None when too few to say."""
+    try:
+        trained = trained_study(study)
+        if len(trained.trials) < 3:
+            return None
+        scores = optuna.importance.get_param_importances(trained)
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(scores)[::-1]
+    ax.barh(names, [scores[n] for n in names])
+    ax.set_xlabel("importance for validation accuracy")
+    ax.set_title("Hyperparameter importances")
+    fig.tight_layout()
+    return fig
+
+
+def interactive_page(study: optuna.Study) -> str | None:
+    """One self-contained HTML page (plotly.js inlined once: no internet needed to view it) with
+    optuna.visualization's history, parallel coordinates and importances over the trained trials;
+    None before 2 trials completed."""
+    import optuna.visualization as vis
+
+    trained = trained_study(study)
+    if len(trained.trials) < 2:
+        return None
+    figures = [vis.plot_optimization_history(trained), vis.plot_parallel_coordinate(trained)]
+    if len(trained.trials) >= 3:
+        figures.append(vis.plot_param_importances(trained))
+    title = f"{study.study_name}: {len(trained.trials)} trained trials (over-budget proposals left out)"
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    return f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{''.join(parts)}</body></html>"
+
+
+def study_figures(study: optuna.Study, budget: int) -> dict[str, Figure]:
+    rows = leaderboard(study)
+    figs = {
+        "plots/optimization_history.png": history(rows),
+        "plots/params_vs_accuracy.png": params_vs_accuracy(rows, budget),
+    }
+    imp = importances(study)
+    if imp is not None:
+        figs["plots/param_importances.png"] = imp
+    return figs

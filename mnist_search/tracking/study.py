@@ -1,0 +1,237 @@
+"""A study in MLflow: one parent run per study, one nested child run per trained trial.
+
+Written by hand (optuna-integration's MLflowCallback is deprecated and logs only final values).
+The parent's id is kept in the study's attributes, so a resumed study (or a second worker) nests
+its trials under the same parent. Each trained trial's child run (tag mlflow.parentRunId) ends
+FINISHED, KILLED (pruned) or FAILED; over-budget proposals are never trained and get no run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import optuna
+
+from mnist_search.core.config import TARGET, ArchSpec, Experiment, Recipe, spec_to_yaml
+from mnist_search.core.data import MNISTData
+from mnist_search.core.model import count_params
+from mnist_search.core.results import EpochResult
+from mnist_search.core.settings import mask_url
+from mnist_search.search.leaderboard import completed, feasible_share, leaderboard
+from mnist_search.search.objective import TrialEnd, replica_seeds
+from mnist_search.search.records import StudyRecord, TrialRecord
+from mnist_search.tracking import names
+from mnist_search.tracking.client import RunLog, Tracking, git_commit, source_tags
+from mnist_search.tracking.registry import point_best, register, registered_name
+from mnist_search.tracking.sink import RunSink
+
+PARENT_SETTLE_SECONDS = 2.0  # only paid by a worker that creates a study's parent run
+
+
+def fail_stale_run(trial: optuna.trial.FrozenTrial, reason: str = "") -> None:
+    """A dead worker's trial: end its child run FAILED with the reason, which the worker cannot."""
+    run_id = TrialRecord.of(trial).mlflow_run_id
+    if run_id:
+        client = mlflow.MlflowClient()  # the process-wide URI that tracking.connect set
+        client.set_tag(run_id, "state", "FAIL")
+        client.set_tag(
+            run_id, "failure", reason or "worker stopped sending heartbeats (killed?); trial retried"
+        )
+        client.set_terminated(run_id, "FAILED")
+
+
+class StudyTracker:
+    """MLflow logging of a study; plugs into the objective as its `TrialHooks`."""
+
+    def __init__(
+        self,
+        tracking: Tracking,
+        study: optuna.Study,
+        storage_url: str,
+        budget: int,
+        experiment_file: str,
+        experiment: Experiment,
+        data: MNISTData,
+        seed: int,
+    ):
+        self.study, self.budget = study, budget
+        self.storage = mask_url(storage_url)
+        self.experiment_id, self.experiment_file = tracking.experiment_id, experiment_file
+        self.experiment, self.data, self.seed = experiment, data, seed
+        self.client = tracking.client
+        self.tracking = tracking
+        self.sinks: dict[int, RunSink] = {}
+        self._own_parent = self._parent()
+
+    @property
+    def parent_id(self) -> str:
+        """Read from the study storage each time: a worker that joined while racers settled the
+        parent converges on the recorded one."""
+        return StudyRecord.of(self.study).mlflow_parent_run_id or self._own_parent
+
+    def _reuse(self, run_id: str | None) -> str | None:
+        """The recorded parent run, set RUNNING again, if it still exists in this store."""
+        if not run_id:
+            return None
+        try:
+            if self.client.get_run(run_id).info.lifecycle_stage != "active":
+                return None
+        except mlflow.exceptions.MlflowException:
+            return None  # deleted, or it lives in another tracking store: start a new one
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+        except mlflow.exceptions.MlflowException:
+            pass  # a racer deleted it meanwhile: parent_id re-reads the winner
+        return run_id
+
+    def _parent(self) -> str:
+        known = self._reuse(StudyRecord.of(self.study).mlflow_parent_run_id)
+        if known:
+            return known
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.study.study_name,
+            tags={
+                "kind": "study",
+                "study_name": self.study.study_name,
+                "storage": self.storage,
+                "budget": str(self.budget),
+                "target": str(TARGET),
+                "experiment_file": self.experiment_file,
+                "git_commit": git_commit(),
+            }
+            | source_tags("study"),
+        )
+        StudyRecord.write(self.study, mlflow_parent_run_id=run.info.run_id)
+        # Workers started together race to create the parent. The storage has no compare-and-set
+        # for user attributes, so let the racers' writes settle, then the last one written wins
+        # and the others delete their run before logging anything under it.
+        time.sleep(PARENT_SETTLE_SECONDS)
+        winner = StudyRecord.of(self.study).mlflow_parent_run_id or run.info.run_id  # from the storage
+        if winner != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        else:
+            log = RunLog(self.client, winner)
+            log.params(self.search_params())
+            log.dataset(self.data, "search")
+        return winner
+
+    def search_params(self) -> dict[str, str]:
+        """What defines the search, fixed for the study's life: its space, sampler and pruner."""
+        space = {f"search.{k}": v for k, v in self.experiment.search.model_dump(mode="json").items()}
+        pruner = {f"pruner.{k}": v for k, v in self.experiment.pruner.model_dump(mode="json").items()}
+        sampler = "TPE (multivariate, constrained: params < budget), one sampler seeded per trial"
+        return {k: str(v) for k, v in (space | pruner).items()} | {
+            "sampler": sampler,
+            "seed": str(self.seed),
+            "budget": str(self.budget),
+        }
+
+    # TrialHooks: each trained trial is one RunSink -------------------------------------------
+    def trial_started(self, trial, spec: ArchSpec, recipe: Recipe) -> None:
+        sink = RunSink.open(
+            self.tracking, spec, recipe, self.data,
+            seeds=replica_seeds(self.seed, trial.number, recipe.seeds),
+            run_name=f"t{trial.number}-{count_params(spec)}p",  # short: the runs table shows it whole
+            budget=self.budget, experiment_file=self.experiment_file,
+            tags={"mlflow.parentRunId": self.parent_id, names.KIND: "trial", "trial_number": str(trial.number),
+                  "study_name": self.study.study_name, "storage": self.storage, names.STATE: "RUNNING"},
+            # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
+            params={f"knob.{k}": str(v) for k, v in trial.params.items()} | {"trial_number": str(trial.number)},
+        )  # fmt: skip
+        self.sinks[trial.number] = sink
+        TrialRecord.write(trial, mlflow_run_id=sink.run_id)
+
+    def epoch_ended(self, trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
+        self.sinks[trial.number].epoch(list(per_seed.values()))
+
+    def trial_ended(self, end: TrialEnd, model) -> None:
+        # Popped only once closed: if an interrupt lands mid-way, finish() still closes the run.
+        sink = self.sinks.get(end.number)
+        if sink is None:  # interrupted before its run was created: nothing to close
+            return
+        sink.close(end.state, end.result, model, self.data.example() if model is not None else None, end.reason)
+        del self.sinks[end.number]
+
+    # End of an invocation -------------------------------------------------------------------
+    def close_open_children(self, status: str = "KILLED") -> None:
+        for sink in self.sinks.values():
+            self.client.set_tag(sink.run_id, names.STATE, "FAIL")
+            self.client.set_terminated(sink.run_id, status)
+        self.sinks.clear()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Summarise the whole study (all invocations) on the parent run and close it."""
+        from mnist_search.tracking.plots import interactive_page, plt, study_figures
+
+        self.close_open_children()
+        rows = leaderboard(self.study)
+        feasible, proposed = feasible_share(self.study)
+        done = completed(rows)
+        metrics = {
+            "study/trials_trained": len(rows),
+            "study/trials_completed": len(done),
+            "study/trials_pruned": sum(r.state == "PRUNED" for r in rows),
+            "study/trials_failed": sum(r.state == "FAIL" for r in rows),
+            "study/trials_target_met": sum(r.target_met for r in rows),
+            "study/proposals": proposed,
+            "study/feasible_share": feasible / proposed if proposed else 0.0,
+        }
+        if done:
+            best = done[0]
+            metrics |= {"best/val_acc": best.val_acc, "best/params": best.params, "best/trial": best.trial}
+            if best.test_acc_min_last3 is not None:
+                metrics["best/test_acc_min_last3"] = best.test_acc_min_last3
+            # Workers ending together (the total reached, an interrupt) write these at the same
+            # moment: race-tolerant writes (a lost race was a "UNIQUE constraint failed" exit).
+            parent = RunLog(self.client, self.parent_id)
+            parent.tags(
+                {"best_trial": str(best.trial), "best_spec": spec_to_yaml(ArchSpec.model_validate(best.spec))}
+            )
+            if best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
+                parent.tags({"best_run_id": best.mlflow_run_id})
+                self._register(best)
+            elif best.mlflow_run_id:  # the study's storage outlived the store its best trial was tracked in
+                parent.tags(
+                    {
+                        "best_run_elsewhere": f"{best.mlflow_run_id} (another tracking store; not registered here)"
+                    }
+                )
+        RunLog(self.client, self.parent_id).metrics(metrics)
+        for path, fig in study_figures(self.study, self.budget).items():
+            self.client.log_figure(self.parent_id, fig, path)
+            plt.close(fig)  # pyplot keeps every figure until closed
+        page = interactive_page(self.study)
+        if page is not None:
+            self.client.log_text(self.parent_id, page, "plots/interactive.html")
+        self.client.set_terminated(self.parent_id, status)
+
+    def _tracked_here(self, run_id: str) -> bool:
+        """Whether the run is in this tracking store: a study resumed against another store (its
+        journal or database kept, the MLflow store wiped, moved or another server) has trials
+        whose runs are not. Any other error is the store failing, and raises."""
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    def _register(self, best) -> None:
+        """The best trial's model into the registry (alias `best`), linked from the parent's note."""
+        version = register(
+            self.client, best.mlflow_run_id, self.budget,
+            tags={"val_acc": f"{best.val_acc:.6f}", "params": str(best.params), "study": self.study.study_name,
+                  "trial": str(best.trial)},
+        )  # fmt: skip
+        point_best(self.client, self.budget)
+        name = registered_name(self.budget)
+        note = (
+            f"Study **{self.study.study_name}** (budget {self.budget:,} parameters).\n\n"
+            f"Best trial: [trial {best.trial}](#/experiments/{self.experiment_id}/runs/{best.mlflow_run_id}), "
+            f"{best.params:,} parameters, validation accuracy {best.val_acc:.4f}; registered as "
+            f"[{name} version {version}](#/models/{name}/versions/{version})."
+        )
+        RunLog(self.client, self.parent_id).tags({"mlflow.note.content": note})

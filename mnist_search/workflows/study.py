@@ -1,0 +1,390 @@
+"""Studies: open or resume one (its sampler, pruner and creation are in `search`, which needs no
+MLflow), training slots, dead workers, running it.
+
+`--trials` is the study's total of trained trials, over every invocation and worker. A study is
+run in two steps so the CLI can print between them: `prepare_study` checks everything that can be
+wrong and opens both stores (nothing is written to either before all checks pass), then
+`StudySession.run` trains here or starts `--jobs` worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mnist_search.core.config import (
+    DEFAULT_BUDGET,
+    ConfigError,
+    Experiment,
+    Recipe,
+    check_name,
+    default_search,
+    load_search,
+)
+from mnist_search.core.data import MNISTData, load_mnist
+from mnist_search.core.settings import default_storage_url, resolve_tracking_uri
+from mnist_search.search.objective import FanOut, Objective, TrialFailed, TrialHooks
+from mnist_search.search.owners import Owner
+from mnist_search.search.records import INTERRUPTED, WORKER_DIED, TrialRecord
+from mnist_search.search.space import check_budget
+from mnist_search.search.storage import open_storage
+from mnist_search.search.studies import default_study_name, open_study
+from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, check_tracking, connect, short_reason
+from mnist_search.tracking.study import StudyTracker, fail_stale_run
+from mnist_search.training.teacher import check_teacher
+from mnist_search.workflows.runtime import (
+    WorkerExit,
+    check_jobs,
+    interrupt_on_sigterm,
+    run_workers,
+    setup_device,
+)
+
+log = logging.getLogger("mnist_search")
+EXPERIMENT_NAME = "mnist-search-studies"  # the MLflow experiment of every study (by default)
+DESCRIPTION = (
+    "mnist-search studies: one parent run per study (its search space, sampler and pruner as "
+    "params, plots, the best trial linked), one child run per trained trial. Compare runs and plot "
+    "the `params` metric against `final/val_acc_last3`; the target is >= 99.4 % test accuracy in "
+    "each of the last 3 epochs (tag target_met)."
+)
+REPEATS_TO_STOP = 3  # the same failure this many trials in a row stops the study
+
+
+def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trained trials that ended on their own: completed, pruned, or failed for a reason of
+    their own (NaN loss, out of memory). Interrupted trials and trials of killed workers do not
+    count, so running the command again replaces them."""
+    record = TrialRecord.of(trial)
+    if record.feasible is not True or record.surplus:
+        return False
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        reason = record.fail_reason or ""
+        return bool(reason) and reason != INTERRUPTED and not reason.startswith(WORKER_DIED)
+    return False
+
+
+def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
+    """The study's trained trials that count toward its total, by every worker and run: (trained,
+    of them pruned, of them failed), as the progress line shows them."""
+    states = [t.state for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
+    return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
+
+
+def trials_training(study: optuna.Study) -> int:
+    """How many of the study's trials hold a training slot now, on every worker and machine."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if TrialRecord.of(t).training
+    )
+
+
+def trials_done(study: optuna.Study) -> int:
+    return trial_tally(study)[0]
+
+
+def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
+    """Does live `trial` hold a claim on the study's remaining total ahead of trial `number`?
+
+    Trials claim in number order: every live lower-numbered trial is ahead (still sampling,
+    waiting for a slot, or training), a higher-numbered one only once it trains. The lowest live
+    trial therefore waits on training trials alone, so workers never wait on one another in a
+    circle at the end of a study; and of any two trials that both train, the higher counted the
+    lower, so together they never exceed the total."""
+    if trial.number == number or trial.state not in (TrialState.RUNNING, TrialState.WAITING):
+        return False
+    record = TrialRecord.of(trial)
+    if record.surplus or record.feasible is False:  # feasible None: still sampling
+        return False
+    return trial.number < number or record.training
+
+
+def reap_dead_workers(
+    storage, study: optuna.Study, on_dead=None
+) -> list[tuple[optuna.trial.FrozenTrial, str]]:
+    """RUNNING trials whose owner process on this host is gone (killed, crashed) become FAIL
+    ("worker died", not counted), their parameters are queued again for a live worker, and
+    `on_dead(trial, reason)` closes what else they left open (their MLflow run).
+
+    The journal file has no heartbeats; this is its counterpart for the workers of one machine.
+    Several live workers may find the same dead trial: the first to mark it FAIL queues it."""
+    reaped = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = TrialRecord.of(trial)
+        owner = Owner.parse(record.worker or "")
+        if owner is None or owner.alive() is not False:
+            continue
+        reason = f"{WORKER_DIED} (pid {owner.pid} on {owner.host})"
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            TrialRecord.store(storage, trial_id, fail_reason=reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        if record.feasible:
+            study.enqueue_trial(trial.params)
+        if on_dead is not None:
+            on_dead(trial, reason)
+        reaped.append((trial, reason))
+    return reaped
+
+
+class TotalReached:
+    """Stops `optimize` once the study holds `total` trained trials (all workers together)."""
+
+    def __init__(self, total: int, heartbeats: bool, reap=None, poll_seconds: float = 2.0):
+        self.total = total
+        self.heartbeats = heartbeats  # does the storage notice dead workers (RDB with heartbeats)?
+        self.reap = reap  # study -> None: fail the trials of dead local workers (journal storage)
+        self.poll_seconds = poll_seconds
+
+    def _watched(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Would this trial's death be noticed? With heartbeats always; else if its owner is local."""
+        owner = Owner.parse(TrialRecord.of(trial).worker or "")
+        return self.heartbeats or (owner is not None and owner.alive() is True)
+
+    def slot(self, study: optuna.Study, trial_number: int) -> str:
+        """May this trial train? "train"; "stop" when the finished trials make the total; "skip"
+        when a dead worker's trial was just re-queued (WAITING): let `optimize` run that one next.
+
+        While finished trials plus the trials ahead of this one (`ahead_of`) make the total, wait:
+        one of them may still fail (its worker killed) and need replacing. A trial whose death
+        could never be noticed (another machine's, on the journal file) is not waited for: this
+        worker stops instead."""
+        while True:
+            if self.reap is not None:
+                self.reap(study)
+            trials = study.get_trials(deepcopy=False)  # one read for both counts
+            done = sum(counts_toward_total(t) for t in trials)
+            if done >= self.total:
+                return "stop"
+            ahead = [t for t in trials if ahead_of(t, trial_number)]
+            if done + len(ahead) < self.total:
+                return "train"
+            if not all(self._watched(t) for t in ahead):
+                return "stop"
+            if self.heartbeats:
+                with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            if study.get_trials(deepcopy=False, states=[TrialState.WAITING]):
+                return "skip"
+            time.sleep(self.poll_seconds)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trials_done(study) >= self.total:
+            study.stop()
+
+
+class RepeatedFailure:
+    """Stops `optimize` when this process's last REPEATS_TO_STOP trained trials failed with the
+    same error: a fault that is not the trials' own (a broken setup, a GPU too small) would fail
+    every one. A NaN loss is a trial's own outcome (its sampled learning rate), not such an error."""
+
+    def __init__(self, repeats: int = REPEATS_TO_STOP):
+        self.repeats, self.errors, self.stopped = repeats, [], None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        record = TrialRecord.of(trial)
+        if record.feasible is not True or record.surplus:
+            return  # not trained: neither a failure nor a success
+        error = record.fail_reason if trial.state == TrialState.FAIL and record.error else None
+        self.errors = [*self.errors, error][-self.repeats :]
+        if len(self.errors) == self.repeats and error and len(set(self.errors)) == 1:
+            self.stopped = error
+            study.stop()
+
+
+# --- running a study --------------------------------------------------------------------------
+
+
+class StudyRequest(BaseModel):
+    """Everything `mnist-search study` was asked to do. `--jobs` workers receive this same object
+    (as JSON on their standard input), so an option is declared once and passwords in URLs never
+    appear on a worker's command line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget: int = Field(DEFAULT_BUDGET, gt=0)
+    # A path or a shipped experiment's name; None: the shipped one for the budget (default_search).
+    experiment: str | None = None
+    trials: int = Field(20, gt=0)
+    timeout: float | None = None
+    epochs: int | None = None  # per trial; None: the recipe's
+    seeds: int | None = Field(None, ge=1, le=64)  # per trial; None: the recipe's
+    study_name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    data_dir: str | None = None
+    limit_train: int | None = None
+    jobs: int = Field(1, gt=0)
+    service_wait: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds for a starting server
+    experiment_name: str = EXPERIMENT_NAME  # the MLflow experiment
+    command: str = ""  # the command line, recorded on a new study (passwords masked there)
+
+    @model_validator(mode="after")
+    def _experiment_for_budget(self) -> StudyRequest:
+        if self.experiment is None:  # frozen: set once, here, so workers receive it resolved
+            object.__setattr__(self, "experiment", default_search(self.budget))
+        return self
+
+
+@dataclass
+class StudyOutcome:
+    status: str  # FINISHED / KILLED (interrupted) / FAILED (tracking server lost, repeated failure)
+    tracking_failure: str | None = None  # why the tracking server failed mid-study
+    repeated_failure: str | None = None  # the reason REPEATS_TO_STOP trials in a row failed with
+    workers: list[WorkerExit] | None = None  # --jobs N: how each worker ended
+
+    @property
+    def dead_workers(self) -> list[WorkerExit]:
+        return [w for w in self.workers or [] if w.code < 0 and w.code != -signal.SIGINT]
+
+
+@dataclass
+class StudySession:
+    """A checked, opened study, ready to run (see `prepare_study`)."""
+
+    request: StudyRequest
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    experiment: Experiment
+    recipe: Recipe  # with the --epochs / --seeds overrides: the one source of epochs and seeds per trial
+    data: MNISTData
+    device: torch.device
+    tracking: Tracking
+    storage_url: str
+    heartbeats: bool
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def done(self) -> int:
+        return trials_done(self.study)
+
+    def reap(self, study: optuna.Study | None = None) -> list[tuple[optuna.trial.FrozenTrial, str]]:
+        """Fail (and queue again) the trials of dead workers on this host; their runs end FAILED."""
+        if self.heartbeats:
+            return []  # the storage's heartbeats do this, on every host
+        return reap_dead_workers(self.storage, study or self.study, on_dead=fail_stale_run)
+
+    def run(self, progress: TrialHooks) -> StudyOutcome:
+        """Train until the study's total (all workers), the timeout or an interrupt."""
+        req = self.request
+        tracker = StudyTracker(
+            self.tracking, self.study, self.storage_url, req.budget, req.experiment, self.experiment, self.data,
+            req.seed,
+        )  # fmt: skip
+        if req.jobs > 1:
+            # The workers get this request, resolved, as JSON on stdin; each loads its own data.
+            work = req.model_copy(
+                update={"jobs": 1, "storage": self.storage_url, "tracking_uri": self.tracking.uri}
+            )
+            exits = run_workers(["study-worker"], req.jobs, stdin=work.model_dump_json())
+            self.reap()  # a worker that died last, with no live sibling left to notice
+            worst = max((w.code for w in exits), key=abs)
+            status = "FINISHED" if worst == 0 or self.done >= req.trials else "KILLED"
+            try:
+                tracker.finish(status)
+            except TRACKING_FAILURES as exc:
+                return StudyOutcome(status, short_reason(exc), workers=exits)
+            return StudyOutcome(status, workers=exits)
+        stopper = TotalReached(req.trials, heartbeats=self.heartbeats, reap=self.reap)
+        repeated = RepeatedFailure()
+        objective = Objective(
+            self.experiment.search, self.recipe, req.budget, self.data, self.device,
+            FanOut(tracker, progress), seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES,
+        )  # fmt: skip
+        status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout)
+        if repeated.stopped and status == "FINISHED":
+            status = "FAILED"
+        try:
+            tracker.finish(status)
+        except TRACKING_FAILURES as exc:
+            lost = lost or exc
+        return StudyOutcome(status, short_reason(lost) if lost is not None else None, repeated.stopped)
+
+
+def prepare_study(request: StudyRequest) -> StudySession:
+    """Check everything that can be wrong, then open both stores and the study.
+
+    Raises ConfigError, BudgetError, DeviceError, TrackingError, DataError, StorageError or
+    StudyMismatch (one line each) before anything is written."""
+    exp = load_search(request.experiment)
+    check_budget(exp.search, request.budget, f"{exp.name}'s")
+    check_teacher(exp.recipe)
+    name = request.study_name or default_study_name(exp, request.budget)
+    check_name("--study-name", name)
+    check_name("--experiment-name", request.experiment_name)
+    if request.timeout is not None and not math.isfinite(request.timeout):
+        raise ConfigError(f"--timeout {request.timeout}: give a number of seconds")
+    if request.jobs > 1:
+        check_jobs(request.jobs)
+    device = setup_device(request.device)
+    recipe = exp.recipe.model_copy(
+        update={"epochs": request.epochs or exp.recipe.epochs, "seeds": request.seeds or exp.recipe.seeds}
+    )
+    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False), wait=request.service_wait)
+    data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
+    if request.jobs == 1:
+        data = data.to(device)  # with --jobs, loaded only to check it: each worker loads its own
+    store = open_storage(request.storage, on_stale=fail_stale_run, wait=request.service_wait)
+    tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
+    study = open_study(
+        store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment, request.command
+    )
+    heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
+    storage_url = request.storage or default_storage_url()
+    session = StudySession(
+        request, study, store, exp, recipe, data, device, tracking, storage_url, heartbeats
+    )
+    for trial, reason in session.reap():  # a worker killed earlier (kill -9, OOM) left it RUNNING
+        log.warning(
+            "trial %d: %s; marked FAIL (not counted), its parameters will be trained again",
+            trial.number,
+            reason,
+        )
+    return session
+
+
+def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, Exception | None]:
+    """Run trials until the study's total, the timeout or an interrupt (Ctrl-C or SIGTERM):
+    ("FINISHED" | "KILLED" | "FAILED", the tracking failure that stopped it, if one did)."""
+    interrupt_on_sigterm()
+    try:
+        study.optimize(
+            objective, timeout=timeout, callbacks=callbacks, catch=(TrialFailed,), gc_after_trial=False
+        )
+    except KeyboardInterrupt:
+        return "KILLED", None
+    except TRACKING_FAILURES as exc:
+        # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
+        # stops; completed trials stay in the study storage; re-running resumes once it is back.
+        return "FAILED", exc
+    except Exception as exc:
+        # Optuna 5.0's _run_trial, interrupted while it records a finished trial (`_tell_with_warning`),
+        # raises UnboundLocalError ('updated_state') from its `finally` over the KeyboardInterrupt
+        # (seen stopping a search with `timeout -s INT`: a worker's traceback). The interrupt is
+        # what happened: the trial is marked FAIL like any running one.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            return "KILLED", None
+        raise
+    return "FINISHED", None
