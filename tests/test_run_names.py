@@ -44,12 +44,14 @@ def test_trial_train_and_verify_runs_carry_the_same_metric_names_from_one_table(
     per_kind = {kind: _metric_names(client, run) for kind, run in
                 (("trial", trial), ("train", trained), ("verify", verified))}  # fmt: skip
 
-    # Every run carries every name of the table, and nothing outside it.
+    # Every run carries every name of the table, and nothing outside it; verify trains on all
+    # 60,000 images, so it has no validation split and no validation figures.
     for kind, found in per_kind.items():
-        assert set(names.RUN_METRICS) <= found, kind
+        assert set(names.RUN_METRICS) - set(names.VALIDATION_METRICS) <= found, kind
         assert {n for n in found if not _in_table(n)} == set(), kind
     # One seed per run (train, verify) logs exactly the table; the 2-seed trial adds its seeds'.
-    assert per_kind["train"] == per_kind["verify"] == set(names.RUN_METRICS)
+    assert per_kind["train"] == set(names.RUN_METRICS)
+    assert per_kind["verify"] == set(names.RUN_METRICS) - set(names.VALIDATION_METRICS)
     seeds = {SEED_NAME.match(n).group(1) for n in per_kind["trial"] if SEED_NAME.match(n)}
     assert seeds == {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
                      names.VAL_SCORE, names.TEST_MIN_LAST3}  # fmt: skip
@@ -61,5 +63,7 @@ def test_trial_train_and_verify_runs_carry_the_same_metric_names_from_one_table(
         assert data.tags[names.STATE] == "COMPLETE" and data.tags[names.TARGET_MET] in ("true", "false")
         history = client.get_metric_history(run.info.run_id, "test/acc")
         assert [m.step for m in history] == [1, 2, 3]
-        assert all(0.2 < m.value <= 1.0 for m in history)  # above chance (0.1), even after 1,000 images
+        accuracies = [m.value for m in history]
+        # Learning: well above chance (0.1) by the last epoch, even on 1,000 training images.
+        assert all(0.0 < a <= 1.0 for a in accuracies) and accuracies[-1] > 0.5, (data.tags[names.KIND], accuracies)
         assert data.metrics[names.PARAMS] > 1_000

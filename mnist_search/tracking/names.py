@@ -36,6 +36,8 @@ SECONDS = "final/seconds"  # wall time of the run's training
 VAL_WORST = "final/val_acc_last3_worst"  # several seeds: the worst seed's score
 
 RUN_METRICS = (*EPOCH_METRICS.values(), PARAMS, MULT_ADDS, VAL_SCORE, TEST_MIN_LAST3, TEST_LAST, SECONDS)
+# Absent from runs trained without a validation split (`verify`: all 60,000 training images).
+VALIDATION_METRICS = ("val/loss", "val/acc", VAL_SCORE)
 
 # Tags every trained run carries.
 KIND = "kind"  # train / trial / verify-seed / study / verify

@@ -9,6 +9,7 @@ trial, packed replicas) log their mean under the plain names and each seed's own
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -120,4 +121,4 @@ class RunSink:
                 metrics[names.seed_metric(seed, names.TEST_MIN_LAST3)] = own.test_min_last3
             if with_model:
                 self.log.client.set_tag(self.run_id, names.MODEL_SEED, str(self.seeds[result.best]))
-        self.log.metrics(metrics)
+        self.log.metrics({k: v for k, v in metrics.items() if math.isfinite(v)})  # no val split: no val score
