@@ -24,7 +24,7 @@ from rich.progress import (
 
 from mnist_search.core.model import count_params
 from mnist_search.core.results import EpochResult, mean_epoch
-from mnist_search.search.leaderboard import TrialRow, completed, feasible_share, leaderboard
+from mnist_search.search.leaderboard import TrialRow
 
 
 def make_progress(console: Console, eta: bool = False) -> Progress:
@@ -118,6 +118,20 @@ class StudyProgress:
         self.durations: list[float] = []  # of the trials trained here
         self.running = ""  # "#7 7,520p", the trial training now
         self.started = 0.0  # when it started (monotonic)
+
+    @classmethod
+    def for_session(cls, console: Console, session, quiet: bool = False) -> StudyProgress:
+        """The display of a prepared study (`workflows.study.prepare_study`), reading the study's
+        best, counts and training trials from its storage."""
+        from mnist_search.search.leaderboard import completed, leaderboard
+        from mnist_search.workflows.study import trial_tally, trials_training
+
+        study = session.study
+        return cls(
+            console, session.request.trials, session.done, quiet=quiet,
+            study_best=lambda: next(iter(completed(leaderboard(study))), None),
+            study_tally=lambda: trial_tally(study), study_training=lambda: trials_training(study),
+        )  # fmt: skip
 
     def __enter__(self) -> Self:
         if self.progress is not None:
@@ -246,24 +260,6 @@ class VerifyDisplay:
             f"{packs} packs of seeds in {workers} worker processes, torch threads each: {threads}",
             highlight=False,
         )
-
-
-def study_summary(study, trials: int) -> str:
-    """One line: trials trained, the share of proposals under budget, and the best trial."""
-    from mnist_search.workflows.study import trials_done
-
-    feasible, proposed = feasible_share(study)
-    line = (
-        f"study {study.study_name}: {trials_done(study)}/{trials} trials trained; "
-        f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
-    )
-    best = next(iter(completed(leaderboard(study))), None)
-    if best:
-        line += (
-            f"; best trial {best.trial}: {best.params:,} params, val {best.val_acc:.4f}, "
-            f"test min(last 3) {best.test_acc_min_last3:.4f}"
-        )
-    return line
 
 
 def _fmt(value, fmt: str = "{:.4f}") -> str:

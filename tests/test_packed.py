@@ -178,7 +178,7 @@ def test_mismatched_seeds_and_specs_are_refused():
 
 @pytest.mark.slow
 def test_a_study_with_seeds_scores_the_mean_records_the_worst_and_shows_every_seed(store, data_dir, tmp_path):
-    """recipe.seeds: 3 -- one trial trains 3 packed replicas; its objective is their mean
+    """recipe.replicas: 3 -- one trial trains 3 packed replicas; its objective is their mean
     validation score, the worst is recorded, MLflow has each seed's curves and final figures,
     and the trial's model is the seed with the best validation score; the pack's layout is recorded."""
     import optuna

@@ -446,7 +446,7 @@ def test_a_trial_is_never_pruned_in_the_epochs_it_is_scored_on(mnist, epochs, st
     data = MNISTData(part(mnist.train, 256), part(mnist.val, 128), part(mnist.test, 128))
     space = load_experiment("budget-1k").search
     recipe = load_experiment("budget-1k").recipe.model_copy(
-        update={"epochs": epochs, "seeds": 1, "precise_bn": 0, "cycle_epochs": None}
+        update={"epochs": epochs, "replicas": 1, "precise_bn": 0, "cycle_epochs": None}
     )
     study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
     study.enqueue_trial({"s1c1": 2, "s1c2": 3, "s1c3": 3, "s2c1": 3, "s2c2": 3, "s2c3": 6, "t1": 3,

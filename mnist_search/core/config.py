@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 # Channels of one conv: tiny networks are the point, and a width in the millions would fail to
@@ -23,6 +23,7 @@ Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 TARGET = 0.994  # the task: >= 99.4 % test accuracy (in each of the last 3 epochs) ...
 DEFAULT_BUDGET = 8_000  # ... with fewer than this many trainable parameters
+DEFAULT_EPOCHS = 15  # ... usually within 15 epochs: a recipe's, and what `verify` trains
 DEFAULT_SEARCH = "budget-8k"  # the shipped search experiment `mnist-search study` uses at 8,000
 
 INPUT_SIZE = 28  # MNIST images are 28x28 pixels, one channel
@@ -92,7 +93,7 @@ class ArchSpec(_Strict):
 class Recipe(_Strict):
     """How a spec is trained. Units in comments; defaults are the seed documents' recipe."""
 
-    epochs: PositiveInt = 15
+    epochs: PositiveInt = DEFAULT_EPOCHS
     batch_size: PositiveInt = 128  # images per optimiser step
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0)] = 0.01  # peak learning rate (OneCycle) or start rate (step)
@@ -125,10 +126,10 @@ class Recipe(_Strict):
     # dominated by the last ~10 augmented training batches); N > 0 recomputes them after every
     # epoch over N un-augmented training images ("precise BN"). Weights are not touched.
     precise_bn: Annotated[int, Field(ge=0)] = 0
-    # A study trains each proposal with this many seeds at once, packed into one grouped network
-    # (see packed.py); its objective is their mean validation score. `train` and `verify` take
-    # their seeds from the command line.
-    seeds: Annotated[int, Field(ge=1, le=64)] = 1
+    # A study trains each proposal with this many seeds at once (replicas), packed into one
+    # grouped network (speed/packed.py); its objective is their mean validation score. `train`
+    # and `verify` take their seeds from the command line. Read as `seeds` too (older files).
+    replicas: Annotated[int, Field(ge=1, le=64, validation_alias=AliasChoices("replicas", "seeds"))] = 1
     # "bf16": the forward and backward passes in bfloat16 under torch.autocast (convolutions and
     # matrix products; the weights, optimiser, loss, BatchNorm re-estimation and every evaluation
     # stay float32). Pays where the hardware computes bfloat16 (CPUs with AVX-512 BF16 / AMX,

@@ -35,6 +35,11 @@ class ExportError(Exception):
     """The trial's checkpoint cannot be found or read."""
 
 
+class RunFailed(Exception):
+    """A fault mid-run that ends a command with one line and exit code 1 (a tracking server that
+    went away); what finished is kept."""
+
+
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite; the run cannot continue."""
 

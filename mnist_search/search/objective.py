@@ -166,7 +166,7 @@ class Objective:
         return self._train(trial, spec, recipe, params)
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
-        seeds = replica_seeds(self.seed, trial.number, recipe.seeds)
+        seeds = replica_seeds(self.seed, trial.number, recipe.replicas)
         result = ReplicaResults.empty(seeds)
         start = time.perf_counter()
 

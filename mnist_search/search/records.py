@@ -62,7 +62,7 @@ class TrialRecord(_Record):
     epochs_run: int = 0
     test_acc: float | None = None  # last epoch
     test_acc_min_last3: float | None = None  # with several seeds: the worst seed's
-    seeds: list[int] | None = None  # the seeds its replicas trained with (recipe.seeds of them)
+    seeds: list[int] | None = None  # the seeds its replicas trained with (recipe.replicas of them)
     pack_layout: str | None = None  # how its replicas were laid out: grouped or separate (layout.py)
     val_acc_worst: float | None = None  # several seeds: the worst seed's validation score
     target_met: bool = False  # test acc >= TARGET in each of the last 3 epochs

@@ -24,8 +24,8 @@ def default_study_name(experiment: Experiment, budget: int) -> str:
     return f"{experiment.name}-b{budget}"
 
 
-class StudyMismatch(ValueError):
-    """An existing study was created with another budget or experiment."""
+class StudyMismatch(ConfigError):
+    """An existing study was created with another budget or experiment (a usage error: exit 2)."""
 
 
 def load_study(name: str | None, storage: str | None) -> optuna.Study:

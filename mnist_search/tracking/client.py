@@ -1,7 +1,8 @@
 """MLflow, through one API style: the explicit `MlflowClient` and run ids, never an implicit
 active run (the one exception is `RunLog.model`, see there).
 
-`connect()` checks and opens the tracking store and selects the experiment; `RunLog` writes one
+`tracking_target()` resolves and checks the tracking URI once, before anything is written, and
+its `open()` connects and selects the experiment; `RunLog` writes one
 run's pieces (params, metrics, tags, tables, checkpoint, model); `sink.RunSink` puts them together
 for a trained network. The embedded default store is a SQLite database
 under `mlruns/` (see `settings`); `--tracking-uri` or MLFLOW_TRACKING_URI points at a server.
@@ -141,11 +142,35 @@ def runs_link(tracking: Tracking) -> str:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def connect(tracking_uri: str | None, experiment_name: str, description: str = "") -> Tracking:
-    """Check and open the store, and select (creating if needed) the experiment, marked as model
-    development (so the UI opens on its runs) with `description`."""
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking(uri)
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where runs will go: a tracking URI resolved (the option, $MLFLOW_TRACKING_URI, else the
+    local store) and checked, once, before anything is written (`tracking_target`). `open()`
+    connects when the command starts writing."""
+
+    uri: str
+
+    def open(self, experiment_name: str, description: str = "") -> Tracking:
+        if self.uri == resolve_tracking_uri(None, create=False) and self.uri.startswith("sqlite:"):
+            resolve_tracking_uri(None, create=True)  # the local store's folder, on first use
+        return _connect(self.uri, experiment_name, description)
+
+
+def tracking_target(tracking_uri: str | None, wait: float = 0.0) -> TrackingTarget:
+    """Resolve and check the tracking URI (see `check_tracking`; `wait`: seconds of patience)."""
+    uri = resolve_tracking_uri(tracking_uri, create=False)
+    check_tracking(uri, wait=wait)
+    return TrackingTarget(uri)
+
+
+def open_session(tracking_uri: str | None, experiment_name: str, description: str = "") -> Tracking:
+    """Resolve, check and open in one step, for a command with nothing to check in between."""
+    return tracking_target(tracking_uri).open(experiment_name, description)
+
+
+def _connect(uri: str, experiment_name: str, description: str) -> Tracking:
+    """Open the store at a checked `uri`, and select (creating if needed) the experiment, marked
+    as model development (so the UI opens on its runs) with `description`."""
     # Model logging and artifact downloads go through MLflow's module-level functions, which
     # read the process-wide URI.
     mlflow.set_tracking_uri(uri)

@@ -132,7 +132,7 @@ class StudyTracker:
     def trial_started(self, trial, spec: ArchSpec, recipe: Recipe) -> None:
         sink = RunSink.open(
             self.tracking, spec, recipe, self.data,
-            seeds=replica_seeds(self.seed, trial.number, recipe.seeds),
+            seeds=replica_seeds(self.seed, trial.number, recipe.replicas),
             run_name=f"t{trial.number}-{count_params(spec)}p",  # short: the runs table shows it whole
             budget=self.budget, experiment_file=self.experiment_file,
             tags={"mlflow.parentRunId": self.parent_id, names.KIND: "trial", "trial_number": str(trial.number),

@@ -16,6 +16,7 @@ from mnist_search.core.errors import ExportError
 from mnist_search.core.model import WithNormalisation, build_model, layer_table, receptive_field_table
 from mnist_search.search.leaderboard import TrialRow, completed, leaderboard
 from mnist_search.search.records import TrialRecord
+from mnist_search.tracking import names
 from mnist_search.tracking.client import Tracking
 
 FILES = ["model.pt2", "state_dict.pt", "spec.yaml", "layers.txt", "receptive_field.txt"]
@@ -84,9 +85,8 @@ def export_from_study(
 ) -> tuple[TrialRow, list[str]]:
     """`mnist-search export`: every check first, then the study's trial exported from MLflow."""
     from mnist_search.search.studies import load_study
-    from mnist_search.tracking.client import connect
-    from mnist_search.workflows.study import EXPERIMENT_NAME
+    from mnist_search.tracking.client import open_session
 
     check_out_dir(out_dir)
     study = load_study(study_name, storage)
-    return export_trial(study, trial, out_dir, connect(tracking_uri, EXPERIMENT_NAME))
+    return export_trial(study, trial, out_dir, open_session(tracking_uri, names.EXPERIMENTS["study"]))

@@ -14,12 +14,12 @@ import math
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import torch
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from mnist_search.core.config import (
     DEFAULT_BUDGET,
@@ -31,18 +31,22 @@ from mnist_search.core.config import (
     load_search,
 )
 from mnist_search.core.data import MNISTData, load_mnist
-from mnist_search.core.settings import default_storage_url, resolve_tracking_uri
+from mnist_search.core.settings import default_storage_url, mask_url
+from mnist_search.search.leaderboard import completed, feasible_share, leaderboard
 from mnist_search.search.objective import FanOut, Objective, TrialFailed, TrialHooks
 from mnist_search.search.owners import Owner
 from mnist_search.search.records import INTERRUPTED, WORKER_DIED, TrialRecord
 from mnist_search.search.space import check_budget
 from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import default_study_name, open_study
-from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, check_tracking, connect, short_reason
+from mnist_search.tracking import names
+from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, runs_link, short_reason, tracking_target
 from mnist_search.tracking.study import StudyTracker, fail_stale_run
 from mnist_search.training.teacher import check_teacher
+from mnist_search.workflows.request import RunRequest
 from mnist_search.workflows.runtime import (
     WorkerExit,
+    available_cores,
     check_jobs,
     interrupt_on_sigterm,
     run_workers,
@@ -50,7 +54,6 @@ from mnist_search.workflows.runtime import (
 )
 
 log = logging.getLogger("mnist_search")
-EXPERIMENT_NAME = "mnist-search-studies"  # the MLflow experiment of every study (by default)
 DESCRIPTION = (
     "mnist-search studies: one parent run per study (its search space, sampler and pruner as "
     "params, plots, the best trial linked), one child run per trained trial. Compare runs and plot "
@@ -211,36 +214,32 @@ class RepeatedFailure:
 # --- running a study --------------------------------------------------------------------------
 
 
-class StudyRequest(BaseModel):
+class StudyRequest(RunRequest):
     """Everything `mnist-search study` was asked to do. `--jobs` workers receive this same object
     (as JSON on their standard input), so an option is declared once and passwords in URLs never
     appear on a worker's command line."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     budget: int = Field(DEFAULT_BUDGET, gt=0)
     # A path or a shipped experiment's name; None: the shipped one for the budget (default_search).
     experiment: str | None = None
     trials: int = Field(20, gt=0)
     timeout: float | None = None
-    epochs: int | None = None  # per trial; None: the recipe's
-    seeds: int | None = Field(None, ge=1, le=64)  # per trial; None: the recipe's
+    epochs: int | None = Field(None, gt=0)  # per trial; None: the recipe's
+    replicas: int | None = Field(None, ge=1, le=64)  # seeds per trial, packed; None: the recipe's
     study_name: str | None = None
     storage: str | None = None
-    tracking_uri: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    data_dir: str | None = None
-    limit_train: int | None = None
+    seed: int = Field(0, ge=0)  # the sampler's; trial n trains seeds from (seed + n) x replicas
     jobs: int = Field(1, gt=0)
     service_wait: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds for a starting server
-    experiment_name: str = EXPERIMENT_NAME  # the MLflow experiment
-    command: str = ""  # the command line, recorded on a new study (passwords masked there)
+    experiment_name: str = names.EXPERIMENTS["study"]
 
     @model_validator(mode="after")
     def _experiment_for_budget(self) -> StudyRequest:
         if self.experiment is None:  # frozen: set once, here, so workers receive it resolved
-            object.__setattr__(self, "experiment", default_search(self.budget))
+            chosen = default_search(self.budget)
+            object.__setattr__(self, "experiment", chosen)
+            if self.command:  # recorded: the experiment the budget chose, not a default that may change
+                object.__setattr__(self, "command", f"{self.command} --experiment {chosen}")
         return self
 
 
@@ -264,7 +263,7 @@ class StudySession:
     study: optuna.Study
     storage: optuna.storages.BaseStorage
     experiment: Experiment
-    recipe: Recipe  # with the --epochs / --seeds overrides: the one source of epochs and seeds per trial
+    recipe: Recipe  # with the --epochs / --replicas overrides: the one source of epochs and seeds per trial
     data: MNISTData
     device: torch.device
     tracking: Tracking
@@ -278,6 +277,24 @@ class StudySession:
     @property
     def done(self) -> int:
         return trials_done(self.study)
+
+    def finished_already(self) -> str | None:
+        """The line to say when the study already holds its total of trained trials."""
+        done, total = self.done, self.request.trials
+        if done < total:
+            return None
+        return f"study {self.name} already has {done} trained trials (--trials {total}); raise --trials to add more"
+
+    def header(self) -> str:
+        """The first line of a run: the study, its progress, the workers, and where things go."""
+        req, where = self.request, f"on {self.device.type}"
+        if req.jobs > 1:
+            threads = max(1, available_cores() // req.jobs)
+            where = f"{req.jobs} worker processes, {threads} torch thread{'s' if threads > 1 else ''} each"
+        return (
+            f"study {self.name}: {self.done}/{req.trials} trials done; {where}; "
+            f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}"
+        )
 
     def reap(self, study: optuna.Study | None = None) -> list[tuple[optuna.trial.FrozenTrial, str]]:
         """Fail (and queue again) the trials of dead workers on this host; their runs end FAILED."""
@@ -339,14 +356,14 @@ def prepare_study(request: StudyRequest) -> StudySession:
         check_jobs(request.jobs)
     device = setup_device(request.device)
     recipe = exp.recipe.model_copy(
-        update={"epochs": request.epochs or exp.recipe.epochs, "seeds": request.seeds or exp.recipe.seeds}
+        update={"epochs": request.epochs or exp.recipe.epochs, "replicas": request.replicas or exp.recipe.replicas}
     )
-    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False), wait=request.service_wait)
+    target = tracking_target(request.tracking_uri, wait=request.service_wait)
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
     if request.jobs == 1:
         data = data.to(device)  # with --jobs, loaded only to check it: each worker loads its own
     store = open_storage(request.storage, on_stale=fail_stale_run, wait=request.service_wait)
-    tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
+    tracking = target.open(request.experiment_name, DESCRIPTION)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
     study = open_study(
         store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment, request.command
@@ -388,3 +405,85 @@ def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, 
             return "KILLED", None
         raise
     return "FINISHED", None
+
+
+# --- how a study ended, as the command tells it ---------------------------------------------------
+
+
+@dataclass
+class StudyEnd:
+    """What `study` says when it ends, in order (("out" | "err", line)), and its exit code."""
+
+    code: int = 0
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def say(self, text: str, stream: str = "out") -> StudyEnd:
+        self.lines.append((stream, text))
+        return self
+
+    def say_link(self, tracking: Tracking) -> StudyEnd:
+        link = runs_link(tracking)
+        return self.say(f"MLflow: {link}") if link else self
+
+    def with_code(self, code: int) -> StudyEnd:
+        self.code = code
+        return self
+
+
+def study_summary(study, trials: int) -> str:
+    """One line: trials trained, the share of proposals under budget, and the best trial."""
+    feasible, proposed = feasible_share(study)
+    line = (
+        f"study {study.study_name}: {trials_done(study)}/{trials} trials trained; "
+        f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
+    )
+    best = next(iter(completed(leaderboard(study))), None)
+    if best:
+        line += (
+            f"; best trial {best.trial}: {best.params:,} params, val {best.val_acc:.4f}, "
+            f"test min(last 3) {best.test_acc_min_last3:.4f}"
+        )
+    return line
+
+
+def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False) -> StudyEnd:
+    """The lines and exit code of a study invocation that ran (`session.run`): 0 when the study
+    reached its total or its timeout, 1 for a fault that stopped it, 130 when interrupted."""
+    if outcome.workers is not None:
+        return _workers_end(session, outcome)
+    end, name = StudyEnd(), session.name
+    if outcome.repeated_failure is not None:
+        return end.say(
+            f"error: {name}: the last {REPEATS_TO_STOP} trials failed with the same error "
+            f"({outcome.repeated_failure}); the study stopped; fix the cause and re-run the same command to resume",
+            "err",
+        ).with_code(1)
+    if outcome.tracking_failure is not None:
+        return end.say(
+            f"error: tracking server {mask_url(session.tracking.uri)} failed mid-study ({outcome.tracking_failure}); "
+            f"the running trial was marked FAIL, {session.done} finished trials are kept in the study storage; "
+            "re-run the same command to resume",
+            "err",
+        ).with_code(1)
+    if not worker:  # a worker's summary would not be the study's: others may still be training
+        end.say(study_summary(session.study, session.request.trials)).say_link(session.tracking)
+    if outcome.status == "KILLED":
+        return end.say("interrupted: the running trial was marked FAIL; run the same command to resume", "err").with_code(130)
+    return end
+
+
+def _workers_end(session: StudySession, outcome: StudyOutcome) -> StudyEnd:
+    """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
+    done, total = session.done, session.request.trials
+    end = StudyEnd().say(f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers")
+    for w in outcome.dead_workers:
+        then = "another worker trained its trial again" if done >= total else "its trial is queued again"
+        end.say(f"warning: worker {w.index} (pid {w.pid}) {w.how}; {then}", "err")
+    codes = [w.code for w in outcome.workers]
+    if 130 in codes:
+        return end.say("interrupted: the running trials were marked FAIL; run the same command to resume", "err").with_code(130)
+    if done >= total or not any(codes):  # the total, or every worker reached --timeout
+        return end.say(study_summary(session.study, total)).say_link(session.tracking)
+    if outcome.dead_workers:
+        return end.say(f"error: {done}/{total} trials trained when the workers ended; re-run the same command to finish", "err").with_code(1)
+    return end.with_code(max(codes, key=abs) or 1)

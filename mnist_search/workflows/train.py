@@ -7,36 +7,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 
 from mnist_search.core.config import DEFAULT_BUDGET, ArchSpec, Recipe, check_name, load_spec
 from mnist_search.core.data import MNISTData, load_mnist
 from mnist_search.core.errors import NonFiniteLoss
 from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
-from mnist_search.core.settings import resolve_tracking_uri
-from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, check_tracking, connect, runs_link
+from mnist_search.tracking import names
+from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, runs_link, tracking_target
 from mnist_search.tracking.sink import RunSink
 from mnist_search.training.teacher import check_teacher
 from mnist_search.training.train import train_seeds
+from mnist_search.workflows.request import RunRequest
 from mnist_search.workflows.runtime import setup_device
 
-EXPERIMENT_NAME = "mnist-search-train"
 DESCRIPTION = (
     "mnist-search train: one run per fixed spec (an experiment file's `spec`), with its per-epoch "
     "metrics, layer and receptive-field tables, and the model (raw [0, 1] pixels in, 10 logits out)."
 )
 
 
-@dataclass(frozen=True)
-class TrainRequest:
+class TrainRequest(RunRequest):
     experiment: str  # a path or a shipped experiment's name, with a `spec` section
-    epochs: int | None = None  # None: the recipe's
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    limit_train: int | None = None
-    tracking_uri: str | None = None
-    experiment_name: str = EXPERIMENT_NAME
-    budget: int = DEFAULT_BUDGET
+    epochs: int | None = Field(None, gt=0)  # None: the recipe's
+    seed: int = Field(0, ge=0)
+    budget: int = Field(DEFAULT_BUDGET, gt=0)
+    experiment_name: str = names.EXPERIMENTS["train"]
 
 
 @dataclass
@@ -55,9 +51,9 @@ def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | N
     recipe = exp.recipe.model_copy(update={"epochs": request.epochs or exp.recipe.epochs})
     check_teacher(recipe)
     device = setup_device(request.device)
-    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
+    target = tracking_target(request.tracking_uri)
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train).to(device)
-    tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
+    tracking = target.open(request.experiment_name, DESCRIPTION)
     ((run_id, result, _),) = train_into_runs(
         tracking, spec, data, recipe, device, seeds=[request.seed], budget=request.budget,
         experiment_file=request.experiment, run_names=[f"{exp.name}-s{request.seed}"], tags={"kind": "train"},

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from pydantic import Field
 
 from mnist_search.core.config import (
+    DEFAULT_EPOCHS,
     TARGET,
     ArchSpec,
     ConfigError,
@@ -31,31 +33,34 @@ from mnist_search.core.config import (
     load_experiment,
 )
 from mnist_search.core.data import load_mnist
+from mnist_search.core.errors import RunFailed
 from mnist_search.core.model import build_model, mult_adds
 from mnist_search.core.results import EpochResult, FitResult
-from mnist_search.core.settings import resolve_tracking_uri
+from mnist_search.core.settings import mask_url, resolve_tracking_uri
 from mnist_search.search.leaderboard import TrialRow, completed, leaderboard
 from mnist_search.search.records import UNRECORDED_DEVICE, StudyRecord, TrialRecord
 from mnist_search.search.space import with_searched_knobs
 from mnist_search.search.studies import load_study
+from mnist_search.tracking import names
 from mnist_search.tracking.client import (
     TRACKING_FAILURES,
     RunLog,
     Tracking,
-    check_tracking,
-    connect,
+    TrackingTarget,
     git_commit,
     runs_link,
+    short_reason,
     source_tags,
+    tracking_target,
 )
 from mnist_search.tracking.registry import crown
 from mnist_search.training.teacher import check_teacher
 from mnist_search.workflows.export import check_out_dir, export_model
+from mnist_search.workflows.request import RunRequest
 from mnist_search.workflows.runtime import available_cores, check_jobs, setup_device
 from mnist_search.workflows.schedule import plan_packs
 from mnist_search.workflows.train import train_into_runs
 
-EXPERIMENT_NAME = "mnist-search-verify"
 DESCRIPTION = (
     "mnist-search verify: the best trials of a study retrained on all 60,000 training images, once "
     "per seed, and scored on the test set. Each verify is a parent run (its table in verify.md) "
@@ -145,24 +150,18 @@ class SeedPack:
         return f"trial {self.trial} seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
 
 
-@dataclass(frozen=True)
-class VerifyRequest:
+class VerifyRequest(RunRequest):
     study_name: str | None = None
-    top: int = 1
+    top: int = Field(1, gt=0)
     trials: tuple[int, ...] = ()  # named trials instead of the top K
-    seeds: int = 3
-    epochs: int = 15
+    seeds: int = Field(3, gt=0)  # seeds per architecture: first_seed, first_seed + 1, ...
+    first_seed: int = Field(0, ge=0)  # fresh seeds for a point already verified
+    epochs: int = Field(DEFAULT_EPOCHS, gt=0)
     storage: str | None = None
-    tracking_uri: str | None = None
-    device: str = "auto"
-    data_dir: str | None = None
-    limit_train: int | None = None
     out_dir: Path | None = None
     recipe_from: str | None = None
-    jobs: int = 1
-    command: str = ""  # the command line, written into verify.md
-    experiment_name: str = EXPERIMENT_NAME
-    first_seed: int = 0  # seeds first_seed, first_seed + 1, ...: fresh ones for a point already verified
+    jobs: int = Field(1, gt=0)
+    experiment_name: str = names.EXPERIMENTS["verify"]
 
 
 @dataclass
@@ -195,8 +194,18 @@ class VerifyHooks(Protocol):
 
 def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     """Check, train every (trial, seed), report. Raises ConfigError & co. (exit 2) before
-    anything is written; NonFiniteLoss, a tracking failure or KeyboardInterrupt mid-way end the
-    parent run (FAILED / KILLED) and every running seed's run FAILED, then propagate."""
+    anything is written; NonFiniteLoss, a tracking failure (as RunFailed) or KeyboardInterrupt
+    mid-way end the parent run (FAILED / KILLED) and every running seed's run FAILED."""
+    try:
+        return _run_verify(request, hooks)
+    except TRACKING_FAILURES as exc:
+        uri = mask_url(resolve_tracking_uri(request.tracking_uri, create=False))
+        raise RunFailed(
+            f"tracking {uri} failed mid-verify ({short_reason(exc)}); finished runs are kept, re-run verify for the table"
+        ) from None
+
+
+def _run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     if request.out_dir is not None:
         check_out_dir(request.out_dir)
     check_name("--experiment-name", request.experiment_name)
@@ -209,10 +218,10 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     for v in results:  # a teacher that moved or broke since the search: say so before writing
         check_teacher(v.recipe)
     device = setup_device(request.device)
-    check_tracking(resolve_tracking_uri(request.tracking_uri, create=False))
+    target = tracking_target(request.tracking_uri)
     # All 60k training images: the validation split has done its job in the search.
     data = load_mnist(request.data_dir, val_size=0, limit_train=request.limit_train)
-    tracking = connect(request.tracking_uri, request.experiment_name, DESCRIPTION)
+    tracking = target.open(request.experiment_name, DESCRIPTION)
     record = StudyRecord.of(study)
     budget = record.budget or 0
     experiment_file = str(request.recipe_from or record.experiment_file or "")
@@ -496,7 +505,7 @@ def _init_worker(setup: WorkerSetup) -> None:
     try:
         configure_threads(setup.threads)
         device = torch.device(setup.device)
-        tracking = connect(setup.tracking_uri, setup.experiment_name)
+        tracking = TrackingTarget(setup.tracking_uri).open(setup.experiment_name)  # checked by the parent
         data = load_mnist(setup.data_dir, val_size=0, limit_train=setup.limit_train).to(device)
     except Exception as exc:  # noqa: BLE001 -- raised by the first run: a failing initializer is respawned for ever
         _worker["error"] = exc

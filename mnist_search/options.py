@@ -1,0 +1,132 @@
+"""The command line's options, declared once: their flags, limits, environment variables and help.
+The commands in `cli` take them by these names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+MAX_SEED = 2**31 - 1  # trial n trains with seed + n: leave room below the generators' limits
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Folder holding MNIST/raw/ (default: $MNIST_SEARCH_DATA_DIR, else ./data)."),
+]
+LimitTrain = Annotated[
+    int | None, typer.Option(min=1, help="Train on the first N training images only (smoke runs).")
+]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store mlruns/)."),
+]
+Budget = Annotated[int, typer.Option(min=1, help="Parameter budget: models must have fewer parameters.")]
+StudyName = Annotated[
+    str | None,
+    typer.Option("--study-name", "--study", help="Study name (default: the experiment name + budget)."),
+]
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MNIST_SEARCH_STORAGE",
+        help="Optuna storage: a journal file path (default mlruns/optuna-journal.log), sqlite:// or postgresql://"
+        " ($MNIST_SEARCH_STORAGE keeps a password off your command line).",
+    ),
+]
+ExperimentName = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_EXPERIMENT_NAME",
+        help="MLflow experiment of the runs (default: mnist-search-studies, -train or -verify).",
+    ),
+]
+Jobs = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        envvar="MNIST_SEARCH_JOBS",
+        help="Worker processes here, cores/N torch threads each (default: one per core on the CPU, 1 on "
+        "a GPU); other machines join a study via --storage.",
+        show_default=False,
+    ),
+]
+Experiment = Annotated[
+    str | None,
+    typer.Option(
+        help="Search experiment: a YAML path or a shipped name (budget-1k, budget-1k-separable, ... "
+        "budget-8k). Default: the shipped one for the budget's size (the smallest of 1,000, 2,000, "
+        "3,000, 5,000, 8,000 at least the budget): the family that verified best there.",
+        show_default=False,
+    ),
+]
+Trials = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="The study's TOTAL of trained trials (all runs and workers together): running the "
+        "same command again resumes the study up to this total; raise it to add trials. "
+        "Over-budget proposals are rejected untrained and do not count.",
+    ),
+]
+Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
+TrialEpochs = Annotated[int | None, typer.Option(min=1, help="Epochs per trial (default: the recipe's).")]
+Replicas = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        "--seeds",  # its older name, kept for scripts
+        min=1,
+        max=64,
+        help="Seeds per trial, trained at once (packed) and scored by their mean (default: the "
+        "recipe's `replicas`).",
+    ),
+]
+SamplerSeed = Annotated[
+    int,
+    typer.Option(
+        min=0, max=MAX_SEED, help="Sampler seed; trial n trains seeds (seed + n) x K ... + K-1, K = --replicas."
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")]
+ServiceWait = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=86_400,
+        envvar="MNIST_SEARCH_SERVICE_WAIT",
+        help="Seconds to keep retrying a tracking server or database that is still starting.",
+    ),
+]
+Top = Annotated[int, typer.Option(min=1, help="How many of the best trials (by validation) to retrain.")]
+TrialNumbers = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--trial", help="Retrain these trials instead of the top K (repeatable), e.g. one from the Pareto front."
+    ),
+]
+VerifySeeds = Annotated[int, typer.Option(min=1, help="Seeds per architecture (0, 1, ...).")]
+FirstSeed = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Start the seeds here (--first-seed 3 --seeds 3: seeds 3, 4, 5): a verified point "
+        "checked on seeds it was not judged on.",
+    ),
+]
+VerifyEpochs = Annotated[int, typer.Option(min=1, help="Epochs per run.")]
+OutDir = Annotated[
+    Path | None, typer.Option("--out", help="Write the best verified model, table and commands here.")
+]
+RecipeFrom = Annotated[
+    str | None,
+    typer.Option(
+        help="Train with this experiment's recipe (a path or a shipped name) instead of the one the trials "
+        "were trained with; each trial's searched knobs (lr, batch size, ...) still apply.",
+    ),
+]
+ExperimentRef = Annotated[
+    str,
+    typer.Argument(help="Experiment YAML with a `spec` section: a path or a shipped name (seed-model-1)."),
+]
