@@ -1,6 +1,6 @@
 """A recipe change judged on validation: one spec's seeds trained packed on the 50,000 / 10,000
 split with recipe fields overridden, printing validation accuracy per epoch and per seed, then
-per seed its minimum over the last 3 epochs (the figure compared in results/README.md) and the
+per seed its minimum over the last 3 epochs (the figure compared in docs/history.md) and the
 score a search ranks on (its mean over the last 3 epochs, `FitResult.val_score`), each averaged
 over the seeds. Never the test set: that is `verify`'s, after the choice.
 
@@ -11,8 +11,7 @@ over the seeds. Never the test set: that is `verify`'s, after the choice.
 `--set` overrides a recipe field, `--spec` a field of the network's spec (`--spec pool=blur`).
 
 `--silu` is a probe, not a model option: it swaps every ReLU of the built pack for SiLU (the
-spec has no activation field; this measured whether it should — results/README.md, "Other
-shapes and an activation, on validation": it should not, so far). `--bn-first` is a probe too: every
+spec has no activation field; this measured whether it should — docs/history.md: it should not, so far). `--bn-first` is a probe too: every
 ReLU → BatchNorm pair becomes BatchNorm → ReLU (the spec fixes conv → ReLU → BatchNorm).
 `--shortcuts` is a third: every depthwise-separable block gets a parameter-free identity
 shortcut (PyramidNet's, zero-padded where the block widens, cropped to its unpadded output).

@@ -7,7 +7,7 @@ ms per step, ms per replica-step and the per-replica speed-up against eager K = 
 same process; then the same in the "separate" layout (K small networks side by side, packed.py:
 what `pick_layout` chooses where grouped convolutions are slow), and with `torch.compile` (the
 grouped network's training steps as one compiled graph, its dropout drawn outside it:
-mnist_search/compiled.py), its warm-up time separately.
+mnist_search/speed/compiled.py), its warm-up time separately.
 The last line: `per-replica speed-up at K=3: 1.62x eager, 1.95x compiled`.
 
     python benchmarks/replica_speed.py [--ks 1,2,3,4,8] [--steps 100] [--repeats 3] [--threads N]

@@ -23,7 +23,9 @@ from rich.console import Console
 from mnist_search.core.config import (
     DEFAULT_BUDGET,
     DEFAULT_EPOCHS,
+    DEFAULT_TRIALS,
     TARGET,
+    VERIFY_SEEDS,
     default_search,
     load_experiment,
     load_search,
@@ -42,6 +44,7 @@ from mnist_search.options import (
     FirstSeed,
     Jobs,
     LimitTrain,
+    OldSeeds,
     OutDir,
     Quiet,
     RecipeFrom,
@@ -70,6 +73,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
 
 class WarningLines(logging.Handler):
     """The library's warnings (logger "mnist_search"), one `warning: ...` line each."""
@@ -183,7 +187,13 @@ def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
     from mnist_search.core.model import count_params, layer_table, mult_adds, receptive_field_table
 
     params = count_params(spec)
-    for block in (layer_table(spec), "", receptive_field_table(spec), "", f"Mult-adds per image: {mult_adds(spec):,}"):
+    for block in (
+        layer_table(spec),
+        "",
+        receptive_field_table(spec),
+        "",
+        f"Mult-adds per image: {mult_adds(spec):,}",
+    ):
         _say(block)
     _say(f"Parameters: {params:,} — {'under' if params < budget else 'OVER'} the budget of {budget:,}")
 
@@ -231,10 +241,11 @@ def study(
     ctx: typer.Context,
     budget: Budget = DEFAULT_BUDGET,
     experiment: Experiment = None,
-    trials: Trials = 20,
+    trials: Trials = DEFAULT_TRIALS,
     timeout: Timeout = None,
     epochs: TrialEpochs = None,
     replicas: Replicas = None,
+    seeds: OldSeeds = None,
     study_name: StudyName = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
@@ -253,9 +264,10 @@ def study(
     from mnist_search.workflows.study import StudyRequest  # torch, MLflow, Optuna: after the checks above
 
     request = StudyRequest(**_given(
-        budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs, replicas=replicas,
-        study_name=study_name, storage=storage, tracking_uri=tracking_uri, device=device, seed=seed,
-        data_dir=data_dir, limit_train=limit_train, jobs=jobs, service_wait=service_wait,
+        budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs,
+        replicas=replicas or seeds, study_name=study_name, storage=storage, tracking_uri=tracking_uri,
+        device=device, seed=seed, data_dir=data_dir, limit_train=limit_train, jobs=jobs,
+        service_wait=service_wait,
         experiment_name=experiment_name, command=command_line(ctx),
     ))  # fmt: skip
     _run_study(request, quiet)
@@ -301,7 +313,9 @@ def report(
     if as_json:
         sys.stdout.write(json.dumps(rep.to_json(), indent=2) + "\n")
         return
-    print_report(out, f"study {rep.study} — budget {rep.budget}", rep.rows, rep.front, (rep.feasible, rep.proposed))
+    print_report(
+        out, f"study {rep.study} — budget {rep.budget}", rep.rows, rep.front, (rep.feasible, rep.proposed)
+    )
 
 
 @app.command()
@@ -340,7 +354,7 @@ def verify(
     study_name: StudyName = None,
     top: Top = 1,
     trial_numbers: TrialNumbers = None,
-    seeds: VerifySeeds = 3,
+    seeds: VerifySeeds = VERIFY_SEEDS,
     first_seed: FirstSeed = 0,
     epochs: VerifyEpochs = DEFAULT_EPOCHS,
     storage: Storage = None,

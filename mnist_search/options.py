@@ -76,17 +76,20 @@ Replicas = Annotated[
     int | None,
     typer.Option(
         "--replicas",
-        "--seeds",  # its older name, kept for scripts
         min=1,
         max=64,
         help="Seeds per trial, trained at once (packed) and scored by their mean (default: the "
         "recipe's `replicas`).",
     ),
 ]
+# --replicas's older name, kept working for scripts but out of the help.
+OldSeeds = Annotated[int | None, typer.Option("--seeds", hidden=True, min=1, max=64)]
 SamplerSeed = Annotated[
     int,
     typer.Option(
-        min=0, max=MAX_SEED, help="Sampler seed; trial n trains seeds (seed + n) x K ... + K-1, K = --replicas."
+        min=0,
+        max=MAX_SEED,
+        help="Sampler seed; trial n trains seeds (seed + n) x K ... + K-1, K = --replicas.",
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of the live display.")]
@@ -103,7 +106,8 @@ Top = Annotated[int, typer.Option(min=1, help="How many of the best trials (by v
 TrialNumbers = Annotated[
     list[int] | None,
     typer.Option(
-        "--trial", help="Retrain these trials instead of the top K (repeatable), e.g. one from the Pareto front."
+        "--trial",
+        help="Retrain these trials instead of the top K (repeatable), e.g. one from the Pareto front.",
     ),
 ]
 VerifySeeds = Annotated[int, typer.Option(min=1, help="Seeds per architecture (0, 1, ...).")]

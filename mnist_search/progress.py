@@ -123,8 +123,7 @@ class StudyProgress:
     def for_session(cls, console: Console, session, quiet: bool = False) -> StudyProgress:
         """The display of a prepared study (`workflows.study.prepare_study`), reading the study's
         best, counts and training trials from its storage."""
-        from mnist_search.search.leaderboard import completed, leaderboard
-        from mnist_search.workflows.study import trial_tally, trials_training
+        from mnist_search.search.leaderboard import completed, leaderboard, trial_tally, trials_training
 
         study = session.study
         return cls(

@@ -66,7 +66,7 @@ def test_no_module_imports_itself_back():
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join([*trail[trail.index(nxt):], nxt]))
+                cycles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]))
             elif nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = "done"

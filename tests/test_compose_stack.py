@@ -1,6 +1,6 @@
 """The compose stack, run for real (`pytest -m docker`; deselected by default, `.ci/run` runs it).
 
-What the README's compose section says, done in a copy of this checkout as a new user would:
+What docs/scale-out.md's compose section says, done in a copy of this checkout as a new user would:
 `.env` from `.env.example`, a generated password in `secrets/postgres_password`, then
 `up -d --build` with the smoke override (2 trials of 1 epoch on 3,000 images). Two workers share
 the study; the MLflow REST API on 127.0.0.1:5000 must show its parent run and 2 FINISHED child
@@ -106,7 +106,7 @@ def stack(tmp_path_factory, data_dir):
     if not port_is_free(5000):
         pytest.fail("127.0.0.1:5000 is taken; the stack publishes MLflow there")
     root = checkout_copy(tmp_path_factory.mktemp("clone"))
-    # The README's steps: .env from the example (MNIST_DIR pointed at the data), a password file.
+    # The steps of docs/scale-out.md: .env from the example (MNIST_DIR pointed at the data), a password file.
     env = (root / ".env.example").read_text() + f"\nMNIST_DIR={Path(data_dir).resolve()}\n"
     (root / ".env").write_text(env)
     (root / "secrets").mkdir()

@@ -74,7 +74,10 @@ def test_a_base_beside_the_file_wins_over_a_shipped_one(tmp_path):
         ({"a.yaml": "extends: nosuch\nspec: {stages: [[8]]}\n"}, "extends: nosuch: no such file beside it"),
         ({"a.yaml": "extends: b\n", "b.yaml": "extends: a\n"}, "extends: a -> b -> a is a cycle"),
         ({"a.yaml": "extends: [b]\n"}, "extends: give the name of one experiment file"),
-        ({"a.yaml": "extends: b\n", "b.yaml": "recipe: {epochs: 0}\nspec: {stages: [[8]]}\n"}, "recipe.epochs"),
+        (
+            {"a.yaml": "extends: b\n", "b.yaml": "recipe: {epochs: 0}\nspec: {stages: [[8]]}\n"},
+            "recipe.epochs",
+        ),
     ],
 )
 def test_a_bad_extends_is_one_config_error(tmp_path, files, message):

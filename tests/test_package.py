@@ -36,9 +36,10 @@ def test_a_built_wheel_runs_the_main_command_from_an_unrelated_folder(tmp_path, 
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("mnist_search-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {f"mnist_search/experiments/{n}.yaml" for n in ("budget-8k", "budget-5k", "seed-model-1", "_search-base")} <= set(
-        names
-    )
+    assert {
+        f"mnist_search/experiments/{n}.yaml"
+        for n in ("budget-8k", "budget-5k", "seed-model-1", "_search-base")
+    } <= set(names)
 
     # A fresh environment: its own site-packages holds the wheel; torch, MLflow & co. come from the
     # system site-packages (installing them again would take minutes and prove nothing here).

@@ -29,7 +29,7 @@ def _in_table(name: str) -> bool:
 
 def test_trial_train_and_verify_runs_carry_the_same_metric_names_from_one_table(store, data_dir):
     common = ["--data-dir", str(data_dir), "--device", "cpu", "--limit-train", "1000"]
-    study = runner.invoke(app, ["study", "--trials", "1", "--epochs", "3", "--seeds", "2", "--quiet",
+    study = runner.invoke(app, ["study", "--trials", "1", "--epochs", "3", "--replicas", "2", "--quiet",
                                 *common])  # fmt: skip
     assert study.exit_code == 0, study.output
     train = runner.invoke(app, ["train", "seed-model-2", "--epochs", "3", *common])
@@ -58,12 +58,16 @@ def test_trial_train_and_verify_runs_carry_the_same_metric_names_from_one_table(
     plain = {n for n in per_kind["trial"] if not SEED_NAME.match(n)}
     assert plain == set(names.RUN_METRICS) | {names.VAL_WORST}
     # The same outcome tags, and each run's figures are real: 3 epochs of val and test accuracy.
-    for run in (trial, trained, verified):
+    for run, command in ((trial, "study"), (trained, "train"), (verified, "verify")):
         data = client.get_run(run.info.run_id).data
         assert data.tags[names.STATE] == "COMPLETE" and data.tags[names.TARGET_MET] in ("true", "false")
+        assert data.tags["mlflow.source.name"] == f"mnist-search {command}"  # the runs table's Source
         history = client.get_metric_history(run.info.run_id, "test/acc")
         assert [m.step for m in history] == [1, 2, 3]
         accuracies = [m.value for m in history]
         # Learning: well above chance (0.1) by the last epoch, even on 1,000 training images.
-        assert all(0.0 < a <= 1.0 for a in accuracies) and accuracies[-1] > 0.5, (data.tags[names.KIND], accuracies)
+        assert all(0.0 < a <= 1.0 for a in accuracies) and accuracies[-1] > 0.5, (
+            data.tags[names.KIND],
+            accuracies,
+        )
         assert data.metrics[names.PARAMS] > 1_000

@@ -20,9 +20,9 @@ import optuna
 import psycopg
 import pytest
 
+from mnist_search.search.leaderboard import counts_toward_total
 from mnist_search.search.owners import Owner
 from mnist_search.search.storage import open_storage
-from mnist_search.workflows.study import counts_toward_total
 
 from .conftest import start_mlflow_server, stop_server
 

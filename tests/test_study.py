@@ -14,11 +14,12 @@ import torch
 from mnist_search.cli import app
 from mnist_search.core.config import SearchSpace, load_experiment
 from mnist_search.core.model import build_model, count_params
+from mnist_search.search.leaderboard import trials_done
 from mnist_search.search.objective import Objective
 from mnist_search.search.space import check_budget, sample_recipe, sample_spec, smallest_spec
 from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import make_pruner, open_study
-from mnist_search.workflows.study import TotalReached, trials_done
+from mnist_search.workflows.study import TotalReached
 
 from .conftest import EXPERIMENTS, local_client, runner, runs_of, start_cli, study_args
 
@@ -294,8 +295,8 @@ def test_the_line_counts_the_studys_trials_with_other_workers_training_beside_th
     from mnist_search.core.config import Recipe
     from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
     from mnist_search.progress import StudyProgress
+    from mnist_search.search.leaderboard import trial_tally
     from mnist_search.search.objective import TrialEnd
-    from mnist_search.workflows.study import trial_tally
 
     study = optuna.create_study(
         study_name="s", storage=open_storage(str(tmp_path / "j.log")), direction="maximize"
@@ -351,9 +352,9 @@ def test_the_eta_shares_the_trials_left_among_the_trials_training_in_the_study(t
     from mnist_search.core.config import Recipe
     from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
     from mnist_search.progress import StudyProgress
+    from mnist_search.search.leaderboard import trials_training
     from mnist_search.search.objective import TrialEnd
     from mnist_search.search.records import TrialRecord
-    from mnist_search.workflows.study import trials_training
 
     study = optuna.create_study(
         study_name="s", storage=open_storage(str(tmp_path / "j.log")), direction="maximize"

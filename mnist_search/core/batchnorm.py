@@ -1,28 +1,15 @@
 """BatchNorm2d whose CPU training step on 2+ threads does not use torch's channels-last kernel.
 
-Training keeps activations channels-last (train.py). torch 2.14's CPU BatchNorm kernel for that
-layout, run on 2 threads, is slow unless the channel count is a multiple of 16 (AVX-512 lanes) —
-slower than on 1 thread: forward + backward over (64, C, 24, 24) float32 took 2.9 ms at C = 8
-and 4.3 ms at C = 10 on 2 threads against 1.0 / 1.8 ms on one, and over (128, C, 24, 24) on
-2 threads 1.4 ms at C = 16 but 8.7 ms at C = 10 and 10.2 ms at C = 30 (the 2-core AVX-512 Xeon
-of 2026-12-02). The searched nets' widths (4-48, times K when packed) are rarely multiples of 16.
-Here the per-channel sums are matrix-vector products over the (N·H·W, C) view (BLAS does
-column sums fast, torch's reductions over rows do not) and the normalisation is one fused
+Training keeps activations channels-last (training/train.py). On some CPUs torch's BatchNorm
+kernel for that layout is slow on 2 threads unless the channel count is a multiple of 16 (AVX-512
+lanes), and the searched nets' widths (4-48, times K when packed) rarely are (docs/benchmarks.md,
+"One epoch"). Here the per-channel sums are matrix-vector products over the (N·H·W, C) view (BLAS
+does column sums fast, torch's reductions over rows do not) and the normalisation is one fused
 multiply-add with the channel vectors tiled to a multiple of 16. The variance takes a second
-pass over the centred values (no E[x²] − mean² cancellation): 2.0–3.0 / 6.4 ms for the last two
-against torch's 8.6–8.9 / 12.8–13.7 ms, measured later the same day when the machine ran slower
-(a one-pass prototype took 1.4 / 3.4 ms in the earlier measurement). Same numbers to float32 rounding (tests/test_batchnorm.py checks outputs, gradients and
-running statistics against torch's kernel in float64). On 1 thread torch's kernel is the faster
-one from 24 channels on (C = 24: 2.2 against 4.2 ms), so one-thread processes — each worker of
-`study` and `verify` on the CPU — keep it.
-
-The module is a drop-in `nn.BatchNorm2d` (same name, arguments, parameters and state dict, so
-layer tables, checkpoints and strict loading see no difference). It takes its own path only
-where that is the slow case — training on 2+ threads, a CPU tensor that is channels-last,
-float32 or bfloat16 (autocast), affine with running statistics, fewer than 48 channels and not
-a multiple of 16 — and torch's otherwise (evaluation and export, GPUs, contiguous tensors,
-`torch.compile`: traced through this function, graphs broke and recompiled per width).
-"""
+pass over the centred values (no E[x²] − mean² cancellation). Same numbers to float32 rounding
+(tests/test_batchnorm.py checks outputs, gradients and running statistics against torch's kernel
+in float64). On 1 thread torch's kernel is the faster one, so one-thread processes — each worker
+of `study` and `verify` on the CPU — keep it, and so does `torch.compile`, which writes its own."""
 
 from __future__ import annotations
 

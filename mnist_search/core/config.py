@@ -24,6 +24,8 @@ Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 TARGET = 0.994  # the task: >= 99.4 % test accuracy (in each of the last 3 epochs) ...
 DEFAULT_BUDGET = 8_000  # ... with fewer than this many trainable parameters
 DEFAULT_EPOCHS = 15  # ... usually within 15 epochs: a recipe's, and what `verify` trains
+DEFAULT_TRIALS = 20  # a study's total of trained trials, unless --trials says otherwise
+VERIFY_SEEDS = 3  # seeds per architecture a verify trains: a claim is over seeds, never one run
 DEFAULT_SEARCH = "budget-8k"  # the shipped search experiment `mnist-search study` uses at 8,000
 
 INPUT_SIZE = 28  # MNIST images are 28x28 pixels, one channel
@@ -113,13 +115,12 @@ class Recipe(_Strict):
     # Elastic distortion (Simard et al. 2003): a random displacement per pixel, uniform in [-1, 1]
     # for x and y, smoothed by a Gaussian of `elastic_sigma` pixels and scaled by `elastic`
     # pixels, applied in the same grid sample as the affine warp. 0: none. Measured on an 8k net
-    # it has not paid: level at 20 (~0.6 px), worse at 34 (results/README.md, as for clean_epochs).
+    # it has not paid: level at 20 (~0.6 px), worse at 34 (docs/history.md).
     elastic: Annotated[float, Field(ge=0, le=60)] = 0.0
     elastic_sigma: Annotated[float, Field(gt=0, le=10)] = 4.0
     # The last this-many epochs train on the images as they are (no rotation, translation or
     # scale, elastic): the test images are not warped. 0: every epoch augmented. Measured so far it has
-    # not paid: at a floor rate the last epochs hardly move the weights (results/README.md,
-    # "The last epochs, BatchNorm's place and the augmentation").
+    # not paid: at a floor rate the last epochs hardly move the weights (docs/history.md).
     clean_epochs: Annotated[int, Field(ge=0)] = 0
     val_size: Annotated[int, Field(ge=0, lt=60_000)] = 10_000  # held out of the 60k for decisions
     # BatchNorm statistics used to measure: 0 keeps the running averages (an exponential average
@@ -132,16 +133,14 @@ class Recipe(_Strict):
     replicas: Annotated[int, Field(ge=1, le=64, validation_alias=AliasChoices("replicas", "seeds"))] = 1
     # "bf16": the forward and backward passes in bfloat16 under torch.autocast (convolutions and
     # matrix products; the weights, optimiser, loss, BatchNorm re-estimation and every evaluation
-    # stay float32). Pays where the hardware computes bfloat16 (CPUs with AVX-512 BF16 / AMX,
-    # recent GPUs) and where convolutions dominate a step: on a 2-core Xeon with AMX, seed model
-    # 2's epoch 1.28x faster, a depthwise-separable net's steps 1.0-1.17x (docs/benchmarks.md);
-    # without bf16 units it is emulated and slower. Opt-in: it rounds differently.
+    # stay float32). Pays only where the hardware computes bfloat16 (AVX-512 BF16 / AMX, recent
+    # GPUs; docs/benchmarks.md); elsewhere it is emulated and slower. Opt-in: it rounds differently.
     precision: Literal["fp32", "bf16"] = "fp32"
     # Knowledge distillation: a trained network (a folder as `export` or `verify --out` writes
     # it: spec.yaml, state_dict.pt, experiment.yaml) whose softened outputs on the same augmented
     # batches join the labels in the loss: (1 - distill) * cross-entropy + distill * T² *
     # KL(teacher_T || student_T) at temperature T (Hinton et al. 2015). Paths are relative to the
-    # working folder. Measured so far it has not paid (results/README.md, "Distillation").
+    # working folder. Measured so far it has not paid (docs/history.md).
     # The teacher must never have trained on this run's validation images (checked before
     # anything is written: mnist_search/teacher.py). None: labels only.
     teacher: str | None = None
@@ -153,15 +152,15 @@ class Recipe(_Strict):
     # network a run hands out (export, model.pt2) are the averaged weights, with BatchNorm
     # statistics of their own recomputed after every epoch (so it needs precise_bn > 0).
     # None: the weights as trained. Measured so far it has not paid: ahead mid-training, level
-    # or lower by epochs 13-15 (results/README.md, "Weight averaging").
+    # or lower by epochs 13-15 (docs/history.md).
     ema: Annotated[float, Field(gt=0, lt=1)] | None = None
     # Stochastic weight averaging (Izmailov et al. 2018): from the start of this epoch on, the
     # plain mean of the weights after every optimiser step is what every later measurement is of
     # and what the run hands out (BatchNorm statistics recomputed for it, so it needs precise_bn
     # > 0). Pair it with a schedule that holds a moderate rate while it averages, e.g. onecycle
     # with cycle_epochs one less than this and a small final_div_factor. None: no averaging.
-    # Measured so far it has not paid: level on an 8k net, its seeds closer together
-    # (results/README.md, "Stochastic weight averaging on the 8k net").
+    # It held the < 8,000 goal on one net (results/budget-8k) and was level on two others
+    # (docs/history.md), so it stays opt-in.
     swa_from: PositiveInt | None = None
 
     @model_validator(mode="after")

@@ -1,13 +1,13 @@
 """Element-wise dropout on the CPU by the positions it drops, not by a mask of every element.
 
-torch's `bernoulli_` draws one random number per element: 36 % of a training step of seed model
-2 (profiled). The searched nets drop 0-5 % of their activations, so here a drop's position is drawn
-directly: in a run of independent Bernoulli(p) trials the gaps between drops are geometric, so
-about p·n uniform draws give every dropped position of n elements (the same distribution as one
-coin per element, exact up to float64). The forward pass is then `x · 1/(1-p)` with those
-positions set to 0, its gradient likewise: no mask tensor, and for packed replicas no mask to
-interleave (at K = 3 that interleaving copy alone was ~7 % of a step). From p = 0.1 on (the seed
-models' dropout) a mask of one cheap draw per element is faster, and is used.
+torch's `bernoulli_` draws one random number per element, a large share of a tiny net's training
+step (docs/benchmarks.md). The searched nets drop 0-5 % of their activations, so here a drop's
+position is drawn directly: in a run of independent Bernoulli(p) trials the gaps between drops
+are geometric, so about p·n uniform draws give every dropped position of n elements (the same
+distribution as one coin per element, exact up to float64). The forward pass is then
+`x · 1/(1-p)` with those positions set to 0, its gradient likewise: no mask tensor, and for
+packed replicas no mask to interleave. From p = 0.1 on (the seed models' dropout) a mask of one
+cheap draw per element is faster, and is used.
 
 Positions count in memory order (N, H, W, C for the channels-last tensors training uses), so a
 replica's drops are the same whether it trains alone or in a pack (packed.py maps each

@@ -1,4 +1,5 @@
-"""A study's results from its storage alone: ranked rows, the Pareto front, the feasible share."""
+"""A study's results from its storage alone: ranked rows, the Pareto front, the feasible share, and
+the counts of trained trials every worker and display reads."""
 
 from __future__ import annotations
 
@@ -8,7 +9,42 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
-from mnist_search.search.records import TrialRecord
+from mnist_search.search.records import INTERRUPTED, WORKER_DIED, TrialRecord
+
+
+def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trained trials that ended on their own: completed, pruned, or failed for a reason of
+    their own (NaN loss, out of memory). Interrupted trials and trials of killed workers do not
+    count, so running the command again replaces them."""
+    record = TrialRecord.of(trial)
+    if record.feasible is not True or record.surplus:
+        return False
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        reason = record.fail_reason or ""
+        return bool(reason) and reason != INTERRUPTED and not reason.startswith(WORKER_DIED)
+    return False
+
+
+def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
+    """The study's trained trials that count toward its total, by every worker and run: (trained,
+    of them pruned, of them failed), as the progress line shows them."""
+    states = [t.state for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
+    return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
+
+
+def trials_training(study: optuna.Study) -> int:
+    """How many of the study's trials hold a training slot now, on every worker and machine."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if TrialRecord.of(t).training
+    )
+
+
+def trials_done(study: optuna.Study) -> int:
+    return trial_tally(study)[0]
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:

@@ -1,15 +1,11 @@
 """How to lay out a pack of K replicas on this machine: "grouped" or "separate" (packed.py).
 
-Both train the same replicas; only the speed differs, and it depends on the machine. Measured with
-benchmarks/replica_speed.py: on the GPU and on the 2-core machines of 2026-11-28 the grouped
-network pays (7x per replica on an H200 at K = 64; 1.35-1.65x at K = 3 on the CPU); on a 2-core
-AVX2 EPYC of 2026-12-01 a grouped step of a separable net at K = 3 took 1.4x the separate one,
-while the plain 8k net's grouped pack still paid (docs/benchmarks.md). So on the CPU
-`pick_layout` times a few training steps of each layout for the spec at hand (a few seconds,
-against the minutes of a trial) and takes the faster. MNIST_SEARCH_PACK=grouped|separate pins it
-(for bitwise-repeatable runs on one machine: the two layouts round differently, about 1e-7 in
-float32).
-"""
+Both train the same replicas; only the speed differs, and it depends on the machine and the net:
+on a GPU the grouped network pays many times over, on some CPUs a grouped step of a separable net
+is slower than K separate ones (docs/benchmarks.md, "Packed replicas"). So on the CPU
+`pick_layout` times a few training steps of each layout for the spec at hand (seconds, against
+the minutes of a trial) and takes the faster. MNIST_SEARCH_PACK=grouped|separate pins it (for
+bitwise-repeatable runs on one machine: the two layouts round differently, about 1e-7 in float32)."""
 
 from __future__ import annotations
 

@@ -13,9 +13,7 @@ follows a run alone with seed k (`fit` trains one network as a pack of one; test
 A pack has two layouts with the same interface: "grouped" (`PackedNet`, the grouped network above)
 and "separate" (`SeparatePack`: K packs of one side by side, each replica its own small
 convolutions). They train the same K replicas; which is faster depends on the machine and the
-net (on a 2-core AVX2 EPYC a grouped step of a separable net at K = 3 took 1.4x the separate one;
-on the 2-core machines before it grouped saved about 1/3 of a lone net's cost per replica):
-layout.py measures and picks.
+net (docs/benchmarks.md): layout.py measures and picks.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ import math
 from mnist_search.core.results import EpochResult
 
 # MLflow experiments, by the command that writes to them (each can be renamed with --experiment-name).
-EXPERIMENTS = {"train": "mnist-search-train", "study": "mnist-search-studies", "verify": "mnist-search-verify"}
+EXPERIMENTS = {
+    "train": "mnist-search-train",
+    "study": "mnist-search-studies",
+    "verify": "mnist-search-verify",
+}
 
 # Per epoch (step = the epoch, 1-based): EpochResult's fields under MLflow-style names.
 EPOCH_METRICS = {

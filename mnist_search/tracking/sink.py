@@ -42,6 +42,7 @@ class RunSink:
         data: MNISTData,
         *,
         seeds: Sequence[int],
+        command: str,
         run_name: str,
         budget: int,
         experiment_file: str,
@@ -49,8 +50,8 @@ class RunSink:
         params: dict[str, str] | None = None,
     ) -> RunSink:
         """Create the run (tags first, so it is found even if what follows fails), then log what
-        defines it: spec.* and recipe.* params, its seed(s), its sizes, the data and the tables."""
-        command = tags[names.KIND].split("-")[0]
+        defines it: spec.* and recipe.* params, its seed(s), its sizes, the data and the tables.
+        `command`: the mnist-search command that trains it (train, study, verify), its Source."""
         all_tags = run_tags(spec, budget, experiment_file) | source_tags(command) | tags
         run = tracking.client.create_run(tracking.experiment_id, run_name=run_name, tags=all_tags)
         sink = cls(RunLog(tracking.client, run.info.run_id), seeds)

@@ -133,12 +133,15 @@ class StudyTracker:
         sink = RunSink.open(
             self.tracking, spec, recipe, self.data,
             seeds=replica_seeds(self.seed, trial.number, recipe.replicas),
+            command="study",
             run_name=f"t{trial.number}-{count_params(spec)}p",  # short: the runs table shows it whole
             budget=self.budget, experiment_file=self.experiment_file,
-            tags={"mlflow.parentRunId": self.parent_id, names.KIND: "trial", "trial_number": str(trial.number),
-                  "study_name": self.study.study_name, "storage": self.storage, names.STATE: "RUNNING"},
+            tags={"mlflow.parentRunId": self.parent_id, names.KIND: "trial",
+                  "trial_number": str(trial.number), "study_name": self.study.study_name,
+                  "storage": self.storage, names.STATE: "RUNNING"},
             # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
-            params={f"knob.{k}": str(v) for k, v in trial.params.items()} | {"trial_number": str(trial.number)},
+            params={f"knob.{k}": str(v) for k, v in trial.params.items()}
+            | {"trial_number": str(trial.number)},
         )  # fmt: skip
         self.sinks[trial.number] = sink
         TrialRecord.write(trial, mlflow_run_id=sink.run_id)
@@ -151,7 +154,9 @@ class StudyTracker:
         sink = self.sinks.get(end.number)
         if sink is None:  # interrupted before its run was created: nothing to close
             return
-        sink.close(end.state, end.result, model, self.data.example() if model is not None else None, end.reason)
+        sink.close(
+            end.state, end.result, model, self.data.example() if model is not None else None, end.reason
+        )
         del self.sinks[end.number]
 
     # End of an invocation -------------------------------------------------------------------

@@ -102,7 +102,6 @@ def goal_text(goal: tuple[float, float | None] | None) -> str:
     return f"mean ≥ {100 * mean:.2f} %, {text}" if mean is not None else text
 
 
-
 def point_line(p) -> str:
     """One verified point in a line, as `mnist-search frontier` prints it."""
     verdict = {True: "held", False: "missed", None: "no goal"}[p.goal_met]
@@ -110,6 +109,7 @@ def point_line(p) -> str:
         f"< {p.budget:>5,}  {p.folder:<18} {p.params:>6,} params  {100 * p.mean:.2f} % ± {100 * p.std:.2f}  "
         f"worst seed {100 * p.worst:.2f} %  goal ({goal_text(p.goal)}) {verdict}"
     )
+
 
 def load_points(results: Path) -> list[Point]:
     """Every `budget-*` folder under `results` with a verify table, by budget then params."""

@@ -19,12 +19,16 @@ class StudyReport:
     proposed: int  # ... of all proposals
 
     def to_json(self) -> dict:
-        return {"study": self.study, "budget": self.budget, "proposals": self.proposed, "feasible": self.feasible,
-                "trials": [r.to_dict() for r in self.rows], "pareto_front": [r.trial for r in self.front]}  # fmt: skip
+        return {
+            "study": self.study, "budget": self.budget, "proposals": self.proposed, "feasible": self.feasible,
+            "trials": [r.to_dict() for r in self.rows], "pareto_front": [r.trial for r in self.front],
+        }  # fmt: skip
 
 
 def study_report(study_name: str | None, storage: str | None) -> StudyReport:
     study = load_study(study_name, storage)
     rows = leaderboard(study)
     feasible, proposed = feasible_share(study)
-    return StudyReport(study.study_name, StudyRecord.of(study).budget, rows, pareto_front(rows), feasible, proposed)
+    return StudyReport(
+        study.study_name, StudyRecord.of(study).budget, rows, pareto_front(rows), feasible, proposed
+    )

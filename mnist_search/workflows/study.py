@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from mnist_search.core.config import (
     DEFAULT_BUDGET,
+    DEFAULT_TRIALS,
     ConfigError,
     Experiment,
     Recipe,
@@ -32,10 +33,16 @@ from mnist_search.core.config import (
 )
 from mnist_search.core.data import MNISTData, load_mnist
 from mnist_search.core.settings import default_storage_url, mask_url
-from mnist_search.search.leaderboard import completed, feasible_share, leaderboard
+from mnist_search.search.leaderboard import (
+    completed,
+    counts_toward_total,
+    feasible_share,
+    leaderboard,
+    trials_done,
+)
 from mnist_search.search.objective import FanOut, Objective, TrialFailed, TrialHooks
 from mnist_search.search.owners import Owner
-from mnist_search.search.records import INTERRUPTED, WORKER_DIED, TrialRecord
+from mnist_search.search.records import WORKER_DIED, TrialRecord
 from mnist_search.search.space import check_budget
 from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import default_study_name, open_study
@@ -61,41 +68,6 @@ DESCRIPTION = (
     "each of the last 3 epochs (tag target_met)."
 )
 REPEATS_TO_STOP = 3  # the same failure this many trials in a row stops the study
-
-
-def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
-    """Trained trials that ended on their own: completed, pruned, or failed for a reason of
-    their own (NaN loss, out of memory). Interrupted trials and trials of killed workers do not
-    count, so running the command again replaces them."""
-    record = TrialRecord.of(trial)
-    if record.feasible is not True or record.surplus:
-        return False
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    if trial.state == TrialState.FAIL:
-        reason = record.fail_reason or ""
-        return bool(reason) and reason != INTERRUPTED and not reason.startswith(WORKER_DIED)
-    return False
-
-
-def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
-    """The study's trained trials that count toward its total, by every worker and run: (trained,
-    of them pruned, of them failed), as the progress line shows them."""
-    states = [t.state for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
-    return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
-
-
-def trials_training(study: optuna.Study) -> int:
-    """How many of the study's trials hold a training slot now, on every worker and machine."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if TrialRecord.of(t).training
-    )
-
-
-def trials_done(study: optuna.Study) -> int:
-    return trial_tally(study)[0]
 
 
 def ahead_of(trial: optuna.trial.FrozenTrial, number: int) -> bool:
@@ -222,7 +194,7 @@ class StudyRequest(RunRequest):
     budget: int = Field(DEFAULT_BUDGET, gt=0)
     # A path or a shipped experiment's name; None: the shipped one for the budget (default_search).
     experiment: str | None = None
-    trials: int = Field(20, gt=0)
+    trials: int = Field(DEFAULT_TRIALS, gt=0)
     timeout: float | None = None
     epochs: int | None = Field(None, gt=0)  # per trial; None: the recipe's
     replicas: int | None = Field(None, ge=1, le=64)  # seeds per trial, packed; None: the recipe's
@@ -283,7 +255,10 @@ class StudySession:
         done, total = self.done, self.request.trials
         if done < total:
             return None
-        return f"study {self.name} already has {done} trained trials (--trials {total}); raise --trials to add more"
+        return (
+            f"study {self.name} already has {done} trained trials (--trials {total}); "
+            "raise --trials to add more"
+        )
 
     def header(self) -> str:
         """The first line of a run: the study, its progress, the workers, and where things go."""
@@ -356,7 +331,10 @@ def prepare_study(request: StudyRequest) -> StudySession:
         check_jobs(request.jobs)
     device = setup_device(request.device)
     recipe = exp.recipe.model_copy(
-        update={"epochs": request.epochs or exp.recipe.epochs, "replicas": request.replicas or exp.recipe.replicas}
+        update={
+            "epochs": request.epochs or exp.recipe.epochs,
+            "replicas": request.replicas or exp.recipe.replicas,
+        }
     )
     target = tracking_target(request.tracking_uri, wait=request.service_wait)
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
@@ -455,35 +433,46 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
     if outcome.repeated_failure is not None:
         return end.say(
             f"error: {name}: the last {REPEATS_TO_STOP} trials failed with the same error "
-            f"({outcome.repeated_failure}); the study stopped; fix the cause and re-run the same command to resume",
+            f"({outcome.repeated_failure}); the study stopped; "
+            "fix the cause and re-run the same command to resume",
             "err",
         ).with_code(1)
     if outcome.tracking_failure is not None:
         return end.say(
-            f"error: tracking server {mask_url(session.tracking.uri)} failed mid-study ({outcome.tracking_failure}); "
-            f"the running trial was marked FAIL, {session.done} finished trials are kept in the study storage; "
+            f"error: tracking server {mask_url(session.tracking.uri)} failed mid-study "
+            f"({outcome.tracking_failure}); the running trial was marked FAIL, "
+            f"{session.done} finished trials are kept in the study storage; "
             "re-run the same command to resume",
             "err",
         ).with_code(1)
     if not worker:  # a worker's summary would not be the study's: others may still be training
         end.say(study_summary(session.study, session.request.trials)).say_link(session.tracking)
     if outcome.status == "KILLED":
-        return end.say("interrupted: the running trial was marked FAIL; run the same command to resume", "err").with_code(130)
+        return end.say(
+            "interrupted: the running trial was marked FAIL; run the same command to resume", "err"
+        ).with_code(130)
     return end
 
 
 def _workers_end(session: StudySession, outcome: StudyOutcome) -> StudyEnd:
     """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
     done, total = session.done, session.request.trials
-    end = StudyEnd().say(f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers")
+    end = StudyEnd().say(
+        f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers"
+    )
     for w in outcome.dead_workers:
         then = "another worker trained its trial again" if done >= total else "its trial is queued again"
         end.say(f"warning: worker {w.index} (pid {w.pid}) {w.how}; {then}", "err")
     codes = [w.code for w in outcome.workers]
     if 130 in codes:
-        return end.say("interrupted: the running trials were marked FAIL; run the same command to resume", "err").with_code(130)
+        return end.say(
+            "interrupted: the running trials were marked FAIL; run the same command to resume", "err"
+        ).with_code(130)
     if done >= total or not any(codes):  # the total, or every worker reached --timeout
         return end.say(study_summary(session.study, total)).say_link(session.tracking)
     if outcome.dead_workers:
-        return end.say(f"error: {done}/{total} trials trained when the workers ended; re-run the same command to finish", "err").with_code(1)
+        return end.say(
+            f"error: {done}/{total} trials trained when the workers ended; re-run the same command to finish",
+            "err",
+        ).with_code(1)
     return end.with_code(max(codes, key=abs) or 1)

@@ -81,12 +81,13 @@ def train_into_runs(
     [(run id, FitResult, model)] per seed. Any exception ends every run FAILED (a NaN loss with
     its reason) and is re-raised. `on_epoch` gets each epoch's per-seed results."""
     parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    command = tags["kind"].split("-")[0]  # train, or verify for its verify-run runs
     sinks: list[RunSink] = []
     result = ReplicaResults.empty(seeds)
     try:
         for seed, name in zip(seeds, run_names):
             sinks.append(RunSink.open(
-                tracking, spec, recipe, data, seeds=[seed], run_name=name, budget=budget,
+                tracking, spec, recipe, data, seeds=[seed], command=command, run_name=name, budget=budget,
                 experiment_file=experiment_file, tags=tags | parent,
             ))  # fmt: skip
 

@@ -25,6 +25,7 @@ from pydantic import Field
 from mnist_search.core.config import (
     DEFAULT_EPOCHS,
     TARGET,
+    VERIFY_SEEDS,
     ArchSpec,
     ConfigError,
     Recipe,
@@ -154,7 +155,7 @@ class VerifyRequest(RunRequest):
     study_name: str | None = None
     top: int = Field(1, gt=0)
     trials: tuple[int, ...] = ()  # named trials instead of the top K
-    seeds: int = Field(3, gt=0)  # seeds per architecture: first_seed, first_seed + 1, ...
+    seeds: int = Field(VERIFY_SEEDS, gt=0)  # seeds per architecture: first_seed, first_seed + 1, ...
     first_seed: int = Field(0, ge=0)  # fresh seeds for a point already verified
     epochs: int = Field(DEFAULT_EPOCHS, gt=0)
     storage: str | None = None
@@ -201,7 +202,8 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     except TRACKING_FAILURES as exc:
         uri = mask_url(resolve_tracking_uri(request.tracking_uri, create=False))
         raise RunFailed(
-            f"tracking {uri} failed mid-verify ({short_reason(exc)}); finished runs are kept, re-run verify for the table"
+            f"tracking {uri} failed mid-verify ({short_reason(exc)}); "
+            "finished runs are kept, re-run verify for the table"
         ) from None
 
 

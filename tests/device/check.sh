@@ -9,7 +9,7 @@ python3 -m mnist_search study --experiment budget-8k --trials 2 --epochs 1 --lim
 python3 -m mnist_search verify --top 1 --seeds 1 --epochs 1 --limit-train 10000 --device cuda 2>&1 | tail -3
 python3 - <<'PY'
 import mlflow, numpy as np, torch
-from mnist_search.data import load_raw
+from mnist_search.core.data import load_raw
 mlflow.set_tracking_uri("sqlite:////tmp/store/mlflow.db")
 c = mlflow.MlflowClient()
 raw = load_raw(None)

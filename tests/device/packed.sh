@@ -5,18 +5,18 @@
 # 1. replica k of a packed run on CUDA against a run alone with seed k (float64, 14 steps);
 # 2. a compiled pack against the eager one on CUDA (tests/device/compiled_check.py);
 # 3. benchmarks/replica_speed.py on CUDA, K up to 64, eager, then compiled (one graph, dropout drawn
-#    outside it: mnist_search/compiled.py) for K = 1, 8, 64.
+#    outside it: mnist_search/speed/compiled.py) for K = 1, 8, 64.
 set -x
 pip install -q --no-deps --target /tmp/site .whl/*.whl > /tmp/pip.log 2>&1 || tail -5 /tmp/pip.log
 export PYTHONPATH=/tmp/site:$PWD MNIST_SEARCH_DATA_DIR=$PWD/.gpu/mnist PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 - <<'PY'
 import torch
-from mnist_search.config import ArchSpec, Recipe
-from mnist_search.data import MNISTData, Split, load_mnist
-from mnist_search.model import build_model
-from mnist_search.packed import pack, unpack
-from mnist_search.train import fit, fit_replicas
+from mnist_search.core.config import ArchSpec, Recipe
+from mnist_search.core.data import MNISTData, Split, load_mnist
+from mnist_search.core.model import build_model
+from mnist_search.speed.packed import pack, unpack
+from mnist_search.training.train import fit, fit_replicas
 
 cuda = torch.device("cuda")
 spec = ArchSpec(stages=[[6, 8], [8, 10]], transitions=[6], batchnorm=True, dropout=0.1, head="conv")
