@@ -13,7 +13,7 @@ from .conftest import EXPERIMENTS, REPO
 
 # Every shipped experiment as it loaded when each file still wrote out its whole recipe and pruner
 # (model_dump of the loaded Experiment, taken before the files were cut down to their differences).
-BEFORE = json.loads((REPO / "tests" / "data" / "experiments_resolved.json").read_text())
+BEFORE = json.loads((REPO / "tests" / "fixtures" / "experiments_resolved.json").read_text())
 # The one field renamed since (same value; the old name still loads): seeds per trial -> replicas.
 RENAMED = {"recipe.seeds": "recipe.replicas"}
 

@@ -14,7 +14,7 @@ RESULTS = REPO / "results"
 # The records of superseded points (text only: verify.json / .md, experiment.yaml, spec.yaml) and
 # the journal of the GPU-era searches, kept to test how `frontier` reads and labels every kind of
 # point (bf16, distilled, Adam, averaged, read from an older table, a mixed-device search).
-HISTORY = REPO / "tests" / "data" / "frontier-history"
+HISTORY = REPO / "tests" / "fixtures" / "frontier-history"
 
 
 def history_page() -> str:

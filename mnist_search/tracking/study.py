@@ -4,6 +4,7 @@ Written by hand (optuna-integration's MLflowCallback is deprecated and logs only
 The parent's id is kept in the study's attributes, so a resumed study (or a second worker) nests
 its trials under the same parent. Each trained trial's child run (tag mlflow.parentRunId) ends
 FINISHED, KILLED (pruned) or FAILED; over-budget proposals are never trained and get no run.
+Each trial's run is a `sink.RunSink`, as `train`'s and `verify`'s are.
 """
 
 from __future__ import annotations

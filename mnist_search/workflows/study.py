@@ -1,10 +1,11 @@
-"""Studies: open or resume one (its sampler, pruner and creation are in `search`, which needs no
-MLflow), training slots, dead workers, running it.
+"""`mnist-search study`: open or resume a study (its sampler, pruner and creation are in
+`search.studies`, which needs no MLflow), training slots, dead workers, running it, and how it ended.
 
 `--trials` is the study's total of trained trials, over every invocation and worker. A study is
-run in two steps so the CLI can print between them: `prepare_study` checks everything that can be
+run in steps so the CLI can print between them: `prepare_study` checks everything that can be
 wrong and opens both stores (nothing is written to either before all checks pass), then
-`StudySession.run` trains here or starts `--jobs` worker processes.
+`StudySession.run` trains here or starts `--jobs` worker processes, and `study_end` turns the
+outcome into the lines to print and the exit code (`StudyEnd`).
 """
 
 from __future__ import annotations

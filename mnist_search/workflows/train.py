@@ -97,7 +97,11 @@ def train_into_runs(
             if on_epoch is not None:
                 on_epoch(epoch)
 
-        models = train_seeds(spec, data, recipe, device, result, logged)
+        def packed(layout: str) -> None:  # on the runs while they train, as soon as it is chosen
+            for sink in sinks:
+                sink.packed(layout)
+
+        models = train_seeds(spec, data, recipe, device, result, logged, packed)
         for sink, seed, own, model in zip(sinks, seeds, result.results, models):
             sink.close("COMPLETE", ReplicaResults([seed], [own], result.layout), model, data.example())
     except BaseException as exc:
