@@ -87,3 +87,21 @@ def test_a_bad_extends_is_one_config_error(tmp_path, files, message):
         load_experiment(tmp_path / "a.yaml")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_recipes_recorded_with_the_old_seeds_name_still_load_as_replicas():
+    """Trials record their recipe in the study; the committed journals' say `seeds` (the name
+    before `replicas`). `verify` rebuilds recipes from them, so they must load unchanged."""
+    import optuna
+
+    from mnist_search.core.config import Recipe
+    from mnist_search.search.records import TrialRecord
+    from mnist_search.search.storage import open_storage
+
+    journal = REPO / "results" / "studies" / "cpu-search-8k-separable.journal"
+    study = optuna.load_study(study_name="budget-8k-separable-b8000", storage=open_storage(str(journal)))
+    recorded = TrialRecord.of(study.trials[30]).recipe
+    assert recorded["seeds"] == 3 and "replicas" not in recorded
+    recipe = Recipe.model_validate(recorded)
+    assert (recipe.replicas, recipe.batch_size, round(recipe.lr, 4)) == (3, 64, 0.1507)
+    assert Recipe.model_validate(recipe.model_dump()) == recipe  # and round-trips under the new name
