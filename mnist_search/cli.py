@@ -24,14 +24,13 @@ from mnist_search.core.config import (
     DEFAULT_BUDGET,
     DEFAULT_EPOCHS,
     DEFAULT_TRIALS,
-    TARGET,
     VERIFY_SEEDS,
     default_search,
     load_experiment,
     load_search,
     load_spec,
 )
-from mnist_search.core.errors import USAGE_ERRORS, NonFiniteLoss, RunFailed
+from mnist_search.core.errors import USAGE_ERRORS
 from mnist_search.core.settings import mask_url
 from mnist_search.options import (
     MAX_SEED,
@@ -134,29 +133,19 @@ def command_line(ctx: typer.Context) -> str:
     return mask_url(shlex.join(words))
 
 
-def checked(call, *args):
-    """call(*args), a user's mistake (one of USAGE_ERRORS) ending the command as a one-line exit 2."""
-    try:
-        return call(*args)
-    except USAGE_ERRORS as exc:
-        fail(str(exc))
-
-
 @contextmanager
-def reporting(interrupted: str):
-    """Around a command that trains: a user's mistake is one line and exit 2; a fault mid-run
-    (a NaN loss, a tracking server lost) one line and exit 1; Ctrl-C says `interrupted` and 130."""
+def usage_errors():
+    """Within the block, a user's mistake (one of USAGE_ERRORS) ends the command as a one-line exit 2."""
     try:
         yield
     except USAGE_ERRORS as exc:
         fail(str(exc))
-    except NonFiniteLoss as exc:
-        fail(f"training failed: {exc}", code=1)
-    except RunFailed as exc:
-        fail(str(exc), code=1)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: {interrupted}", highlight=False)
-        raise typer.Exit(130) from None
+
+
+def checked(call, *args):
+    """call(*args), a user's mistake ending the command as a one-line exit 2."""
+    with usage_errors():
+        return call(*args)
 
 
 def _checked_jobs(device: str, jobs: int | None) -> int:
@@ -175,9 +164,12 @@ def _say(line: str, stream: str = "out") -> None:
     (out if stream == "out" else err).print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def _print_link(link: str) -> None:
-    if link:
-        _say(f"MLflow: {link}")
+def _finish(end) -> None:
+    """Print a command's outcome (`workflows.outcome.Outcome`) and exit with its code."""
+    for stream, line in end.lines:
+        _say(line, stream)
+    if end.code:
+        raise typer.Exit(end.code)
 
 
 @app.command()
@@ -215,25 +207,20 @@ def train(
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
     checked(check_device_name, device)
     exp, _ = checked(load_spec, path)
-    from mnist_search.core.model import count_params  # torch, MLflow: after the checks above
-    from mnist_search.progress import EpochProgress
-    from mnist_search.workflows.train import TrainRequest, run_train
+    from mnist_search.progress import EpochProgress  # torch, MLflow: after the checks above
+    from mnist_search.workflows.train import TrainRequest, train_command
 
     request = TrainRequest(**_given(
         experiment=path, epochs=epochs, seed=seed, device=device, data_dir=data_dir, limit_train=limit_train,
         tracking_uri=tracking_uri, experiment_name=experiment_name, budget=budget,
     ))  # fmt: skip
-    with reporting("the MLflow run was marked FAILED"):
-        with EpochProgress(epochs or exp.recipe.epochs, out, label=exp.name or "train") as progress:
-            run = run_train(request, on_epoch=progress.update)
-    last = run.result.epochs[-1]
-    _say(
-        f"run {run.run_id}: {count_params(run.spec):,} params, epoch {last.epoch}: "
-        f"val acc {last.val_acc:.4f}, test acc {last.test_acc:.4f}, "
-        f"target met: {'yes' if run.result.target_met(TARGET) else 'no'} "
-        f"({last.epoch_seconds:.1f} s/epoch on {run.device.type})"
-    )
-    _print_link(run.link)
+    # The display stops before a usage error's line is printed (usage_errors exits last).
+    with (
+        usage_errors(),
+        EpochProgress(epochs or exp.recipe.epochs, out, label=exp.name or "train") as progress,
+    ):
+        end = train_command(request, progress.update)
+    _finish(end)
 
 
 @app.command()
@@ -292,11 +279,7 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
         _say(session.header())
     with StudyProgress.for_session(out, session, quiet=quiet or request.jobs > 1) as progress:
         outcome = session.run(progress)
-    end = study_end(session, outcome, worker)
-    for stream, line in end.lines:
-        _say(line, stream)
-    if end.code:
-        raise typer.Exit(end.code)
+    _finish(study_end(session, outcome, worker))
 
 
 @app.command()
@@ -373,7 +356,7 @@ def verify(
         checked(load_experiment, recipe_from)  # a typo answers before torch is imported
     jobs = _checked_jobs(device, jobs)
     from mnist_search.progress import VerifyDisplay  # torch, MLflow, Optuna: after the checks above
-    from mnist_search.workflows.verify import VerifyRequest, run_verify
+    from mnist_search.workflows.verify import VerifyRequest, verify_command
 
     request = VerifyRequest(**_given(
         study_name=study_name, top=top, trials=tuple(trial_numbers or ()), seeds=seeds, first_seed=first_seed,
@@ -381,13 +364,7 @@ def verify(
         limit_train=limit_train, out_dir=out_dir, recipe_from=recipe_from, jobs=jobs,
         experiment_name=experiment_name, command=command_line(ctx),
     ))  # fmt: skip
-    with reporting("the running seeds' MLflow runs were marked FAILED"):
-        result = run_verify(request, VerifyDisplay(out))
-    _say(result.table)
-    _say(f"wall time {result.wall_seconds / 60:.1f} min")
-    _print_link(result.link)
-    if out_dir is not None:
-        _say(f"best verified model written to {out_dir}")
+    _finish(checked(verify_command, request, VerifyDisplay(out)))
 
 
 @app.command()

@@ -5,7 +5,7 @@
 run in steps so the CLI can print between them: `prepare_study` checks everything that can be
 wrong and opens both stores (nothing is written to either before all checks pass), then
 `StudySession.run` trains here or starts `--jobs` worker processes, and `study_end` turns the
-outcome into the lines to print and the exit code (`StudyEnd`).
+outcome into the lines to print and the exit code (`Outcome`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import optuna
 import torch
@@ -51,6 +51,7 @@ from mnist_search.tracking import names
 from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, runs_link, short_reason, tracking_target
 from mnist_search.tracking.study import StudyTracker, fail_stale_run
 from mnist_search.training.teacher import check_teacher
+from mnist_search.workflows.outcome import INTERRUPTED_CODE, Outcome
 from mnist_search.workflows.request import RunRequest
 from mnist_search.workflows.runtime import (
     WorkerExit,
@@ -389,26 +390,6 @@ def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, 
 # --- how a study ended, as the command tells it ---------------------------------------------------
 
 
-@dataclass
-class StudyEnd:
-    """What `study` says when it ends, in order (("out" | "err", line)), and its exit code."""
-
-    code: int = 0
-    lines: list[tuple[str, str]] = field(default_factory=list)
-
-    def say(self, text: str, stream: str = "out") -> StudyEnd:
-        self.lines.append((stream, text))
-        return self
-
-    def say_link(self, tracking: Tracking) -> StudyEnd:
-        link = runs_link(tracking)
-        return self.say(f"MLflow: {link}") if link else self
-
-    def with_code(self, code: int) -> StudyEnd:
-        self.code = code
-        return self
-
-
 def study_summary(study, trials: int) -> str:
     """One line: trials trained, the share of proposals under budget, and the best trial."""
     feasible, proposed = feasible_share(study)
@@ -425,12 +406,12 @@ def study_summary(study, trials: int) -> str:
     return line
 
 
-def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False) -> StudyEnd:
+def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False) -> Outcome:
     """The lines and exit code of a study invocation that ran (`session.run`): 0 when the study
     reached its total or its timeout, 1 for a fault that stopped it, 130 when interrupted."""
     if outcome.workers is not None:
         return _workers_end(session, outcome)
-    end, name = StudyEnd(), session.name
+    end, name = Outcome(), session.name
     if outcome.repeated_failure is not None:
         return end.say(
             f"error: {name}: the last {REPEATS_TO_STOP} trials failed with the same error "
@@ -447,18 +428,18 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
             "err",
         ).with_code(1)
     if not worker:  # a worker's summary would not be the study's: others may still be training
-        end.say(study_summary(session.study, session.request.trials)).say_link(session.tracking)
+        end.say(study_summary(session.study, session.request.trials)).say_link(runs_link(session.tracking))
     if outcome.status == "KILLED":
         return end.say(
             "interrupted: the running trial was marked FAIL; run the same command to resume", "err"
-        ).with_code(130)
+        ).with_code(INTERRUPTED_CODE)
     return end
 
 
-def _workers_end(session: StudySession, outcome: StudyOutcome) -> StudyEnd:
+def _workers_end(session: StudySession, outcome: StudyOutcome) -> Outcome:
     """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
     done, total = session.done, session.request.trials
-    end = StudyEnd().say(
+    end = Outcome().say(
         f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers"
     )
     for w in outcome.dead_workers:
@@ -468,9 +449,9 @@ def _workers_end(session: StudySession, outcome: StudyOutcome) -> StudyEnd:
     if 130 in codes:
         return end.say(
             "interrupted: the running trials were marked FAIL; run the same command to resume", "err"
-        ).with_code(130)
+        ).with_code(INTERRUPTED_CODE)
     if done >= total or not any(codes):  # the total, or every worker reached --timeout
-        return end.say(study_summary(session.study, total)).say_link(session.tracking)
+        return end.say(study_summary(session.study, total)).say_link(runs_link(session.tracking))
     if outcome.dead_workers:
         return end.say(
             f"error: {done}/{total} trials trained when the workers ended; re-run the same command to finish",

@@ -9,15 +9,17 @@ from dataclasses import dataclass
 import torch
 from pydantic import Field
 
-from mnist_search.core.config import DEFAULT_BUDGET, ArchSpec, Recipe, check_name, load_spec
+from mnist_search.core.config import DEFAULT_BUDGET, TARGET, ArchSpec, Recipe, check_name, load_spec
 from mnist_search.core.data import MNISTData, load_mnist
-from mnist_search.core.errors import NonFiniteLoss
+from mnist_search.core.errors import NonFiniteLoss, RunFailed
+from mnist_search.core.model import count_params
 from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
 from mnist_search.tracking import names
 from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, runs_link, tracking_target
 from mnist_search.tracking.sink import RunSink
 from mnist_search.training.teacher import check_teacher
 from mnist_search.training.train import train_seeds
+from mnist_search.workflows.outcome import Outcome, fault
 from mnist_search.workflows.request import RunRequest
 from mnist_search.workflows.runtime import setup_device
 
@@ -60,6 +62,26 @@ def run_train(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | N
         on_epoch=(lambda epoch: on_epoch(epoch[0])) if on_epoch else None,
     )  # fmt: skip
     return TrainedRun(run_id, spec, result, device, runs_link(tracking))
+
+
+def train_command(request: TrainRequest, on_epoch: Callable[[EpochResult], None] | None = None) -> Outcome:
+    """`mnist-search train`: the run, and the line that says what it reached. A user's mistake
+    raises (exit 2, nothing written); a NaN loss or an interrupt is the outcome (its run FAILED)."""
+    try:
+        run = run_train(request, on_epoch)
+    except (NonFiniteLoss, RunFailed, KeyboardInterrupt) as exc:
+        return fault(exc, "the MLflow run was marked FAILED")
+    last = run.result.epochs[-1]
+    return (
+        Outcome()
+        .say(
+            f"run {run.run_id}: {count_params(run.spec):,} params, epoch {last.epoch}: "
+            f"val acc {last.val_acc:.4f}, test acc {last.test_acc:.4f}, "
+            f"target met: {'yes' if run.result.target_met(TARGET) else 'no'} "
+            f"({last.epoch_seconds:.1f} s/epoch on {run.device.type})"
+        )
+        .say_link(run.link)
+    )
 
 
 def train_into_runs(

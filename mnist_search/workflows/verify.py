@@ -34,7 +34,7 @@ from mnist_search.core.config import (
     load_experiment,
 )
 from mnist_search.core.data import load_mnist
-from mnist_search.core.errors import RunFailed
+from mnist_search.core.errors import NonFiniteLoss, RunFailed
 from mnist_search.core.model import build_model, mult_adds
 from mnist_search.core.results import EpochResult, FitResult
 from mnist_search.core.settings import mask_url, resolve_tracking_uri
@@ -57,6 +57,7 @@ from mnist_search.tracking.client import (
 from mnist_search.tracking.registry import crown
 from mnist_search.training.teacher import check_teacher
 from mnist_search.workflows.export import check_out_dir, export_model
+from mnist_search.workflows.outcome import Outcome, fault
 from mnist_search.workflows.request import RunRequest
 from mnist_search.workflows.runtime import available_cores, check_jobs, setup_device
 from mnist_search.workflows.schedule import plan_packs
@@ -205,6 +206,19 @@ def run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
             f"tracking {uri} failed mid-verify ({short_reason(exc)}); "
             "finished runs are kept, re-run verify for the table"
         ) from None
+
+
+def verify_command(request: VerifyRequest, hooks: VerifyHooks) -> Outcome:
+    """`mnist-search verify`: the table, the wall time, the link and where the model went. A
+    user's mistake raises (exit 2, nothing written); a NaN loss, a lost tracking server or an
+    interrupt is the outcome (the running seeds' runs FAILED, what finished kept)."""
+    try:
+        report = run_verify(request, hooks)
+    except (NonFiniteLoss, RunFailed, KeyboardInterrupt) as exc:
+        return fault(exc, "the running seeds' MLflow runs were marked FAILED")
+    end = Outcome().say(report.table).say(f"wall time {report.wall_seconds / 60:.1f} min")
+    end.say_link(report.link)
+    return end.say(f"best verified model written to {request.out_dir}") if request.out_dir else end
 
 
 def _run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
