@@ -475,3 +475,45 @@ def test_two_workers_ending_at_the_timeout_exit_0_with_one_summary(tmp_path, dat
     assert out.count("trials trained") == 2  # the workers' count line, then the study's summary
     assert f"study budget-8k-b8000: {done}/100 trials trained by 2 workers" in out
     assert out.count("MLflow: ") == 1
+
+
+def test_the_resume_summary_counts_what_a_study_holds_by_kind(tmp_path):
+    from optuna.trial import TrialState, create_trial
+
+    from mnist_search.search.leaderboard import resume_summary
+
+    study = optuna.create_study(study_name="s", storage=open_storage(str(tmp_path / "j.log")))
+    assert resume_summary(study) == ""  # a new study: nothing to resume
+    for state, attrs in [
+        (TrialState.COMPLETE, {"feasible": True}),
+        (TrialState.PRUNED, {"feasible": True}),
+        (TrialState.FAIL, {"feasible": True, "fail_reason": "ValueError: loss is nan"}),  # its own: counts
+        (TrialState.FAIL, {"feasible": True, "fail_reason": "interrupted"}),  # Ctrl-C: replaced
+        (TrialState.FAIL, {"feasible": True, "fail_reason": "worker died (pid 7 on h)"}),  # retried
+        (TrialState.PRUNED, {"feasible": False}),  # over budget, never trained
+    ]:
+        value = 0.98 if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, value=value, user_attrs=attrs))
+    assert resume_summary(study) == (
+        "resuming 6 trials (3 trained and counted, 2 interrupted and trained again, 1 over budget)"
+    )
+
+
+@pytest.mark.slow
+def test_the_header_says_when_a_run_resumes_a_study(store, data_dir, tmp_path):
+    from .conftest import TINY
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    args = ["study", "--experiment", "tiny.yaml", "--epochs", "1", "--limit-train", "500", "--quiet",
+            "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip
+    first = runner.invoke(app, [*args, "--trials", "1"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith("study tiny-b8000: 0/1 trials done; on cpu; storage "), first.stdout
+    again = runner.invoke(app, [*args, "--trials", "2"])
+    assert again.exit_code == 0, again.output
+    header = again.stdout.splitlines()[0]
+    assert header.startswith(
+        "study tiny-b8000: resuming 1 trial (1 trained and counted, 0 interrupted and trained again, "
+        "0 over budget); 1/2 trials done; on cpu; storage "
+    ), header
+    assert "2/2 trials trained" in again.stdout

@@ -34,6 +34,27 @@ def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
     return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
 
 
+def resume_summary(study: optuna.Study) -> str:
+    """What a study already holds, for the line that says a run resumes it ("" for a new study):
+    its proposals, the trained ones that count, the interrupted ones (not counted: their places
+    are trained again) and the ones over budget (never trained)."""
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return ""
+    counted = sum(counts_toward_total(t) for t in trials)
+    stopped = sum(
+        t.state == TrialState.FAIL
+        and ((TrialRecord.of(t).fail_reason or "") == INTERRUPTED
+             or (TrialRecord.of(t).fail_reason or "").startswith(WORKER_DIED))
+        for t in trials
+    )  # fmt: skip
+    over = sum(TrialRecord.of(t).feasible is False for t in trials)
+    return (
+        f"resuming {len(trials)} trial{'s' if len(trials) != 1 else ''} ({counted} trained and counted, "
+        f"{stopped} interrupted and trained again, {over} over budget)"
+    )
+
+
 def trials_training(study: optuna.Study) -> int:
     """How many of the study's trials hold a training slot now, on every worker and machine."""
     return sum(

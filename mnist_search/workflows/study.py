@@ -39,6 +39,7 @@ from mnist_search.search.leaderboard import (
     counts_toward_total,
     feasible_share,
     leaderboard,
+    resume_summary,
     trials_done,
 )
 from mnist_search.search.objective import FanOut, Objective, TrialFailed, TrialHooks
@@ -263,13 +264,16 @@ class StudySession:
         )
 
     def header(self) -> str:
-        """The first line of a run: the study, its progress, the workers, and where things go."""
+        """The first line of a run: the study (and what it holds when this run resumes it), its
+        progress, the workers, and where things go."""
         req, where = self.request, f"on {self.device.type}"
         if req.jobs > 1:
             threads = max(1, available_cores() // req.jobs)
             where = f"{req.jobs} worker processes, {threads} torch thread{'s' if threads > 1 else ''} each"
+        resuming = resume_summary(self.study)
+        resuming = f"{resuming}; " if resuming else ""
         return (
-            f"study {self.name}: {self.done}/{req.trials} trials done; {where}; "
+            f"study {self.name}: {resuming}{self.done}/{req.trials} trials done; {where}; "
             f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}"
         )
 
