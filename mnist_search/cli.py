@@ -156,8 +156,8 @@ def _checked_jobs(device: str, jobs: int | None) -> int:
 
 
 def _given(**options) -> dict:
-    """The options given a value, by keyword (None: the request's own default); paths as text."""
-    return {k: str(v) if k == "data_dir" else v for k, v in options.items() if v is not None}
+    """The options given a value, by keyword (None: the request's own default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _say(line: str, stream: str = "out") -> None:

@@ -4,6 +4,8 @@ store, and the command line that asked (recorded with what it makes). `train`, `
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -11,7 +13,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
-    data_dir: str | None = None  # the folder holding MNIST/raw/; None: $MNIST_SEARCH_DATA_DIR, else ./data
+    data_dir: Path | None = None  # the folder holding MNIST/raw/; None: $MNIST_SEARCH_DATA_DIR, else ./data
     limit_train: int | None = Field(None, gt=0)  # the first N training images only (smoke runs)
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else the local store
     experiment_name: str = ""  # the MLflow experiment; each command's own default (tracking.names)

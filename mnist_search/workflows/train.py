@@ -11,7 +11,7 @@ from pydantic import Field
 
 from mnist_search.core.config import DEFAULT_BUDGET, TARGET, ArchSpec, Recipe, check_name, load_spec
 from mnist_search.core.data import MNISTData, load_mnist
-from mnist_search.core.errors import NonFiniteLoss, RunFailed
+from mnist_search.core.errors import NonFiniteLoss
 from mnist_search.core.model import count_params
 from mnist_search.core.results import EpochResult, FitResult, ReplicaResults
 from mnist_search.tracking import names
@@ -69,7 +69,7 @@ def train_command(request: TrainRequest, on_epoch: Callable[[EpochResult], None]
     raises (exit 2, nothing written); a NaN loss or an interrupt is the outcome (its run FAILED)."""
     try:
         run = run_train(request, on_epoch)
-    except (NonFiniteLoss, RunFailed, KeyboardInterrupt) as exc:
+    except (NonFiniteLoss, KeyboardInterrupt) as exc:
         return fault(exc, "the MLflow run was marked FAILED")
     last = run.result.epochs[-1]
     return (

@@ -496,7 +496,7 @@ class WorkerSetup:
 
     threads: int
     device: str
-    data_dir: str | None
+    data_dir: Path | None
     limit_train: int | None
     tracking_uri: str
     experiment_name: str
