@@ -40,6 +40,7 @@ from mnist_search.options import (
     Experiment,
     ExperimentName,
     ExperimentRef,
+    Fidelity,
     FirstSeed,
     Jobs,
     LimitTrain,
@@ -58,6 +59,7 @@ from mnist_search.options import (
     TrialEpochs,
     TrialNumbers,
     Trials,
+    VerifyAtEnd,
     VerifyEpochs,
     VerifySeeds,
 )
@@ -244,6 +246,8 @@ def study(
     jobs: Jobs = None,
     service_wait: ServiceWait = 0,
     experiment_name: ExperimentName = None,
+    fidelity: Fidelity = "staged",
+    verify: VerifyAtEnd = True,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     checked(load_search, experiment or default_search(budget))  # a typo answers before torch is imported
@@ -254,7 +258,7 @@ def study(
         budget=budget, experiment=experiment, trials=trials, timeout=timeout, epochs=epochs,
         replicas=replicas or seeds, study_name=study_name, storage=storage, tracking_uri=tracking_uri,
         device=device, seed=seed, data_dir=data_dir, limit_train=limit_train, jobs=jobs,
-        service_wait=service_wait,
+        service_wait=service_wait, fidelity=fidelity, verify=verify,
         experiment_name=experiment_name, command=command_line(ctx),
     ))  # fmt: skip
     _run_study(request, quiet)
@@ -269,17 +273,26 @@ def study_worker() -> None:
 
 
 def _run_study(request, quiet: bool, worker: bool = False) -> None:
-    from mnist_search.progress import StudyProgress
+    from mnist_search.progress import StudyDisplay, VerifyDisplay
+    from mnist_search.workflows.answer import announce, has_answer_to_verify, verify_best
     from mnist_search.workflows.study import prepare_study, study_end
 
     session = checked(prepare_study, request)
+    answer = request.verify and not worker
     if (line := session.finished_already()) is not None:
-        return _say(line)
+        _say(line)
+        return _finish(verify_best(session, VerifyDisplay(out))) if answer else None
     if not worker:
         _say(session.header())
-    with StudyProgress.for_session(out, session, quiet=quiet or request.jobs > 1) as progress:
-        outcome = session.run(progress)
-    _finish(study_end(session, outcome, worker))
+    with StudyDisplay.for_session(out, session, quiet=quiet or worker):
+        outcome = session.run()
+    end = study_end(session, outcome, worker)
+    if not answer or end.code not in (0, 130) or not has_answer_to_verify(session.study):
+        return _finish(end)
+    for stream, line in end.lines:  # the study's end, then its answer
+        _say(line, stream)
+    _say(announce(session))
+    _finish(verify_best(session, VerifyDisplay(out)))
 
 
 @app.command()

@@ -4,7 +4,7 @@ The commands in `cli` take them by these names."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -80,6 +80,23 @@ Replicas = Annotated[
         max=64,
         help="Seeds per trial, trained at once (packed) and scored by their mean (default: the "
         "recipe's `replicas`).",
+    ),
+]
+Fidelity = Annotated[
+    Literal["staged", "full"],
+    typer.Option(
+        help="staged: each proposal trains 1 seed first (pruned by epoch) and only contenders (1-seed "
+        "score within 0.1 points of the best seed mean) train the other seeds; full: every proposal "
+        "trains all its seeds at once.",
+    ),
+]
+VerifyAtEnd = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify",
+        envvar="MNIST_SEARCH_VERIFY",
+        help="When the study ends, retrain its best trial as `verify` does (60,000 images, 3 seeds, "
+        "the test set), register it, export it and print the claim ($MNIST_SEARCH_VERIFY=0 skips it too).",
     ),
 ]
 # --replicas's older name, kept working for scripts but out of the help.

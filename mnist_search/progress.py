@@ -6,10 +6,9 @@ Library code never prints; the CLI hands `EpochProgress.update` to `fit` as its 
 
 from __future__ import annotations
 
-import statistics
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Self
 
 from rich.console import Console
@@ -22,8 +21,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mnist_search.core.model import count_params
-from mnist_search.core.results import EpochResult, mean_epoch
+from mnist_search.core.config import TARGET
+from mnist_search.core.results import EpochResult
+from mnist_search.search.board import Board, TrialProgress
 from mnist_search.search.leaderboard import TrialRow
 
 
@@ -75,177 +75,174 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-class StudyProgress:
-    """Trials done / planned, the running trial (size, epoch k/N), pruned, failed, best so far,
-    elapsed and ETA.
+def _stage(p: TrialProgress | None) -> str:
+    if p is None:
+        return "starting"
+    if p.stage == 2:
+        return f"+{p.seeds} seeds"
+    return f"{p.seeds} seed{'s' if p.seeds > 1 else ''}"
 
-    "best" is the study's best completed trial: its params, validation accuracy (mean of its
-    last 3 epochs: the objective) and test accuracy (min of its last 3 epochs). `study_best`
-    reads it from the storage (at the start and after each trial here), so it includes trials of
-    earlier runs and of other workers; without it, the best of the trials seen here. Likewise
-    `study_tally` reads the study's (trained, pruned, failed) counts, so that "done" is the
-    study's with other workers (each `--jobs` process, other machines) training beside this one;
-    without it, `already` plus the trials ended here. `study_training` counts the trials training
-    in the study now (this one included): the ETA divides the trials left among them, so that a
-    worker sharing its study with others does not promise their work at its own pace alone.
 
-    A live rich display on a terminal; plain log lines (one per finished trial) when output is
-    not a terminal or with --quiet.
-    """
+def best_line(best: TrialRow | None) -> str:
+    """The study's best: trial, params, validation score (its seeds), gap to the target, test."""
+    if best is None or best.val_acc is None:
+        return "best -"
+    gap = (best.val_acc - TARGET) * 100
+    seeds = f"{best.seeds} seed{'s' if best.seeds > 1 else ''}"
+    test = f" test min3 {best.test_acc_min_last3:.4f}" if best.test_acc_min_last3 is not None else ""
+    return f"best #{best.trial} {best.params:,}p val {best.val_acc:.4f} ({seeds}, {gap:+.2f} pts to {TARGET:.1%}){test}"
 
-    def __init__(
-        self,
-        console: Console,
-        total: int,
-        already: int,
-        quiet: bool = False,
-        study_best: Callable[[], TrialRow | None] | None = None,
-        study_tally: Callable[[], tuple[int, int, int]] | None = None,
-        study_training: Callable[[], int] | None = None,
-    ):
-        self.console = console
+
+def counts_line(board: Board) -> str:
+    return (
+        f"trained {board.trained}/{board.total} (pruned {board.pruned}, failed {board.failed}), "
+        f"over budget {board.infeasible}"
+    )
+
+
+class StudyDisplay:
+    """A study as it runs, read from its storage every `every` seconds (`search.board.Board`):
+    so the trials of `--jobs` workers, of other machines and of this process all show alike.
+
+    On a terminal, a live display: a line per training trial (number, params, seeds, epoch k/N,
+    a bar of the epochs, its latest validation score), then the study's counts, its best so far
+    with the gap to the target, the time since this run started and an ETA. Not on a terminal (or
+    with `quiet`... nothing), a plain line per trial that ends."""
+
+    def __init__(self, console: Console, read: Callable[[], Board], quiet: bool = False, every: float = 2.0):
+        self.console, self.read, self.every = console, read, every
         self.live = console.is_terminal and not quiet
-        self.total, self.done = total, already
-        self.pruned = self.failed = 0
-        self.study_best, self.study_tally = study_best, study_tally
-        self.study_training = study_training
-        self.workers = 1  # trials training in the study at the last look (see _eta)
-        self._take_study_tally()
-        self.best: tuple[float, int, float, int] | None = None  # val, params, test, trial
-        self._take_study_best()
-        self.progress = make_progress(console, eta=True) if self.live else None
-        self.task = None
-        self.durations: list[float] = []  # of the trials trained here
-        self.running = ""  # "#7 7,520p", the trial training now
-        self.started = 0.0  # when it started (monotonic)
+        self.plain = not console.is_terminal and not quiet
+        self.started = time.monotonic()
+        self.shown: set[int] = set()  # trials whose end is shown (or ended before this run)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live = None
 
     @classmethod
-    def for_session(cls, console: Console, session, quiet: bool = False) -> StudyProgress:
-        """The display of a prepared study (`workflows.study.prepare_study`), reading the study's
-        best, counts and training trials from its storage."""
-        from mnist_search.search.leaderboard import completed, leaderboard, trial_tally, trials_training
-
-        study = session.study
-        return cls(
-            console, session.request.trials, session.done, quiet=quiet,
-            study_best=lambda: next(iter(completed(leaderboard(study))), None),
-            study_tally=lambda: trial_tally(study), study_training=lambda: trials_training(study),
-        )  # fmt: skip
+    def for_session(cls, console: Console, session, quiet: bool = False) -> StudyDisplay:
+        """The display of a prepared study (`workflows.study.prepare_study`)."""
+        study, total = session.study, session.request.trials
+        return cls(console, lambda: Board.read(study, total), quiet=quiet)
 
     def __enter__(self) -> Self:
-        if self.progress is not None:
-            self.progress.start()
-            self.task = self.progress.add_task(
-                "trials", total=self.total, completed=self.done, status="", eta=self._eta()
-            )
+        if not (self.live or self.plain):
+            return self
+        board = self.read()
+        self.shown = {row.trial for row in board.ended}
+        if self.live:
+            from rich.live import Live
+
+            self._live = Live(self.render(board), console=self.console, refresh_per_second=4, transient=False)
+            self._live.start()
+        self._thread = threading.Thread(target=self._poll, name="study-display", daemon=True)
+        self._thread.start()
         return self
 
-    def _eta(self) -> str:
-        left = self.total - self.done
-        if left <= 0:
-            return ""
-        if not self.durations:
-            return "eta after 1st trial"
-        running = time.monotonic() - self.started if self.running else 0.0
-        if self.study_training is not None:  # read where it is shown: never with plain lines
-            self.workers = max(1, self.study_training())
-        # The trials left run `workers` at a time, each taking a trial's mean time; the running
-        # ones (this one's elapsed time stands in for the others') are part done.
-        per_worker = statistics.fmean(self.durations) * left / self.workers
-        return f"eta {_clock(max(0.0, per_worker - running))}"
-
     def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def _consider(self, best: tuple[float, int, float, int]) -> None:
-        if self.best is None or best[0] > self.best[0]:
-            self.best = best
-
-    def _take_study_best(self) -> None:
-        row = self.study_best() if self.study_best is not None else None
-        if row is not None and row.val_acc is not None:
-            self._consider((row.val_acc, row.params or 0, row.test_acc_min_last3 or 0.0, row.trial))
-
-    def _take_study_tally(self, ended: tuple[int, int, int] = (0, 0, 0)) -> None:
-        """The study's counts, plus `ended` (a trial ended here, not stored as ended yet); never
-        fewer than counted here."""
-        if self.study_tally is not None:
-            stored = self.study_tally()
-            self.done, self.pruned, self.failed = (
-                max(mine, theirs + this)
-                for mine, theirs, this in zip((self.done, self.pruned, self.failed), stored, ended)
-            )
-
-    def _status(self) -> str:
-        best = "-"
-        if self.best:
-            val, params, test, trial = self.best
-            best = f"#{trial} {params:,}p val {val:.4f} test min3 {test:.4f}"
-        return f"pruned {self.pruned} failed {self.failed} best {best}"
-
-    # TrialHooks
-    def trial_started(self, trial, spec, recipe) -> None:
-        self.running, self.epochs = f"#{trial.number} {count_params(spec):,}p", recipe.epochs
-        self.started = time.monotonic()
-        if self.progress is not None:
-            self.progress.update(self.task, description=f"{self.running} ep 0/{self.epochs}", eta=self._eta())
-
-    def epoch_ended(self, trial, r, per_seed) -> None:
-        if self.progress is not None:
-            self.progress.update(
-                self.task,
-                description=f"{self.running} ep {r.epoch}/{self.epochs}",
-                status=f"val {r.val_acc:.4f} | {self._status()}",
-                eta=self._eta(),
-            )
-
-    def trial_ended(self, end, model) -> None:
-        if end.reason == "interrupted":
+        if self._thread is None:
             return
-        ended = (1, int(end.state == "PRUNED"), int(end.state == "FAIL"))
-        self.done, self.pruned, self.failed = (
-            n + e for n, e in zip((self.done, self.pruned, self.failed), ended)
-        )
-        self.durations.append(end.seconds)
-        self.running = ""
-        res = end.result
-        # Other workers' trials (this one is not stored as ended yet).
-        self._take_study_tally(ended)
-        self._take_study_best()
-        if end.state == "COMPLETE":
-            self._consider((res.val_score, end.params, res.test_min_last3, end.number))
-        if self.progress is not None:
-            self.progress.update(self.task, completed=self.done, status=self._status(), eta=self._eta())
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            self.show(self.read())  # the last trials' ends, and the final counts
+        finally:
+            if self._live is not None:
+                self._live.stop()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.show(self.read())
+            except Exception:  # noqa: BLE001, S112 -- a display never stops a study; the next read retries
+                continue
+
+    def show(self, board: Board) -> None:
+        if self._live is not None:
+            self._live.update(self.render(board))
+        if self.plain:
+            for row in board.ended:
+                if row.trial not in self.shown:
+                    self.shown.add(row.trial)
+                    self.console.print(
+                        self.ended_line(row, board), markup=False, highlight=False, soft_wrap=True
+                    )
+
+    def eta(self, board: Board) -> str:
+        seconds = board.eta()
+        if seconds is None:
+            return "eta after the first steps"
+        return "" if seconds <= 0 else f"eta ~{_clock(seconds)}"
+
+    def render(self, board: Board):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        rows = Table.grid(padding=(0, 2))
+        for _ in range(5):
+            rows.add_column(no_wrap=True)
+        for r in sorted(board.running, key=lambda r: r.number):
+            p = r.progress
+            epoch = f"ep {p.epoch}/{p.epochs}" if p else "ep -"
+            bar = _bar(p.share if p else 0.0)
+            val = f"val {p.val:.4f}" if p and p.val is not None else "val -"
+            params = f"{r.params:,}p" if r.params else "-"
+            rows.add_row(f"#{r.number} {params}", _stage(p), epoch, bar, val)
+        elapsed = _clock(time.monotonic() - self.started)
+        status = f"{counts_line(board)} | {best_line(board.best)} | {elapsed} {self.eta(board)}".rstrip()
+        return Group(rows, Text(status))
+
+    def ended_line(self, row: TrialRow, board: Board) -> str:
+        """A trial's end: its figures as the study ranks by (val = mean of the last 3 epochs over
+        its seeds, test min3 = their worst), or where it stopped; the study's counts and best."""
+        if row.state == "COMPLETE":
+            seeds = f"{row.seeds} seed{'s' if row.seeds > 1 else ''}"
+            figures = f"val {row.val_acc:.4f} ({seeds}) test min3 {_fmt(row.test_acc_min_last3)} "
         else:
-            # The figures the study ranks by, as in "best" and `report`: val = mean of the last 3
-            # epochs, test min3 = their minimum. A trial stopped early: its last epoch.
-            last = res.epochs[-1] if res.epochs else None
-            if end.state == "COMPLETE":
-                figures = f"val {res.val_score:.4f} test min3 {res.test_min_last3:.4f} "
-            else:
-                figures = f"val {last.val_acc:.4f} at epoch {last.epoch} " if last else ""
-            self.console.print(
-                f"trial {end.number} {end.state} {end.params:,} params {figures}"
-                f"({end.seconds:.0f} s) [{self.done}/{self.total}] {self._status()}"
-                + (f" — {end.reason}" if end.reason else ""),
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            figures = f"at epoch {row.epochs_run} " if row.epochs_run else ""
+        seconds = f"({row.seconds:.0f} s) " if row.seconds is not None else ""
+        reason = f" — {row.fail_reason}" if row.fail_reason and row.state != "COMPLETE" else ""
+        return (
+            f"trial {row.trial} {row.state} {_fmt(row.params, '{:,}')} params {figures}{seconds}"
+            f"[{board.trained}/{board.total}] pruned {board.pruned} failed {board.failed} "
+            f"{best_line(board.best)}{reason}"
+        )
+
+
+def _bar(share: float, width: int = 16) -> str:
+    done = max(0, min(width, round(share * width)))
+    return "━" * done + "╺" + "─" * (width - done - 1) if done < width else "━" * width
 
 
 class VerifyDisplay:
-    """`verify`'s hooks: a progress bar per pack of seeds trained here (the seeds' mean), one line
-    per finished run."""
+    """`verify`'s hooks: on a terminal, a live line per pack of seeds (its label, a bar of its
+    epochs, epoch k/N, elapsed and remaining time, the seeds' mean test accuracy), whether it
+    trains here or in a worker process; a line per finished run everywhere."""
 
     def __init__(self, console: Console):
         self.console = console
+        self.progress = None
+        self.rows: dict[int, int] = {}  # pack index -> its row
 
-    @contextmanager
-    def run_progress(self, task) -> Iterator:
-        with EpochProgress(task.recipe.epochs, self.console, label=task.label) as bar:
-            yield lambda epoch: bar.update(mean_epoch(epoch))
+    def pack_progress(self, task, epoch: int, share: float, test_acc: float | None) -> None:
+        if not self.console.is_terminal:
+            return
+        if self.progress is None:
+            self.progress = make_progress(self.console)
+            self.progress.start()
+        epochs = task.recipe.epochs
+        if task.index not in self.rows:
+            self.rows[task.index] = self.progress.add_task(task.label, total=epochs, status="")
+        update = {"completed": share * epochs}
+        if test_acc is not None:
+            update["status"] = f"ep {epoch - 1}/{epochs} test {test_acc:.4f}"
+        self.progress.update(self.rows[task.index], **update)
+
+    def packs_ended(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress, self.rows = None, {}
 
     def run_finished(self, task, seed, result) -> None:
         self.console.print(

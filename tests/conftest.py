@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 # starting workers would dominate, so they run in-process unless a test asks for workers (its
 # own --jobs, or test_cli's check of the default).
 os.environ["MNIST_SEARCH_JOBS"] = "1"
+# Likewise a study's end-of-study verify (3 seeds of the best trial) would double each study's
+# seconds: the tests that check it ask for it (`--verify`).
+os.environ["MNIST_SEARCH_VERIFY"] = "0"
 EXPERIMENTS = REPO / "experiments"
 
 
@@ -148,7 +151,7 @@ def study_args(data_dir, trials) -> list[str]:
     """The default search, shrunk to seconds: 1 epoch on 3,000 images, one seed per trial (its
     3 packed seeds are test_packed's subject; here they would only triple the training)."""
     return ["study", "--budget", "8000", "--trials", str(trials), "--epochs", "1", "--seeds", "1",
-            "--limit-train", "3000", "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
+            "--limit-train", "3000", "--data-dir", str(data_dir), "--device", "cpu", "--quiet", "--no-verify"]  # fmt: skip
 
 
 def start_cli(args, tmp_path, sigint=signal.SIG_DFL) -> subprocess.Popen:

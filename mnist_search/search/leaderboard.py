@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
+from mnist_search.search.fidelity import all_seeds, seeds_trained
 from mnist_search.search.records import INTERRUPTED, WORKER_DIED, TrialRecord
 
 
@@ -95,6 +96,8 @@ class TrialRow:
     spec: dict | None
     mlflow_run_id: str | None
     fail_reason: str | None
+    seeds: int = 1  # its figures are over this many seeds (its fidelity)
+    all_seeds: bool = True  # as many as its recipe asks for (else staged fidelity left it at one)
     rank: int = 0
 
     @classmethod
@@ -113,16 +116,25 @@ class TrialRow:
             spec=rec.spec,
             mlflow_run_id=rec.mlflow_run_id,
             fail_reason=rec.fail_reason or trial.system_attrs.get("fail_reason"),
+            seeds=seeds_trained(trial),
+            all_seeds=all_seeds(trial),
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def rank_key(row: TrialRow) -> tuple:
+    """Completed trials first; of them, those scored on all their seeds (by the seeds' mean) ahead
+    of those scored on fewer (`search.fidelity`: one seed never outranks a mean of seeds); then by
+    validation score, fewer params first on a tie."""
+    return (row.val_acc is None, not row.all_seeds, -(row.val_acc or 0), row.params or 0)
+
+
 def leaderboard(study: optuna.Study) -> list[TrialRow]:
-    """Trained trials ranked by validation score (completed first), with their figures."""
+    """Trained trials ranked by `rank_key`, with their figures."""
     rows = [TrialRow.of(t) for t in trained_trials(study) if not TrialRecord.of(t).surplus]
-    rows.sort(key=lambda r: (r.val_acc is None, -(r.val_acc or 0), r.params or 0))
+    rows.sort(key=rank_key)
     for rank, row in enumerate(rows, start=1):
         row.rank = rank
     return rows

@@ -18,12 +18,15 @@ from typing import Protocol
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from mnist_search.core.config import ArchSpec, Recipe, SearchSpace
 from mnist_search.core.data import MNISTData
 from mnist_search.core.model import count_params, mult_adds
 from mnist_search.core.results import EpochResult, ReplicaResults, mean_epoch
 from mnist_search.core.settings import mask_url
+from mnist_search.search.board import ProgressWriter
+from mnist_search.search.fidelity import FIDELITIES, contends
 from mnist_search.search.owners import this_process
 from mnist_search.search.records import INTERRUPTED, TrialRecord
 from mnist_search.search.space import record_budget, sample_recipe, sample_spec
@@ -73,18 +76,24 @@ def describe(exc: BaseException) -> str:
 class TrialHooks(Protocol):
     """Observers of a trained trial: MLflow logging and the progress display plug in here."""
 
-    def trial_started(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe) -> None: ...
+    def trial_started(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, seeds: list[int]) -> None:
+        """`seeds`: what it trains first (all its seeds, or with staged fidelity the first)."""
 
     def epoch_ended(self, trial: optuna.Trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
         """`r`: the epoch's mean over the trial's seeds; `per_seed`: each seed's own."""
+
+    def seeds_added(self, trial: optuna.Trial, seeds: list[int], first: ReplicaResults) -> None:
+        """Staged fidelity: the trial goes on to all `seeds`; `first` is what its first seed did."""
 
     def trial_ended(self, end: TrialEnd, model: torch.nn.Module | None) -> None: ...
 
 
 class NoHooks:
-    def trial_started(self, trial, spec, recipe) -> None: ...
+    def trial_started(self, trial, spec, recipe, seeds) -> None: ...
 
     def epoch_ended(self, trial, r, per_seed) -> None: ...
+
+    def seeds_added(self, trial, seeds, first) -> None: ...
 
     def trial_ended(self, end, model) -> None: ...
 
@@ -103,6 +112,10 @@ class FanOut:
         for hook in self.hooks:
             hook.epoch_ended(*args)
 
+    def seeds_added(self, *args) -> None:
+        for hook in self.hooks:
+            hook.seeds_added(*args)
+
     def trial_ended(self, *args) -> None:
         for hook in self.hooks:
             hook.trial_ended(*args)
@@ -111,7 +124,9 @@ class FanOut:
 class Objective:
     """Maximise the mean validation accuracy of the last 3 epochs of a budget-feasible spec.
 
-    `recipe.epochs` is the number of epochs per trial (the one source of it). `slot(study, number)`
+    `recipe.epochs` is the number of epochs per trial (the one source of it), `recipe.replicas` the
+    seeds a trial's mean is over; `fidelity` (`search.fidelity`) whether all train at once or the
+    first alone, the others only when it contends. `slot(study, number)`
     says whether the trial may train ("train"), or the study's total is reached ("stop", "skip").
     Any exception while a trial trains fails that trial only, with its reason (`TrialFailed`),
     except the `fatal` ones (a tracking server that went away), which stop the study.
@@ -129,10 +144,13 @@ class Objective:
         seed: int = 0,
         slot: Callable[[optuna.Study, int], str] = lambda study, number: "train",
         fatal: tuple[type[BaseException], ...] = (),
+        fidelity: str = "staged",
     ):
+        if fidelity not in FIDELITIES:
+            raise ValueError(f"fidelity {fidelity!r}: one of {', '.join(FIDELITIES)}")
         self.space, self.recipe, self.budget = space, recipe, budget
         self.data, self.device, self.hooks = data, device, hooks or NoHooks()
-        self.seed, self.slot, self.fatal = seed, slot, fatal
+        self.seed, self.slot, self.fatal, self.fidelity = seed, slot, fatal, fidelity
         self.owner = str(this_process())
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -167,13 +185,65 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
         seeds = replica_seeds(self.seed, trial.number, recipe.replicas)
-        result = ReplicaResults.empty(seeds)
-        start = time.perf_counter()
+        run = TrialTraining(trial, spec, recipe, params, self.hooks, staged=self.fidelity == "staged")
+        try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
+            first = seeds[:1] if run.staged else seeds
+            self.hooks.trial_started(trial, spec, recipe, first)
+            models = run.train(self.data, self.device, first, prune=True)
+            if run.staged and len(seeds) > 1 and math.isfinite(run.result.val_score):
+                models = run.more_seeds(self.data, self.device, seeds, models)
+            model = models[run.result.best]  # the seed with the best validation score
+        except optuna.TrialPruned as exc:
+            run.ended("PRUNED", str(exc))
+            raise
+        except KeyboardInterrupt:
+            run.ended("FAIL", INTERRUPTED)
+            raise
+        except self.fatal:
+            raise  # the tracking store is gone: nothing more can be recorded there
+        except torch.cuda.OutOfMemoryError:
+            run.ended("FAIL", "CUDA out of memory", error=True)
+            raise TrialFailed("CUDA out of memory") from None
+        except NonFiniteLoss as exc:
+            run.ended("FAIL", str(exc))
+            raise TrialFailed(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 -- any other fault fails this trial only, with its reason
+            run.ended("FAIL", describe(exc), error=True)
+            raise TrialFailed(describe(exc)) from None
+        score = run.result.val_score
+        if not math.isfinite(score):
+            reason = f"objective is {score} (no validation accuracy to score)"
+            run.ended("FAIL", reason)
+            raise TrialFailed(reason)
+        run.ended("COMPLETE", trained=model)
+        return score
+
+
+class TrialTraining:
+    """One trial's training, in one or two stages: its seeds (`train`), then with staged fidelity
+    its other seeds when its first one contends (`more_seeds`); what it trained so far is
+    `result` whenever it ends (`ended`)."""
+
+    def __init__(self, trial, spec: ArchSpec, recipe: Recipe, params: int, hooks: TrialHooks, staged: bool):
+        self.trial, self.spec, self.recipe, self.params, self.hooks = trial, spec, recipe, params, hooks
+        self.staged = staged and recipe.replicas > 1
+        self.result = ReplicaResults.empty([])
+        self.progress = ProgressWriter(trial, recipe.epochs)
+        self.start = time.perf_counter()
+
+    def train(self, data, device, seeds: list[int], prune: bool, stage: int = 1) -> list[torch.nn.Module]:
+        """Train `seeds` at once; their epochs are reported to the pruner when `prune`."""
+        trial, recipe = self.trial, self.recipe
+        self.result = result = ReplicaResults.empty(seeds)
+        if stage == 1:
+            TrialRecord.write(trial, seeds=seeds)
+        self.progress.start(stage, len(seeds))
 
         def on_epoch(epoch: list[EpochResult]) -> None:  # `result` has it already
             r = mean_epoch(epoch)
             self.hooks.epoch_ended(trial, r, dict(zip(seeds, epoch)))
-            if not math.isfinite(r.val_acc):
+            self.progress.epoch(r.epoch, r.val_acc)
+            if not prune or not math.isfinite(r.val_acc):
                 return  # nothing to judge it by (Optuna's pruners prune a NaN): it FAILs at the end
             trial.report(r.val_acc, step=r.epoch)
             # Never within the epochs it is scored on (the last 3): by then most of its cost is
@@ -181,53 +251,54 @@ class Objective:
             if r.epoch <= recipe.epochs - SCORED_EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
 
-        def ended(
-            state: str, reason: str = "", trained: torch.nn.Module | None = None, error: bool = False
-        ) -> None:
-            end = TrialEnd(
-                trial.number, state, spec, recipe, params, result, time.perf_counter() - start, reason
-            )
-            TrialRecord.write(trial, seconds=round(end.seconds, 2), epochs_run=len(result.epochs))
-            if result.epochs:
-                TrialRecord.write(
-                    trial,
-                    test_acc_min_last3=result.test_min_last3,
-                    test_acc=result.epochs[-1].test_acc,
-                    target_met=result.target_met(),
-                )
-                if len(seeds) > 1 and len(result.results[0].epochs) >= 1:
-                    TrialRecord.write(trial, val_acc_worst=result.val_worst)
-            if reason:
-                TrialRecord.write(trial, fail_reason=reason, error=error)
-            self.hooks.trial_ended(end, trained)
-
         def packed(layout: str) -> None:
-            TrialRecord.write(trial, seeds=seeds, pack_layout=layout)
+            TrialRecord.write(trial, pack_layout=layout)
 
-        try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
-            self.hooks.trial_started(trial, spec, recipe)
-            models = train_seeds(spec, self.data, recipe, self.device, result, on_epoch, packed)
-            model = models[result.best]  # the seed with the best validation score
-        except optuna.TrialPruned as exc:
-            ended("PRUNED", str(exc))
+        return train_seeds(
+            self.spec, data, recipe, device, result, on_epoch, packed, on_step=self.progress.step
+        )
+
+    def more_seeds(self, data, device, seeds: list[int], models: list) -> list[torch.nn.Module]:
+        """Staged fidelity: the first seed's score decides (`fidelity.contends`) whether the trial
+        trains its other seeds; its figures are then the mean of all of them."""
+        first = self.result
+        others = [
+            t
+            for t in self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number != self.trial.number
+        ]
+        contender = contends(first.val_score, others)
+        TrialRecord.write(self.trial, first_score=first.val_score, contender=contender)
+        if not contender:
+            return models
+        self.hooks.seeds_added(self.trial, seeds, first)
+        try:
+            more = self.train(data, device, seeds[1:], prune=False, stage=2)
+        except BaseException:
+            self.result = first  # what the trial has to show is its first seed's
             raise
-        except KeyboardInterrupt:
-            ended("FAIL", INTERRUPTED)
-            raise
-        except self.fatal:
-            raise  # the tracking store is gone: nothing more can be recorded there
-        except torch.cuda.OutOfMemoryError:
-            ended("FAIL", "CUDA out of memory", error=True)
-            raise TrialFailed("CUDA out of memory") from None
-        except NonFiniteLoss as exc:
-            ended("FAIL", str(exc))
-            raise TrialFailed(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 -- any other fault fails this trial only, with its reason
-            ended("FAIL", describe(exc), error=True)
-            raise TrialFailed(describe(exc)) from None
-        if not math.isfinite(result.val_score):
-            reason = f"objective is {result.val_score} (no validation accuracy to score)"
-            ended("FAIL", reason)
-            raise TrialFailed(reason)
-        ended("COMPLETE", trained=model)
-        return result.val_score
+        self.result = ReplicaResults(seeds, first.results + self.result.results, layout=self.result.layout)
+        TrialRecord.write(self.trial, seeds=seeds)
+        return models + more
+
+    def ended(
+        self, state: str, reason: str = "", trained: torch.nn.Module | None = None, error: bool = False
+    ) -> None:
+        trial, result = self.trial, self.result
+        end = TrialEnd(
+            trial.number, state, self.spec, self.recipe, self.params, result,
+            time.perf_counter() - self.start, reason,
+        )  # fmt: skip
+        TrialRecord.write(trial, seconds=round(end.seconds, 2), epochs_run=len(result.epochs), progress=None)
+        if result.epochs:
+            TrialRecord.write(
+                trial,
+                test_acc_min_last3=result.test_min_last3,
+                test_acc=result.epochs[-1].test_acc,
+                target_met=result.target_met(),
+            )
+            if len(result.seeds) > 1 and len(result.results[0].epochs) >= 1:
+                TrialRecord.write(trial, val_acc_worst=result.val_worst)
+        if reason:
+            TrialRecord.write(trial, fail_reason=reason, error=error)
+        self.hooks.trial_ended(end, trained)

@@ -62,13 +62,16 @@ class TrialRecord(_Record):
     epochs_run: int = 0
     test_acc: float | None = None  # last epoch
     test_acc_min_last3: float | None = None  # with several seeds: the worst seed's
-    seeds: list[int] | None = None  # the seeds its replicas trained with (recipe.replicas of them)
+    seeds: list[int] | None = None  # its figures are over these (fewer than recipe.replicas: staged)
     pack_layout: str | None = None  # how its replicas were laid out: grouped or separate (layout.py)
     val_acc_worst: float | None = None  # several seeds: the worst seed's validation score
     target_met: bool = False  # test acc >= TARGET in each of the last 3 epochs
     fail_reason: str | None = None  # why it FAILed or was pruned
     error: bool = False  # it FAILed on an error not of its own making (not a NaN loss, not its score)
     mlflow_run_id: str | None = None  # its child run
+    first_score: float | None = None  # staged fidelity: its first seed's score (the objective's kind)
+    contender: bool | None = None  # staged fidelity: did that score earn it its other seeds?
+    progress: dict | None = None  # while it trains: `search.board.Progress`, for the displays
 
     @classmethod
     def of(cls, trial) -> TrialRecord:
@@ -84,6 +87,7 @@ class StudyRecord(_Record):
     epochs: int | None = None  # per trial
     command: str | None = None  # the command that created it (passwords masked)
     mlflow_parent_run_id: str | None = None
+    verified: dict | None = None  # its best trial verified at its end: {trial, claim, run_id}
 
     @classmethod
     def of(cls, study) -> StudyRecord:

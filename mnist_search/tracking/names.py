@@ -38,8 +38,11 @@ TEST_MIN_LAST3 = "final/test_acc_min_last3"  # the target is judged on it (>= 99
 TEST_LAST = "final/test_acc"
 SECONDS = "final/seconds"  # wall time of the run's training
 VAL_WORST = "final/val_acc_last3_worst"  # several seeds: the worst seed's score
+SEEDS_TRAINED = "seeds_trained"  # how many seeds its final figures are over (a trial's fidelity)
 
-RUN_METRICS = (*EPOCH_METRICS.values(), PARAMS, MULT_ADDS, VAL_SCORE, TEST_MIN_LAST3, TEST_LAST, SECONDS)
+RUN_METRICS = (
+    *EPOCH_METRICS.values(), PARAMS, MULT_ADDS, VAL_SCORE, TEST_MIN_LAST3, TEST_LAST, SECONDS, SEEDS_TRAINED,
+)  # fmt: skip
 # Absent from runs trained without a validation split (`verify`: all 60,000 training images).
 VALIDATION_METRICS = ("val/loss", "val/acc", VAL_SCORE)
 
@@ -51,6 +54,7 @@ PRUNED_REASON = "pruned_reason"
 TARGET_MET = "target_met"
 PACK_LAYOUT = "pack_layout"
 MODEL_SEED = "model_seed"  # several seeds: the seed whose model the run hands out
+FIDELITY = "fidelity"  # a trial's: staged (one seed first, the others if it contends) or full
 
 # Optuna's trial states, as the MLflow run's status.
 END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -1,9 +1,10 @@
 """The Model Registry: one registered model per budget, whose versions are trained trials.
 
 Alias `best`: the version with the highest validation score that a study registered (its best
-trial). Alias `champion`: the model `verify` confirmed over seeds on the test set, with the verify
-table as its description. Every version takes raw [0, 1] pixels (see `RunLog.model`), so
-`mlflow.pyfunc.load_model("models:/mnist-search-b8000@champion")` predicts on raw digits."""
+trial). Alias `champion`: the model a `verify` of the full protocol (60,000 images, 15 epochs,
+3 seeds) confirmed on the test set, every seed holding the target; the verify table is its
+description. Any other verify is registered without the alias, tagged with its protocol. Every
+version takes raw [0, 1] pixels (see `RunLog.model`), so `mlflow.pyfunc.load_model("models:/mnist-search-b8000@champion")` predicts on raw digits."""
 
 from __future__ import annotations
 
@@ -89,14 +90,18 @@ def crown(
     tags: dict[str, str],
     table: str,
 ) -> tuple[str, bool]:
-    """Register a verified run (the verify table its description) and point `champion` at it
-    unless the current champion is better (target held in every seed first, then mean test
-    accuracy): (its version, whether it is the champion now)."""
+    """Register a verified run (the verify table its description, its protocol among `tags`) and,
+    when it `held` the target on the full protocol, point `champion` at it unless the current
+    champion has a better mean test accuracy: (its version, whether it is the champion now).
+    A verify that did not hold the target, or ran a shorter protocol (a smoke run), never takes
+    the alias."""
     name = registered_name(budget)
     score = {"target_held": str(held).lower(), "test_acc_mean": f"{mean:.6f}"}
     version = register(client, run_id, budget, tags | score, description=table)
     for key, value in score.items():  # a version registered before (by a study) gets them now
         client.set_model_version_tag(name, version, key, value)
+    if not held:
+        return version, False
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:

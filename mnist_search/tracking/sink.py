@@ -27,6 +27,8 @@ class RunSink:
 
     def __init__(self, log: RunLog, seeds: Sequence[int]):
         self.log, self.seeds = log, list(seeds)
+        self.training = list(seeds)  # the seeds training now (`widen` adds a stage of others)
+        self.plain = True  # epochs log the plain names (the mean of the seeds training)
         self.started = time.perf_counter()
 
     @property
@@ -66,16 +68,30 @@ class RunSink:
         """How the seeds were laid out to train (speed.layout), once chosen."""
         self.log.client.set_tag(self.run_id, names.PACK_LAYOUT, layout)
 
+    def widen(self, seeds: Sequence[int], first: ReplicaResults) -> None:
+        """Staged fidelity: the run goes on to all `seeds`, the others training now. Its plain
+        per-epoch names keep the first seed's curves (each epoch is logged once); every seed's
+        own curves are under seed_<s>/, the first's copied there now."""
+        new = [s for s in seeds if s not in self.seeds]
+        self.log.params({"seeds": ",".join(map(str, seeds))})
+        for per_seed in zip(*(r.epochs for r in first.results)):
+            self.log.metrics(self._per_seed(self.seeds, per_seed), step=per_seed[0].epoch)
+        self.seeds, self.training, self.plain = list(seeds), new, False
+
+    @staticmethod
+    def _per_seed(seeds: Sequence[int], per_seed: Sequence[EpochResult]) -> dict[str, float]:
+        return {
+            names.seed_metric(seed, k): v
+            for seed, own in zip(seeds, per_seed)
+            for k, v in names.epoch_metrics(own).items()
+            if k.split("/")[0] in names.SEED_SPLITS
+        }
+
     def epoch(self, per_seed: Sequence[EpochResult]) -> None:
-        """One epoch, each seed's figures in the order of `seeds`: the training callback's."""
-        metrics = names.epoch_metrics(mean_epoch(per_seed))
-        if len(per_seed) > 1:
-            for seed, own in zip(self.seeds, per_seed):
-                metrics |= {
-                    names.seed_metric(seed, k): v
-                    for k, v in names.epoch_metrics(own).items()
-                    if k.split("/")[0] in names.SEED_SPLITS
-                }
+        """One epoch, each seed's figures in the order of the seeds training: the training callback's."""
+        metrics = names.epoch_metrics(mean_epoch(per_seed)) if self.plain else {}
+        if len(per_seed) > 1 or not self.plain:
+            metrics |= self._per_seed(self.training, per_seed)
         self.log.metrics(metrics, step=per_seed[0].epoch)
 
     def close(
@@ -107,7 +123,7 @@ class RunSink:
         self.log.end("FAILED")
 
     def _finals(self, result: ReplicaResults, with_model: bool) -> None:
-        metrics = {names.SECONDS: time.perf_counter() - self.started}
+        metrics = {names.SECONDS: time.perf_counter() - self.started, names.SEEDS_TRAINED: len(result.seeds)}
         if result.epochs:
             metrics |= {
                 names.VAL_SCORE: result.val_score,
@@ -115,11 +131,11 @@ class RunSink:
                 names.TEST_LAST: result.epochs[-1].test_acc,
             }
             self.log.client.set_tag(self.run_id, names.TARGET_MET, str(result.target_met(TARGET)).lower())
-        if len(self.seeds) > 1 and result.results[0].epochs:
+        if len(result.seeds) > 1 and result.results[0].epochs:
             metrics[names.VAL_WORST] = result.val_worst
-            for seed, own in zip(self.seeds, result.results):
+            for seed, own in zip(result.seeds, result.results):
                 metrics[names.seed_metric(seed, names.VAL_SCORE)] = own.val_score
                 metrics[names.seed_metric(seed, names.TEST_MIN_LAST3)] = own.test_min_last3
             if with_model:
-                self.log.client.set_tag(self.run_id, names.MODEL_SEED, str(self.seeds[result.best]))
+                self.log.client.set_tag(self.run_id, names.MODEL_SEED, str(result.seeds[result.best]))
         self.log.metrics({k: v for k, v in metrics.items() if math.isfinite(v)})  # no val split: no val score

@@ -17,10 +17,10 @@ import optuna
 from mnist_search.core.config import TARGET, ArchSpec, Experiment, Recipe, spec_to_yaml
 from mnist_search.core.data import MNISTData
 from mnist_search.core.model import count_params
-from mnist_search.core.results import EpochResult
+from mnist_search.core.results import EpochResult, ReplicaResults
 from mnist_search.core.settings import mask_url
 from mnist_search.search.leaderboard import completed, feasible_share, leaderboard
-from mnist_search.search.objective import TrialEnd, replica_seeds
+from mnist_search.search.objective import TrialEnd
 from mnist_search.search.records import StudyRecord, TrialRecord
 from mnist_search.tracking import names
 from mnist_search.tracking.client import RunLog, Tracking, git_commit, source_tags
@@ -130,16 +130,17 @@ class StudyTracker:
         }
 
     # TrialHooks: each trained trial is one RunSink -------------------------------------------
-    def trial_started(self, trial, spec: ArchSpec, recipe: Recipe) -> None:
+    def trial_started(self, trial, spec: ArchSpec, recipe: Recipe, seeds: list[int]) -> None:
         sink = RunSink.open(
             self.tracking, spec, recipe, self.data,
-            seeds=replica_seeds(self.seed, trial.number, recipe.replicas),
+            seeds=seeds,
             command="study",
             run_name=f"t{trial.number}-{count_params(spec)}p",  # short: the runs table shows it whole
             budget=self.budget, experiment_file=self.experiment_file,
             tags={"mlflow.parentRunId": self.parent_id, names.KIND: "trial",
                   "trial_number": str(trial.number), "study_name": self.study.study_name,
-                  "storage": self.storage, names.STATE: "RUNNING"},
+                  "storage": self.storage, names.STATE: "RUNNING",
+                  names.FIDELITY: "staged" if len(seeds) < recipe.replicas else "full"},
             # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
             params={f"knob.{k}": str(v) for k, v in trial.params.items()}
             | {"trial_number": str(trial.number)},
@@ -149,6 +150,9 @@ class StudyTracker:
 
     def epoch_ended(self, trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
         self.sinks[trial.number].epoch(list(per_seed.values()))
+
+    def seeds_added(self, trial, seeds: list[int], first: ReplicaResults) -> None:
+        self.sinks[trial.number].widen(seeds, first)
 
     def trial_ended(self, end: TrialEnd, model) -> None:
         # Popped only once closed: if an interrupt lands mid-way, finish() still closes the run.

@@ -200,6 +200,7 @@ def fit_replicas(
     on_epoch: Callable[[list[EpochResult]], None] | None = None,
     *,
     seeds: Sequence[int],
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[FitResult]:
     """Train the K replicas of `net` for `recipe.epochs`, replica k as an independent training
     with seed `seeds[k]`: its own shuffling, augmentation and dropout (generators seeded with its
@@ -207,7 +208,8 @@ def fit_replicas(
     val and test after every epoch and reports per replica: `on_epoch([EpochResult] * K)`.
 
     `data` should already be on `device`. Raises NonFiniteLoss when a replica's loss becomes
-    NaN/inf. `on_epoch` may raise to stop early (pruning). With `recipe.ema` every figure is of
+    NaN/inf. `on_epoch` may raise to stop early (pruning); `on_step(epoch, share of it trained)`
+    follows the steps within an epoch. With `recipe.ema` every figure is of
     the averaged weights (with `recipe.swa_from`, from that epoch on), and `net` holds them at
     the end."""
     k = net.replicas
@@ -232,9 +234,11 @@ def fit_replicas(
         start = time.perf_counter()
         orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])  # (K, n)
         this = unaugmented(recipe) if epoch > epochs - recipe.clean_epochs else recipe
+        steps = None if on_step is None else (lambda done, of, epoch=epoch: on_step(epoch, done / of))
         losses, accs = train_epoch(
-            net, data, this, orders, optimizer, scheduler, gens, teacher=teacher, average=average
-        )
+            net, data, this, orders, optimizer, scheduler, gens,
+            teacher=teacher, average=average, on_step=steps,
+        )  # fmt: skip
         for seed, loss in zip(seeds, losses):
             if not math.isfinite(loss):
                 raise NonFiniteLoss(
@@ -268,6 +272,7 @@ def train_seeds(
     result: ReplicaResults,
     on_epoch: Callable[[list[EpochResult]], None] | None = None,
     on_packed: Callable[[str], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[nn.Module]:
     """`spec` trained with each of `result.seeds` at once: built per seed, packed in the layout
     this machine runs faster (`speed.layout`; `on_packed(layout)` once chosen), and fitted.
@@ -283,7 +288,7 @@ def train_seeds(
         if on_epoch is not None:
             on_epoch(epoch)
 
-    fit_replicas(net, data, recipe, device, each, seeds=result.seeds)
+    fit_replicas(net, data, recipe, device, each, seeds=result.seeds, on_step=on_step)
     return [net.replica(k) for k in range(len(result.seeds))]
 
 
@@ -335,19 +340,22 @@ def train_epoch(
     *,
     teacher: nn.Module | None = None,
     average: WeightAverage | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], list[float]]:
     """One pass over the training images, replica k in `orders[k]` (K, n): per replica (mean
     loss, accuracy) on its augmented batches. `forward`: the network to call, `net` itself unless
     given (benchmarks/replica_speed.py passes a compiled.CompiledForward of it: on the CPU it did
     not pay, docs/benchmarks.md).
     `teacher`: the recipe's, loaded (teacher.py); it sees each replica's own augmented images.
-    `average`: the recipe's weight average (averaging.py), updated after every step."""
+    `average`: the recipe's weight average (averaging.py), updated after every step.
+    `on_step(steps done, steps in the epoch)` after each step (a progress display's feed)."""
     forward = net if forward is None else forward
     net.train()
     k, n = orders.shape
     loss_sum = torch.zeros(k, device=orders.device)  # summed on device: no sync per batch
     correct = torch.zeros(k, device=orders.device, dtype=torch.long)
-    for start, end in batch_bounds(n, recipe.batch_size):
+    bounds = batch_bounds(n, recipe.batch_size)
+    for step, (start, end) in enumerate(bounds, start=1):
         idx = orders[:, start:end]  # (K, B)
         thetas = [warp_params(end - start, recipe, g) for g in gens]
         x = _replica_images(data.train.x, idx, thetas)
@@ -375,4 +383,6 @@ def train_epoch(
             scheduler.step()
         loss_sum += per_replica.detach() * (end - start)
         correct += (logits.detach().argmax(2) == y).sum(0)
+        if on_step is not None:
+            on_step(step, len(bounds))
     return [v / n for v in loss_sum.tolist()], [c / n for c in correct.tolist()]

@@ -16,6 +16,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import optuna
 import torch
@@ -42,7 +43,7 @@ from mnist_search.search.leaderboard import (
     resume_summary,
     trials_done,
 )
-from mnist_search.search.objective import FanOut, Objective, TrialFailed, TrialHooks
+from mnist_search.search.objective import Objective, TrialFailed
 from mnist_search.search.owners import Owner
 from mnist_search.search.records import WORKER_DIED, TrialRecord
 from mnist_search.search.space import check_budget
@@ -204,6 +205,8 @@ class StudyRequest(RunRequest):
     study_name: str | None = None
     storage: str | None = None
     seed: int = Field(0, ge=0)  # the sampler's; trial n trains seeds from (seed + n) x replicas
+    fidelity: Literal["staged", "full"] = "staged"  # search.fidelity
+    verify: bool = True  # retrain the best trial as `verify` does when the study ends
     jobs: int = Field(1, gt=0)
     service_wait: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds for a starting server
     experiment_name: str = names.EXPERIMENTS["study"]
@@ -283,8 +286,9 @@ class StudySession:
             return []  # the storage's heartbeats do this, on every host
         return reap_dead_workers(self.storage, study or self.study, on_dead=fail_stale_run)
 
-    def run(self, progress: TrialHooks) -> StudyOutcome:
-        """Train until the study's total (all workers), the timeout or an interrupt."""
+    def run(self) -> StudyOutcome:
+        """Train until the study's total (all workers), the timeout or an interrupt. What it
+        does shows in the study's storage (`search.board`), for any display to read."""
         req = self.request
         tracker = StudyTracker(
             self.tracking, self.study, self.storage_url, req.budget, req.experiment, self.experiment, self.data,
@@ -308,7 +312,7 @@ class StudySession:
         repeated = RepeatedFailure()
         objective = Objective(
             self.experiment.search, self.recipe, req.budget, self.data, self.device,
-            FanOut(tracker, progress), seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES,
+            tracker, seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES, fidelity=req.fidelity,
         )  # fmt: skip
         status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout)
         if repeated.stopped and status == "FINISHED":
@@ -434,6 +438,8 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
     if not worker:  # a worker's summary would not be the study's: others may still be training
         end.say(study_summary(session.study, session.request.trials)).say_link(runs_link(session.tracking))
     if outcome.status == "KILLED":
+        if worker:  # the command that started the workers says it, once
+            return end.with_code(INTERRUPTED_CODE)
         return end.say(
             "interrupted: the running trial was marked FAIL; run the same command to resume", "err"
         ).with_code(INTERRUPTED_CODE)

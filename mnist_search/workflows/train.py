@@ -97,6 +97,7 @@ def train_into_runs(
     run_names: list[str],
     tags: dict[str, str],
     on_epoch: Callable[[list[EpochResult]], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
     parent_run_id: str | None = None,
 ) -> list[tuple[str, FitResult, torch.nn.Module]]:
     """Train `spec` with each seed at once, each seed into a run of its own (`train`, `verify`):
@@ -123,7 +124,7 @@ def train_into_runs(
             for sink in sinks:
                 sink.packed(layout)
 
-        models = train_seeds(spec, data, recipe, device, result, logged, packed)
+        models = train_seeds(spec, data, recipe, device, result, logged, packed, on_step=on_step)
         for sink, seed, own, model in zip(sinks, seeds, result.results, models):
             sink.close("COMPLETE", ReplicaResults([seed], [own], result.layout), model, data.example())
     except BaseException as exc:

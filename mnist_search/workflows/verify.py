@@ -15,9 +15,9 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol as Interface
 
 import torch
 from pydantic import Field
@@ -54,6 +54,7 @@ from mnist_search.tracking.client import (
     source_tags,
     tracking_target,
 )
+from mnist_search.tracking.history import checkpoint_model, finished_seed_runs, fit_result
 from mnist_search.tracking.registry import crown
 from mnist_search.training.teacher import check_teacher
 from mnist_search.workflows.export import check_out_dir, export_model
@@ -105,6 +106,34 @@ class Verified:
     def held(self) -> bool:
         """Target held in every seed: test acc >= 99.4 % in each of the last 3 epochs."""
         return bool(self.runs) and all(r.result.target_met(TARGET) for r in self.runs)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a verify's runs train on. The full protocol (the one a claim and `@champion` rest on):
+    all 60,000 training images, at least the task's 15 epochs, at least 3 seeds."""
+
+    images: int
+    epochs: int
+    seeds: int
+
+    @property
+    def full(self) -> bool:
+        return (
+            self.images >= FULL_TRAIN_IMAGES and self.epochs >= DEFAULT_EPOCHS and self.seeds >= VERIFY_SEEDS
+        )
+
+    @property
+    def tag(self) -> str:
+        """Runs trained alike carry the same tag (a resumed verify reuses them): images and epochs."""
+        return f"{self.images} images, {self.epochs} epochs"
+
+    def __str__(self) -> str:
+        kind = "full protocol" if self.full else "not the full protocol"
+        return f"{self.images:,} images, {self.epochs} epochs, {self.seeds} seeds ({kind})"
+
+
+FULL_TRAIN_IMAGES = 60_000
 
 
 def best_seed(v: Verified) -> SeedRun:
@@ -178,16 +207,21 @@ class VerifyReport:
     link: str  # the experiment's runs in MLflow's UI
     budget: int = 0  # the study's
     search: dict = field(default_factory=dict)  # the study's command and compute (search_summary)
+    protocol: Protocol | None = None  # what the runs trained on
+    version: str | None = None  # the registered version of the best
+    champion: bool = False  # is that version @champion now
+    reused: int = 0  # seed runs an earlier, interrupted verify had finished
 
 
-class VerifyHooks(Protocol):
-    """What the CLI shows while runs train."""
+class VerifyHooks(Interface):
+    """What the CLI shows while runs train, here or in worker processes alike."""
 
-    def run_progress(
-        self, task: SeedPack
-    ) -> contextlib.AbstractContextManager[Callable[[list[EpochResult]], None]]:
-        """Packs trained in this process: a context around the pack, giving its per-epoch
-        callback (one result per seed)."""
+    def pack_progress(self, task: SeedPack, epoch: int, share: float, test_acc: float | None) -> None:
+        """A pack trains `epoch` (1-based), `share` of all its epochs done; `test_acc`: its seeds'
+        mean test accuracy after an epoch that just ended (None between epochs)."""
+
+    def packs_ended(self) -> None:
+        """No pack trains any more (all done, or stopped)."""
 
     def run_finished(self, task: SeedPack, seed: int, result: FitResult) -> None: ...
 
@@ -216,7 +250,10 @@ def verify_command(request: VerifyRequest, hooks: VerifyHooks) -> Outcome:
         report = run_verify(request, hooks)
     except (NonFiniteLoss, RunFailed, KeyboardInterrupt) as exc:
         return fault(exc, "the running seeds' MLflow runs were marked FAILED")
-    end = Outcome().say(report.table).say(f"wall time {report.wall_seconds / 60:.1f} min")
+    end = Outcome()
+    if report.reused:
+        end.say(f"{report.reused} seed run(s) reused: finished by an earlier verify of the same protocol")
+    end.say(report.table).say(f"wall time {report.wall_seconds / 60:.1f} min; {report.protocol}")
     end.say_link(report.link)
     return end.say(f"best verified model written to {request.out_dir}") if request.out_dir else end
 
@@ -255,19 +292,52 @@ def _run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
         | ({"recipe_from": str(request.recipe_from)} if request.recipe_from else {}),
     )
     parent_id = parent.info.run_id
-    here = min(request.jobs, len(tasks)) == 1  # one pack (or one worker): no pool to start
+    protocol = Protocol(len(data.train), request.epochs, request.seeds)
+    tasks = [replace(t, tags=t.tags | {"protocol": protocol.tag}) for t in tasks]
+    reused = _reuse_finished(tasks, results, tracking)
+    left = [(t, tuple(s for s in t.seeds if s not in reused[t.trial])) for t in tasks]
+    tasks = [replace(t, index=i, seeds=seeds) for i, (t, seeds) in enumerate((t, s) for t, s in left if s)]
+    here = min(request.jobs, len(tasks)) <= 1  # one pack (or one worker): no pool to start
     context = _RunContext(
         tracking, data.to(device) if here else None, device, budget, experiment_file, parent_id
     )
     models = _train_all(tasks, results, request, context, hooks)
     wall = time.perf_counter() - started
     report = _report(
-        study.study_name, results, request.epochs, wall, str(device.type), parent_id, tracking, budget
+        study.study_name,
+        results,
+        request.epochs,
+        wall,
+        str(device.type),
+        parent_id,
+        tracking,
+        budget,
+        protocol,
     )
     report.search = search_summary(study)
+    report.reused = sum(len(seeds) for seeds in reused.values())
     if request.out_dir is not None:
-        _write_out(report, models, request)
+        _write_out(report, models, request, tracking)
     return report
+
+
+def _reuse_finished(
+    tasks: list[SeedPack], results: list[Verified], tracking: Tracking
+) -> dict[int, set[int]]:
+    """The seed runs an earlier verify of the same trials finished under the same protocol (one
+    interrupted by Ctrl-C, then run again): read back into `results`, not trained again.
+    {trial: its seeds reused}."""
+    by_trial = {v.trial: v for v in results}
+    reused: dict[int, set[int]] = {v.trial: set() for v in results}
+    for task in tasks:
+        done = finished_seed_runs(tracking.client, tracking.experiment_id, task.tags)
+        for seed in task.seeds:
+            if seed in done:
+                result = fit_result(tracking.client, done[seed])
+                if len(result.epochs) == task.recipe.epochs:
+                    by_trial[task.trial].runs.append(SeedRun(seed, done[seed], result))
+                    reused[task.trial].add(seed)
+    return reused
 
 
 def _choose(study, request: VerifyRequest) -> list[TrialRow]:
@@ -303,7 +373,8 @@ def _plan(study, rows: list[TrialRow], request: VerifyRequest, base_recipe: Reci
     tasks = []
     for index, (i, seeds) in enumerate(plan):
         v, seeds = results[i], tuple(request.first_seed + s for s in seeds)
-        tags = {"kind": "verify-run", "trial_number": str(v.trial), "study_name": study.study_name}
+        tags = {"kind": "verify-run", "trial_number": str(v.trial), "study_name": study.study_name,
+                "recipe_from": str(request.recipe_from or "")}  # fmt: skip
         tasks.append(SeedPack(index, v.trial, v.spec, v.recipe, seeds, tags))
     return results, tasks
 
@@ -329,7 +400,7 @@ def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: 
             ctx.tracking.uri, request.experiment_name, ctx.budget, ctx.experiment_file, ctx.parent_run_id,
         )  # fmt: skip
         hooks.pool_started(len(tasks), workers, setup.threads)
-        finished = _rebuilt(run_in_parallel(tasks, request.jobs, setup))
+        finished = _rebuilt(run_in_parallel(tasks, request.jobs, setup, hooks.pack_progress))
     status, models = "FAILED", {}
     by_trial = {v.trial: v for v in results}
     try:
@@ -346,6 +417,7 @@ def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: 
         raise
     finally:
         finished.close()  # with --jobs: ends any worker still training (its runs end FAILED)
+        hooks.packs_ended()
         with contextlib.suppress(*TRACKING_FAILURES):  # a server that went away: the caller reports it
             ctx.tracking.client.set_terminated(ctx.parent_run_id, status)
     return models
@@ -354,20 +426,45 @@ def _train_all(tasks, results, request: VerifyRequest, ctx: _RunContext, hooks: 
 def _here(tasks, ctx: _RunContext, hooks: VerifyHooks) -> Iterator:
     """The packs one after another in this process."""
     for task in tasks:
-        with hooks.run_progress(task) as on_epoch:
-            runs = _train_pack(task, ctx.tracking, ctx.data, ctx.device, ctx.budget, ctx.experiment_file,
-                               ctx.parent_run_id, on_epoch)  # fmt: skip
+        feed = PackFeed(task.recipe.epochs, lambda *progress, task=task: hooks.pack_progress(task, *progress))
+        runs = _train_pack(task, ctx.tracking, ctx.data, ctx.device, ctx.budget, ctx.experiment_file,
+                           ctx.parent_run_id, feed)  # fmt: skip
         yield task, runs
 
 
+class PackFeed:
+    """A pack's progress for a display, as (epoch training, share of its epochs, mean test accuracy
+    of the epoch that just ended or None): at each epoch's end, and at most every `every` seconds
+    within one. `send` is the display's hook here, a queue to the parent in a worker."""
+
+    def __init__(self, epochs: int, send: Callable, every: float = 2.0):
+        self.epochs, self.send, self.every, self.last = epochs, send, every, time.monotonic()
+
+    def epoch(self, results: list[EpochResult]) -> None:
+        e = results[0].epoch
+        self.send(min(e + 1, self.epochs), e / self.epochs, statistics.fmean(r.test_acc for r in results))
+
+    def step(self, epoch: int, share_of_epoch: float) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.send(epoch, (epoch - 1 + share_of_epoch) / self.epochs, None)
+
+
 def _train_pack(
-    task: SeedPack, tracking, data, device, budget, experiment_file, parent_run_id, on_epoch=None
+    task: SeedPack,
+    tracking,
+    data,
+    device,
+    budget,
+    experiment_file,
+    parent_run_id,
+    feed: PackFeed | None = None,
 ):
     """[(seed, run id, FitResult, model)] of one pack."""
     runs = train_into_runs(
         tracking, task.spec, data, task.recipe, device, seeds=list(task.seeds), budget=budget,
         experiment_file=experiment_file, run_names=[task.run_name(s) for s in task.seeds], tags=task.tags,
-        on_epoch=on_epoch, parent_run_id=parent_run_id,
+        on_epoch=feed and feed.epoch, on_step=feed and feed.step, parent_run_id=parent_run_id,
     )  # fmt: skip
     return [(seed, *run) for seed, run in zip(task.seeds, runs)]
 
@@ -386,19 +483,24 @@ def _rebuilt(runs) -> Iterator:
         runs.close()
 
 
-def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking, budget: int) -> VerifyReport:
+def _report(
+    name, results, epochs, wall, device, parent_id, tracking: Tracking, budget: int, protocol: Protocol
+) -> VerifyReport:
     table = verify_table(results, epochs)
     best = max(results, key=lambda v: (v.held, v.mean))
     client = tracking.client
+    version, champion = None, False
     if budget:  # the verified best (its best seed, as exported) into the registry
         seed_run = best_seed(best)
         version, champion = crown(
-            client, seed_run.run_id, budget, best.held, best.mean,
-            tags={"study": name, "trial": str(best.trial), "seed": str(seed_run.seed), "params": str(best.params)},
-            table=f"Verified: study {name}, trial {best.trial}, seed {seed_run.seed}.\n\n{table}",
+            client, seed_run.run_id, budget, best.held and protocol.full, best.mean,
+            tags={"study": name, "trial": str(best.trial), "seed": str(seed_run.seed), "params": str(best.params),
+                  "protocol": str(protocol)},
+            table=f"Verified: study {name}, trial {best.trial}, seed {seed_run.seed}; {protocol}.\n\n{table}",
         )  # fmt: skip
         client.set_tag(parent_id, "registered_version", version)
         client.set_tag(parent_id, "champion", str(champion).lower())
+    client.set_tag(parent_id, "protocol", str(protocol))
     client.log_text(parent_id, table, "verify.md")
     RunLog(client, parent_id).metrics(
         {
@@ -409,14 +511,20 @@ def _report(name, results, epochs, wall, device, parent_id, tracking: Tracking, 
         }
     )
     client.set_tag(parent_id, "target_held", str(best.held).lower())
-    return VerifyReport(name, results, table, wall, device, best, parent_id, runs_link(tracking), budget)
+    return VerifyReport(
+        name, results, table, wall, device, best, parent_id, runs_link(tracking), budget,
+        protocol=protocol, version=version, champion=champion,
+    )  # fmt: skip
 
 
-def _write_out(report: VerifyReport, models: dict, request: VerifyRequest) -> None:
+def _write_out(report: VerifyReport, models: dict, request: VerifyRequest, tracking: Tracking) -> None:
     """The best verified model (its best seed), its experiment file and the verify table."""
     best, out_dir = report.best, request.out_dir
     seed_run = best_seed(best)
-    export_model(models[(best.trial, seed_run.seed)], out_dir)
+    model = models.get((best.trial, seed_run.seed))
+    if model is None:  # trained by an earlier, interrupted verify: its checkpoint
+        model = checkpoint_model(tracking.client, seed_run.run_id, best.spec)
+    export_model(model, out_dir)
     (out_dir / "experiment.yaml").write_text(
         experiment_to_yaml(
             best.spec, best.recipe, f"study {report.study_name}, trial {best.trial}, as verified"
@@ -508,7 +616,7 @@ class WorkerSetup:
 _worker: dict = {}
 
 
-def _init_worker(setup: WorkerSetup) -> None:
+def _init_worker(setup: WorkerSetup, progress=None) -> None:
     import signal
 
     from mnist_search.workflows.runtime import configure_threads
@@ -517,7 +625,7 @@ def _init_worker(setup: WorkerSetup) -> None:
     # with SIGTERM, which ends each running MLflow run FAILED on its way out.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    _worker["setup"] = setup
+    _worker["setup"], _worker["progress"] = setup, progress
     try:
         configure_threads(setup.threads)
         device = torch.device(setup.device)
@@ -540,9 +648,11 @@ def _run_pack(task: SeedPack) -> tuple[int, list]:
         raise _worker["error"]
     setup: WorkerSetup = _worker["setup"]
     _worker["busy"] = True
+    queue = _worker["progress"]
+    feed = None if queue is None else PackFeed(task.recipe.epochs, lambda *p: queue.put((task.index, *p)))
     try:
         runs = _train_pack(task, _worker["tracking"], _worker["data"], _worker["device"], setup.budget,
-                           setup.experiment_file, setup.parent_run_id)  # fmt: skip
+                           setup.experiment_file, setup.parent_run_id, feed)  # fmt: skip
     except KeyboardInterrupt:
         os._exit(130)  # quietly: no traceback from a worker the parent ended
     finally:
@@ -554,15 +664,35 @@ def _run_pack(task: SeedPack) -> tuple[int, list]:
     return task.index, states
 
 
-def run_in_parallel(tasks: list[SeedPack], jobs: int, setup: WorkerSetup):
+def run_in_parallel(
+    tasks: list[SeedPack], jobs: int, setup: WorkerSetup, on_progress: Callable | None = None
+):
     """Train the packs `tasks` in `jobs` worker processes; yields (task, [(seed, run_id,
-    FitResult, state_dict)]) as packs finish. On an exception or interrupt in the caller, the
-    workers are ended (SIGTERM) and their running MLflow runs end FAILED before this returns."""
+    FitResult, state_dict)]) as packs finish. `on_progress(task, epoch, share, test_acc)` follows
+    each pack (`PackFeed`, sent by the workers through a queue and called here from a thread).
+    On an exception or interrupt in the caller, the workers are ended (SIGTERM) and their running
+    MLflow runs end FAILED before this returns."""
     import multiprocessing
+    import threading
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(setup,)) as pool:
-        for index, states in pool.imap_unordered(_run_pack, tasks):
-            yield tasks[index], states
-        pool.close()  # all done: let the workers exit on their own
-        pool.join()
+    queue = ctx.Queue() if on_progress is not None else None
+
+    def relay() -> None:
+        while (message := queue.get()) is not None:
+            index, *progress = message
+            on_progress(tasks[index], *progress)
+
+    relaying = threading.Thread(target=relay, name="verify-progress", daemon=True) if queue else None
+    if relaying is not None:
+        relaying.start()
+    try:
+        with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(setup, queue)) as pool:
+            for index, states in pool.imap_unordered(_run_pack, tasks):
+                yield tasks[index], states
+            pool.close()  # all done: let the workers exit on their own
+            pool.join()
+    finally:
+        if relaying is not None:
+            queue.put(None)
+            relaying.join(timeout=5)
