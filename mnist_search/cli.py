@@ -49,6 +49,7 @@ from mnist_search.options import (
     Quiet,
     RecipeFrom,
     Replicas,
+    Resume,
     SamplerSeed,
     ServiceWait,
     Storage,
@@ -362,6 +363,7 @@ def verify(
     recipe_from: RecipeFrom = None,
     jobs: Jobs = None,
     experiment_name: ExperimentName = None,
+    resume: Resume = False,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
@@ -374,7 +376,7 @@ def verify(
     request = VerifyRequest(**_given(
         study_name=study_name, top=top, trials=tuple(trial_numbers or ()), seeds=seeds, first_seed=first_seed,
         epochs=epochs, storage=storage, tracking_uri=tracking_uri, device=device, data_dir=data_dir,
-        limit_train=limit_train, out_dir=out_dir, recipe_from=recipe_from, jobs=jobs,
+        limit_train=limit_train, out_dir=out_dir, recipe_from=recipe_from, jobs=jobs, resume=resume,
         experiment_name=experiment_name, command=command_line(ctx),
     ))  # fmt: skip
     _finish(checked(verify_command, request, VerifyDisplay(out)))

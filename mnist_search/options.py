@@ -70,7 +70,14 @@ Trials = Annotated[
         "Over-budget proposals are rejected untrained and do not count.",
     ),
 ]
-Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="Stop starting trials after this many seconds of this run (default 1800: 30 minutes; "
+        "0: no limit). Trials running then finish.",
+    ),
+]
 TrialEpochs = Annotated[int | None, typer.Option(min=1, help="Epochs per trial (default: the recipe's).")]
 Replicas = Annotated[
     int | None,
@@ -134,6 +141,14 @@ FirstSeed = Annotated[
         min=0,
         help="Start the seeds here (--first-seed 3 --seeds 3: seeds 3, 4, 5): a verified point "
         "checked on seeds it was not judged on.",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Reuse the seed runs an earlier verify of the same trials and protocol finished (one "
+        "interrupted by Ctrl-C): only the others train.",
     ),
 ]
 VerifyEpochs = Annotated[int, typer.Option(min=1, help="Epochs per run.")]

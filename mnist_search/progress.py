@@ -109,7 +109,7 @@ class StudyDisplay:
     with the gap to the target, the time since this run started and an ETA. Not on a terminal (or
     with `quiet`... nothing), a plain line per trial that ends."""
 
-    def __init__(self, console: Console, read: Callable[[], Board], quiet: bool = False, every: float = 2.0):
+    def __init__(self, console: Console, read: Callable[[], Board], quiet: bool = False, every: float = 1.0):
         self.console, self.read, self.every = console, read, every
         self.live = console.is_terminal and not quiet
         self.plain = not console.is_terminal and not quiet

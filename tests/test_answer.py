@@ -90,7 +90,7 @@ def test_a_verify_run_again_trains_only_the_seeds_it_had_not_finished(store, dat
                                 "--limit-train", "500", "--data-dir", str(data_dir), "--device", "cpu", "--quiet"])  # fmt: skip
     assert study.exit_code == 0, study.output
     verify = ["verify", "--trial", "0", "--epochs", "2", "--limit-train", "1000", "--data-dir", str(data_dir),
-              "--device", "cpu", "--jobs", "1"]  # fmt: skip
+              "--device", "cpu", "--jobs", "1", "--resume"]  # fmt: skip
     first = runner.invoke(app, [*verify, "--seeds", "2"])
     assert first.exit_code == 0, first.output
     table = [line for line in first.stdout.splitlines() if line.startswith("| 0 |")]

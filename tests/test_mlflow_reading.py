@@ -113,32 +113,41 @@ def raw_test_set(data_dir):
     return (raw["test_images"][:, None].astype(np.float32) / 255.0), raw["test_labels"]
 
 
-@pytest.mark.parametrize("alias", ["best", "champion"])
-def test_registry_aliases_load_and_predict_raw_pixels_at_the_logged_accuracy(served, alias, data_dir):
-    version = served.get_model_version_by_alias(NAME, alias)
+def verified_version(client) -> str:
+    _, parent, _ = runs(client, "reading-verify")
+    return parent.data.tags["registered_version"]
+
+
+@pytest.mark.parametrize("which", ["@best", "verified"])
+def test_registered_models_load_and_predict_raw_pixels_at_the_logged_accuracy(served, which, data_dir):
+    uri = f"models:/{NAME}@best" if which == "@best" else f"models:/{NAME}/{verified_version(served)}"
+    version = served.get_model_version_by_alias(NAME, "best") if which == "@best" else (
+        served.get_model_version(NAME, verified_version(served)))  # fmt: skip
     run = served.get_run(version.run_id)
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{alias}")
+    model = mlflow.pyfunc.load_model(uri)
     x, y = raw_test_set(data_dir)
     logits = np.concatenate([model.predict(x[i : i + 2000]) for i in range(0, len(x), 2000)])
     accuracy = float((logits.argmax(1) == y).mean())
     assert accuracy == pytest.approx(run.data.metrics["final/test_acc"], abs=1e-4)
     assert accuracy > 0.3  # well above chance (0.1) after 2 epochs on 3,000 images: raw pixels understood
     # One input contract: a signature over (N, 1, 28, 28) float32, a real digit as the example.
-    info = mlflow.models.get_model_info(f"models:/{NAME}@{alias}")
+    info = mlflow.models.get_model_info(uri)
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 28, 28)
     example = np.asarray(mlflow.models.Model.load(info.model_uri).load_input_example(info.model_uri))
     assert example.shape[1:] == (1, 28, 28) and 0.0 <= example.min() and example.max() <= 1.0
     assert example.max() > 0.9  # ink on it, not zeros
 
 
-def test_champion_carries_the_verify_table(served):
-    version = served.get_model_version_by_alias(NAME, "champion")
+def test_a_smoke_verify_is_registered_with_its_table_and_protocol_but_never_as_champion(served):
+    """1 seed, 2 epochs, 3,000 images: registered (its verify table, its protocol), and `@champion`
+    stays for a verify of the full protocol that held the target (60,000 images, 15 epochs, 3 seeds)."""
+    version = served.get_model_version(NAME, verified_version(served))
     assert "| trial | params | seed |" in version.description
-    assert version.tags["target_held"] in {"true", "false"} and float(version.tags["test_acc_mean"]) > 0.3
+    assert version.tags["target_held"] == "false" and float(version.tags["test_acc_mean"]) > 0.3
+    assert version.tags["protocol"] == "3,000 images, 2 epochs, 1 seed (not the full protocol)"
+    assert "champion" not in served.get_registered_model(NAME).aliases
     _, parent, _ = runs(served, "reading-verify")
-    assert (
-        parent.data.tags["champion"] == "true" and parent.data.tags["registered_version"] == version.version
-    )
+    assert parent.data.tags["champion"] == "false"
 
 
 def test_workers_registering_one_run_at_once_agree_on_one_version(served):

@@ -189,7 +189,7 @@ def test_a_study_with_seeds_scores_the_mean_records_the_worst_and_shows_every_se
     from .conftest import TINY, local_client, runner
 
     (tmp_path / "tiny3.yaml").write_text(TINY.replace("batch_size: 64}", "batch_size: 64, seeds: 3}"))
-    result = runner.invoke(app, ["study", "--experiment", "tiny3.yaml", "--trials", "1", "--limit-train", "1500",
+    result = runner.invoke(app, ["study", "--experiment", "tiny3.yaml", "--fidelity", "full", "--trials", "1", "--limit-train", "1500",
                                  "--data-dir", str(data_dir), "--device", "cpu", "--quiet"])  # fmt: skip
     assert result.exit_code == 0, result.output
     study = optuna.load_study(

@@ -25,6 +25,9 @@ TARGET = 0.994  # the task: >= 99.4 % test accuracy (in each of the last 3 epoch
 DEFAULT_BUDGET = 8_000  # ... with fewer than this many trainable parameters
 DEFAULT_EPOCHS = 15  # ... usually within 15 epochs: a recipe's, and what `verify` trains
 DEFAULT_TRIALS = 20  # a study's total of trained trials, unless --trials says otherwise
+# ... or this many seconds of search per run, whichever comes first (on 2 CPU cores the trials take
+# longer than that; the best is then verified, ~15 min): an answer within the hour. 0: no limit.
+DEFAULT_TIMEOUT = 1800.0
 VERIFY_SEEDS = 3  # seeds per architecture a verify trains: a claim is over seeds, never one run
 DEFAULT_SEARCH = "budget-8k"  # the shipped search experiment `mnist-search study` uses at 8,000
 

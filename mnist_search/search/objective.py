@@ -264,7 +264,9 @@ class TrialTraining:
         first = self.result
         others = [
             t
-            for t in self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            for t in self.trial.study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+            )
             if t.number != self.trial.number
         ]
         contender = contends(first.val_score, others)

@@ -86,7 +86,7 @@ def verify_best(session, hooks: VerifyHooks) -> Outcome:
     request = VerifyRequest(
         study_name=session.name, storage=session.storage_url, tracking_uri=session.tracking.uri,
         device=req.device, data_dir=req.data_dir, limit_train=req.limit_train, trials=(best.trial,),
-        seeds=VERIFY_SEEDS, epochs=session.recipe.epochs, jobs=req.jobs, out_dir=out_dir,
+        seeds=VERIFY_SEEDS, epochs=session.recipe.epochs, jobs=req.jobs, out_dir=out_dir, resume=True,
         command=req.command,
     )  # fmt: skip
     try:

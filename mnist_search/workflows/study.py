@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from mnist_search.core.config import (
     DEFAULT_BUDGET,
+    DEFAULT_TIMEOUT,
     DEFAULT_TRIALS,
     ConfigError,
     Experiment,
@@ -199,7 +200,7 @@ class StudyRequest(RunRequest):
     # A path or a shipped experiment's name; None: the shipped one for the budget (default_search).
     experiment: str | None = None
     trials: int = Field(DEFAULT_TRIALS, gt=0)
-    timeout: float | None = None
+    timeout: float | None = Field(DEFAULT_TIMEOUT, ge=0)  # seconds of search per run; 0 or None: no limit
     epochs: int | None = Field(None, gt=0)  # per trial; None: the recipe's
     replicas: int | None = Field(None, ge=1, le=64)  # seeds per trial, packed; None: the recipe's
     study_name: str | None = None
@@ -275,9 +276,12 @@ class StudySession:
             where = f"{req.jobs} worker processes, {threads} torch thread{'s' if threads > 1 else ''} each"
         resuming = resume_summary(self.study)
         resuming = f"{resuming}; " if resuming else ""
+        plan = [f"new trials for up to {req.timeout / 60:.0f} min"] if req.timeout else []
+        plan += ["then its best is verified"] if req.verify else []
+        plan = f"; {', '.join(plan)}" if plan else ""
         return (
             f"study {self.name}: {resuming}{self.done}/{req.trials} trials done; {where}; "
-            f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}"
+            f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}{plan}"
         )
 
     def reap(self, study: optuna.Study | None = None) -> list[tuple[optuna.trial.FrozenTrial, str]]:
@@ -314,7 +318,7 @@ class StudySession:
             self.experiment.search, self.recipe, req.budget, self.data, self.device,
             tracker, seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES, fidelity=req.fidelity,
         )  # fmt: skip
-        status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout)
+        status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout or None)
         if repeated.stopped and status == "FINISHED":
             status = "FAILED"
         try:

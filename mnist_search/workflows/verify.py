@@ -130,7 +130,8 @@ class Protocol:
 
     def __str__(self) -> str:
         kind = "full protocol" if self.full else "not the full protocol"
-        return f"{self.images:,} images, {self.epochs} epochs, {self.seeds} seeds ({kind})"
+        seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        return f"{self.images:,} images, {self.epochs} epochs, {seeds} ({kind})"
 
 
 FULL_TRAIN_IMAGES = 60_000
@@ -192,6 +193,7 @@ class VerifyRequest(RunRequest):
     out_dir: Path | None = None
     recipe_from: str | None = None
     jobs: int = Field(1, gt=0)
+    resume: bool = False  # reuse the seed runs an earlier verify of the same protocol finished
     experiment_name: str = names.EXPERIMENTS["verify"]
 
 
@@ -294,7 +296,9 @@ def _run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     parent_id = parent.info.run_id
     protocol = Protocol(len(data.train), request.epochs, request.seeds)
     tasks = [replace(t, tags=t.tags | {"protocol": protocol.tag}) for t in tasks]
-    reused = _reuse_finished(tasks, results, tracking)
+    reused = (
+        _reuse_finished(tasks, results, tracking) if request.resume else {v.trial: set() for v in results}
+    )
     left = [(t, tuple(s for s in t.seeds if s not in reused[t.trial])) for t in tasks]
     tasks = [replace(t, index=i, seeds=seeds) for i, (t, seeds) in enumerate((t, s) for t, s in left if s)]
     here = min(request.jobs, len(tasks)) <= 1  # one pack (or one worker): no pool to start
