@@ -106,11 +106,18 @@ class StudyDisplay:
 
     On a terminal, a live display: a line per training trial (number, params, seeds, epoch k/N,
     a bar of the epochs, its latest validation score), then the study's counts, its best so far
-    with the gap to the target, the time since this run started and an ETA. Not on a terminal (or
-    with `quiet`... nothing), a plain line per trial that ends."""
+    with the gap to the target, the time since this run started and an ETA. Not on a terminal, a
+    plain line per trial that ends; with `quiet` (a `--jobs` worker), nothing."""
 
-    def __init__(self, console: Console, read: Callable[[], Board], quiet: bool = False, every: float = 1.0):
-        self.console, self.read, self.every = console, read, every
+    def __init__(
+        self,
+        console: Console,
+        read: Callable[[], Board],
+        quiet: bool = False,
+        every: float = 1.0,
+        timeout: float | None = None,
+    ):
+        self.console, self.read, self.every, self.timeout = console, read, every, timeout
         self.live = console.is_terminal and not quiet
         self.plain = not console.is_terminal and not quiet
         self.started = time.monotonic()
@@ -123,7 +130,7 @@ class StudyDisplay:
     def for_session(cls, console: Console, session, quiet: bool = False) -> StudyDisplay:
         """The display of a prepared study (`workflows.study.prepare_study`)."""
         study, total = session.study, session.request.trials
-        return cls(console, lambda: Board.read(study, total), quiet=quiet)
+        return cls(console, lambda: Board.read(study, total), quiet=quiet, timeout=session.request.timeout)
 
     def __enter__(self) -> Self:
         if not (self.live or self.plain):
@@ -169,9 +176,14 @@ class StudyDisplay:
                     )
 
     def eta(self, board: Board) -> str:
+        """Until the study's total at its pace, or with a --timeout until the trials running when
+        it passes have finished, whichever comes first."""
         seconds = board.eta()
         if seconds is None:
             return "eta after the first steps"
+        if self.timeout:
+            left = max(0.0, self.timeout - (time.monotonic() - self.started))
+            seconds = min(seconds, left + board.longest_left())
         return "" if seconds <= 0 else f"eta ~{_clock(seconds)}"
 
     def render(self, board: Board):

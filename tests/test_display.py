@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -81,6 +82,19 @@ def test_the_eta_shares_the_work_left_among_the_trials_training(study):
     fresh = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     running(fresh, 5000, None)
     assert Board.read(fresh, total=3).eta() is None
+
+
+def test_with_a_timeout_the_eta_ends_when_the_trials_running_then_finish(study):
+    now = time.time()
+    half = TrialProgress(seeds=1, stage=1, epoch=8, epochs=15, share=0.5, val=0.98, since=now - 300, at=now)
+    running(study, 5000, half)
+    running(study, 6000, half)
+    board = Board.read(study, total=10, now=now)
+    assert board.eta() == pytest.approx(2700) and board.longest_left() == pytest.approx(300)
+    display = StudyDisplay(Console(file=io.StringIO()), lambda: board, timeout=600)
+    display.started -= 500  # 100 s of the 600 left: the running trials' 300 s then end it
+    assert re.fullmatch(r"eta ~0:06:(39|40)", display.eta(board))
+    assert StudyDisplay(Console(file=io.StringIO()), lambda: board).eta(board) == "eta ~0:45:00"
 
 
 def test_a_worker_writes_its_progress_as_the_epochs_go(study):

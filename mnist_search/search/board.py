@@ -123,6 +123,15 @@ class Board:
             now=time.time() if now is None else now,
         )
 
+    def longest_left(self) -> float:
+        """Seconds until the last of the running trials' stages ends, at their pace so far."""
+        lefts = [
+            max(0.0, left - (self.now - r.progress.at))
+            for r in self.running
+            if r.progress is not None and (left := r.progress.stage_left()) is not None
+        ]
+        return max(lefts, default=0.0)
+
     def eta(self) -> float | None:
         """Seconds until the study's total at the pace so far: the trials not started yet take the
         finished trials' mean time (before any finished, the running trials' projected time), the
