@@ -98,29 +98,6 @@ class NoHooks:
     def trial_ended(self, end, model) -> None: ...
 
 
-class FanOut:
-    """Several observers behind one: each event goes to every hook, in order."""
-
-    def __init__(self, *hooks: TrialHooks):
-        self.hooks = hooks
-
-    def trial_started(self, *args) -> None:
-        for hook in self.hooks:
-            hook.trial_started(*args)
-
-    def epoch_ended(self, *args) -> None:
-        for hook in self.hooks:
-            hook.epoch_ended(*args)
-
-    def seeds_added(self, *args) -> None:
-        for hook in self.hooks:
-            hook.seeds_added(*args)
-
-    def trial_ended(self, *args) -> None:
-        for hook in self.hooks:
-            hook.trial_ended(*args)
-
-
 class Objective:
     """Maximise the mean validation accuracy of the last 3 epochs of a budget-feasible spec.
 
