@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -13,11 +12,12 @@ from torch import nn
 from mnist_search.core.config import ArchSpec, Recipe, experiment_to_yaml, spec_to_yaml
 from mnist_search.core.data import MEAN, STD
 from mnist_search.core.errors import ExportError
-from mnist_search.core.model import WithNormalisation, build_model, layer_table, receptive_field_table
+from mnist_search.core.model import WithNormalisation, layer_table, receptive_field_table
 from mnist_search.search.leaderboard import TrialRow, completed, leaderboard
 from mnist_search.search.records import TrialRecord
 from mnist_search.tracking import names
 from mnist_search.tracking.client import Tracking
+from mnist_search.tracking.history import checkpoint_model
 
 FILES = ["model.pt2", "state_dict.pt", "spec.yaml", "layers.txt", "receptive_field.txt"]
 
@@ -54,15 +54,12 @@ def export_trial(study, trial: str, out_dir: Path, tracking: Tracking) -> tuple[
         raise ExportError(f"--trial {trial}: not a completed trial of study {study.study_name}")
     if not row.mlflow_run_id:
         raise ExportError(f"trial {row.trial}: no MLflow run recorded for it")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = tracking.client.download_artifacts(row.mlflow_run_id, "checkpoint", tmp)
-        except mlflow.exceptions.MlflowException as exc:
-            raise ExportError(
-                f"trial {row.trial}: checkpoint of run {row.mlflow_run_id} not found ({exc.error_code})"
-            ) from None
-        model = build_model(ArchSpec.model_validate(row.spec))
-        model.load_state_dict(torch.load(Path(local) / "state_dict.pt", weights_only=True))
+    try:
+        model = checkpoint_model(tracking.client, row.mlflow_run_id, ArchSpec.model_validate(row.spec))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ExportError(
+            f"trial {row.trial}: checkpoint of run {row.mlflow_run_id} not found ({exc.error_code})"
+        ) from None
     written = export_model(model, out_dir)
     recipe = TrialRecord.of(study.trials[row.trial]).recipe
     if recipe is not None:  # how it trained, val_size included: what makes the folder a teacher
