@@ -64,7 +64,7 @@ from mnist_search.options import (
     VerifyEpochs,
     VerifySeeds,
 )
-from mnist_search.workflows.runtime import check_device_name, default_jobs, interrupt_on_sigterm
+from mnist_search.workflows.runtime import check_device_name, default_jobs, handle_interrupts
 
 app = typer.Typer(
     help="Budget-constrained architecture search for tiny MNIST networks, tracked in MLflow.",
@@ -88,6 +88,49 @@ class WarningLines(logging.Handler):
         self.console.print(f"warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
 
 
+class RetryLines(logging.Handler):
+    """urllib3's retries of a tracking server that does not answer, as one `warning:` line per
+    episode (not one per retry, not a silent wait): MLflow retries a request a few times
+    (core.settings: 2 retries, 10 s each at most) before the command reports the server lost."""
+
+    QUIET_SECONDS = 60.0  # one line per minute of a server that stays away
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console, self.last = console, -self.QUIET_SECONDS
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import re
+        import time
+
+        text = record.getMessage()
+        if not text.startswith("Retrying") or time.monotonic() - self.last < self.QUIET_SECONDS:
+            return
+        self.last = time.monotonic()
+        # urllib3 logs ("Retrying (%r) after connection broken by '%r': %s", retry, error, url).
+        error = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else None
+        conn = getattr(error, "conn", None) or getattr(error, "pool", None)
+        host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+        server = f"{host}:{port}" if host and port else "the tracking server"
+        reason = re.search(r"(Connection refused|timed out|Name or service not known|Connection reset|"
+                           r"Remote end closed connection|Connection aborted)", text)  # fmt: skip
+        self.console.print(
+            f"warning: {server} is not answering ({reason.group(1) if reason else 'no response'}); "
+            f"retrying for up to ~{self.patience():.0f} s before the command reports it lost",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+
+    @staticmethod
+    def patience() -> float:
+        """The longest MLflow's retries of one request can take: every try timing out, with the
+        exponential backoff (and its up-to-1 s jitter) between them."""
+        env = os.environ
+        retries = int(env.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"))
+        factor = float(env.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"))
+        timeout = float(env.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"))
+        return (retries + 1) * timeout + sum(factor * 2**i + 1 for i in range(retries))
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -106,6 +149,9 @@ def _console(
     log.handlers[:] = [WarningLines(err)]
     log.setLevel(logging.WARNING)
     log.propagate = False
+    retries = logging.getLogger("urllib3.connectionpool")
+    retries.handlers[:] = [RetryLines(err)]
+    retries.propagate = False
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -268,7 +314,10 @@ def study(
 @app.command("study-worker", hidden=True)
 def study_worker() -> None:
     """One of `study --jobs N`'s workers: the study's options arrive as JSON on standard input."""
+    from mnist_search.workflows.runtime import worker_interrupts
     from mnist_search.workflows.study import StudyRequest
+
+    worker_interrupts()  # Ctrl-C is the parent's to act on: it sends each worker SIGTERM, once
 
     _run_study(StudyRequest.model_validate_json(sys.stdin.read()), quiet=True, worker=True)
 
@@ -276,6 +325,7 @@ def study_worker() -> None:
 def _run_study(request, quiet: bool, worker: bool = False) -> None:
     from mnist_search.progress import StudyDisplay, VerifyDisplay
     from mnist_search.workflows.answer import announce, has_answer_to_verify, verify_best
+    from mnist_search.workflows.runtime import rearm_interrupts
     from mnist_search.workflows.study import prepare_study, study_end
 
     session = checked(prepare_study, request)
@@ -292,6 +342,7 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
         return _finish(end)
     for stream, line in end.lines:  # the study's end, then its answer
         _say(line, stream)
+    rearm_interrupts()  # an interrupted study's cleanup is done: Ctrl-C now stops the verify
     _say(announce(session))
     _finish(verify_best(session, VerifyDisplay(out)))
 
@@ -310,9 +361,7 @@ def report(
     if as_json:
         sys.stdout.write(json.dumps(rep.to_json(), indent=2) + "\n")
         return
-    print_report(
-        out, f"study {rep.study} — budget {rep.budget}", rep.rows, rep.front, (rep.feasible, rep.proposed)
-    )
+    print_report(out, f"study {rep.study} — budget {rep.budget}", rep.rows, rep.front, rep.counts_line())
 
 
 @app.command()
@@ -343,6 +392,26 @@ def export(
 
     row, written = checked(export_from_study, study_name, storage, trial, out_dir, tracking_uri)
     _say(f"trial {row.trial} ({row.params:,} params) exported to {out_dir}: {', '.join(written)}")
+
+
+@app.command()
+def repair(storage: Storage = None) -> None:
+    """Cut a study journal at its first line that is not a record, keeping every study as it was up
+    to there (the file as it was is copied beside it)."""
+    from mnist_search.core.settings import default_storage_url
+    from mnist_search.search.journal import cut_at_bad_line
+
+    path = storage or default_storage_url()
+    if "://" in path:
+        fail(f"--storage {mask_url(path)}: repair mends a journal file; a database keeps its own consistency")
+    cut = checked(cut_at_bad_line, Path(path))
+    if cut is None:
+        _say(f"{path}: every line is a journal record; nothing to repair")
+        return
+    kept, backup = cut
+    _say(
+        f"{path}: kept its first {kept:,} records (every study as it was up to there); the file as it was: {backup}"
+    )
 
 
 @app.command()
@@ -418,8 +487,9 @@ def main() -> None:
     from typer.exceptions import TyperException  # base of Typer's (vendored click) usage errors
 
     # SIGTERM (docker stop, kill, a scheduler) takes the same clean path as Ctrl-C: the running
-    # MLflow run ends FAILED (a study's trial FAIL, interrupted), and the command exits 130.
-    interrupt_on_sigterm()
+    # MLflow run ends FAILED (a study's trial FAIL, interrupted), and the command exits 130. Ctrl-C
+    # pressed again while that cleanup runs is ignored (no traceback, nothing left half-closed).
+    handle_interrupts()
     try:
         code = app(standalone_mode=False, prog_name="mnist-search")
     except TyperException as exc:

@@ -94,10 +94,7 @@ def best_line(best: TrialRow | None) -> str:
 
 
 def counts_line(board: Board) -> str:
-    return (
-        f"trained {board.trained}/{board.total} (pruned {board.pruned}, failed {board.failed}), "
-        f"over budget {board.infeasible}"
-    )
+    return f"done {board.tally.done}/{board.total}: {board.tally.words()}"
 
 
 class StudyDisplay:
@@ -217,7 +214,7 @@ class StudyDisplay:
         reason = f" — {row.fail_reason}" if row.fail_reason and row.state != "COMPLETE" else ""
         return (
             f"trial {row.trial} {row.state} {_fmt(row.params, '{:,}')} params {figures}{seconds}"
-            f"[{board.trained}/{board.total}] pruned {board.pruned} failed {board.failed} "
+            f"[{board.tally.done}/{board.total}: {board.tally.words(over_budget=False)}] "
             f"{best_line(board.best)}{reason}"
         )
 
@@ -275,23 +272,31 @@ def _fmt(value, fmt: str = "{:.4f}") -> str:
 
 
 def print_report(
-    console: Console, title: str, rows: list[TrialRow], front: list[TrialRow], share: tuple[int, int]
+    console: Console, title: str, rows: list[TrialRow], front: list[TrialRow], tally_line: str
 ) -> None:
-    """`report`: the leaderboard table, the Pareto front, and the share of proposals under budget."""
+    """`report`: the leaderboard table (completed trials ranked; pruned and failed ones below with
+    their reason), the Pareto front, and the study's counts."""
     from rich.table import Table
 
     table = Table(title=title)
     for col in ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s"):
         table.add_column(col, justify="right", no_wrap=True)
+    reasons = any(r.state != "COMPLETE" and r.fail_reason for r in rows)
+    if reasons:
+        table.add_column("reason", justify="left", overflow="fold")
     for r in rows:
-        table.add_row(
-            str(r.rank), str(r.trial), _fmt(r.params, "{:,}"), _fmt(r.mult_adds and r.mult_adds / 1e3, "{:,.0f}k"),
+        cells = [
+            _fmt(r.rank or None, "{}"), str(r.trial), _fmt(r.params, "{:,}"), _fmt(r.mult_adds and r.mult_adds / 1e3, "{:,.0f}k"),
             _fmt(r.val_acc), _fmt(r.test_acc_min_last3), "yes" if r.target_met else "no",
             str(r.epochs_run), r.state[:8], _fmt(r.seconds, "{:.0f}"),
-        )  # fmt: skip
-    (console if console.is_terminal else Console(width=120)).print(table)  # piped: not squeezed to 80 columns
-    console.print("Pareto front (smallest model per validation-accuracy level):", highlight=False)
-    for r in front:
-        console.print(f"  trial {r.trial}: {r.params:,} params, val {r.val_acc:.4f}, "
-                      f"test min(last 3) {_fmt(r.test_acc_min_last3)}", highlight=False)  # fmt: skip
-    console.print(f"{share[0]}/{share[1]} proposals were under the budget.", highlight=False)
+        ]  # fmt: skip
+        table.add_row(*cells, *([(r.fail_reason or "") if r.state != "COMPLETE" else ""] if reasons else []))
+    (console if console.is_terminal else Console(width=160)).print(table)  # piped: not squeezed to 80 columns
+    if front:
+        console.print("Pareto front (smallest model per validation-accuracy level):", highlight=False)
+        for r in front:
+            console.print(f"  trial {r.trial}: {r.params:,} params, val {r.val_acc:.4f}, "
+                          f"test min(last 3) {_fmt(r.test_acc_min_last3)}", highlight=False)  # fmt: skip
+    else:
+        console.print("No completed trial yet, so no Pareto front.", highlight=False)
+    console.print(tally_line, highlight=False)

@@ -214,7 +214,7 @@ def store_with_default_study(root: Path, data_dir, trials: int):
         mp.chdir(root)
         result = runner.invoke(app, study_args(data_dir, trials))
         assert result.exit_code == 0, result.output
-        assert f"{trials}/{trials} trials trained" in result.output
+        assert f"{trials}/{trials} trials done" in result.output
         yield root
 
 
@@ -240,6 +240,10 @@ BAD_YAML = {
         "recipe.epochs: Input should be greater than 0",
     ),
     "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
+    "quoted.yaml": (
+        'spec:\n  stages: [[8]]\nrecipe:\n  batch_size: "128"\n',
+        "recipe.batch_size: Input should be a valid integer (got the text '128': write it without quotes)",
+    ),
 }
 
 

@@ -75,7 +75,7 @@ def test_a_study_ends_with_its_best_trial_verified_exported_and_claimed(store, d
     )
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "already has 2 trained trials" in again.stdout and claim.group(0) in again.stdout
+    assert "already has 2 trials done" in again.stdout and claim.group(0) in again.stdout
     assert "verifying" not in again.stdout
     experiment = client.get_experiment_by_name("mnist-search-verify").experiment_id
     assert len(client.search_runs([experiment])) == seed_runs

@@ -225,4 +225,4 @@ def test_study_uses_one_worker_per_core_by_default_and_says_so(store, data_dir, 
     )
     assert first.startswith("study tiny-b8000: 0/2 trials done; " + where + "; storage "), first
     assert 1 <= jobs <= available_cores()  # never more workers than cores
-    assert "2/2 trials trained" in result.stdout
+    assert "2/2 trials done" in result.stdout

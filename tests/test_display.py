@@ -58,7 +58,10 @@ def test_the_board_counts_every_workers_trials_from_the_storage(study):
     study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"feasible": False}))  # over budget
     running(study, 5000, None)
     board = Board.read(study, total=10)
-    assert (board.trained, board.pruned, board.failed, board.infeasible) == (3, 1, 1, 1)
+    tally = board.tally
+    assert (tally.done, tally.trained, tally.pruned, tally.failed, tally.over_budget, tally.interrupted) == (
+        3, 1, 1, 1, 1, 1,
+    )  # fmt: skip
     assert [r.params for r in board.running] == [5000]
     assert board.best.trial == 0 and board.best.val_acc == 0.98 and board.best.seeds == 3
     assert board.mean_seconds == 450.0
@@ -126,7 +129,9 @@ def test_plain_lines_tell_each_trials_end_once_with_the_figures_the_study_ranks_
     first, second = lines
     assert first.startswith("trial 1 COMPLETE 3,928 params val 0.9800 (3 seeds) test min3 0.9500 (12 s) [")
     assert "best #1 3,928p val 0.9800 (3 seeds, -1.40 pts to 99.4%)" in first  # a mean of seeds ranks first
-    assert second.startswith("trial 2 PRUNED 3,928 params at epoch 9 (5 s) [3/4] pruned 1 failed 0 ")
+    assert second.startswith(
+        "trial 2 PRUNED 3,928 params at epoch 9 (5 s) [3/4: 2 trained, 1 pruned, 0 failed] "
+    )
     assert second.endswith("— pruned after epoch 9 (val acc 0.9700)")
 
 
@@ -160,13 +165,13 @@ def test_two_workers_show_live_a_line_per_running_trial_the_counts_and_an_eta(tm
     rows = set(re.findall(r"^#(\d+) [\d,]+p +1 seed +ep (\d)/3 ", screen, re.MULTILINE))
     assert {n for n, _ in rows} >= {"0", "1", "2", "3"}, rows  # every trial had its line
     assert any(epoch in ("2", "3") for _, epoch in rows)  # and moved through its epochs
-    assert re.search(r"^#\d+ [^\n]*\n#\d+ [^\n]*\ntrained ", screen, re.MULTILINE)  # two trials at once
+    assert re.search(r"^#\d+ [^\n]*\n#\d+ [^\n]*\ndone ", screen, re.MULTILINE)  # two trials at once
     assert re.search(
-        r"^trained [0-4]/4 \(pruned \d, failed \d\), over budget \d \| best ", screen, re.MULTILINE
+        r"^done [0-4]/4: \d trained, \d pruned, \d failed, \d+ over budget \| best ", screen, re.MULTILINE
     )
     assert re.search(r"eta ~\d:\d\d:\d\d", screen)
     assert re.search(r"best #\d+ [\d,]+p val 0\.\d{4} \(\d seeds?, [+-]\d+\.\d\d pts to 99\.4%\)", screen)
-    assert "4/4 trials trained by 2 workers" in screen
+    assert "4/4 trials done by 2 workers" in screen
 
 
 @pytest.mark.slow
@@ -182,7 +187,7 @@ def test_the_header_under_a_terminal_says_a_run_resumes_a_study(tmp_path, data_d
     code, screen = _under_pty([*args, "--trials", "2"], tmp_path)
     assert code == 0, screen[-3000:]
     assert re.search(
-        r"^study tiny-b8000: resuming 1 trial \(1 trained and counted, 0 interrupted and trained again, "
+        r"^study tiny-b8000: resuming 1 trial \(1 done: 1 trained, 0 pruned, 0 failed; 0 interrupted and trained again, "
         r"0 over budget\); 1/2 trials done; on cpu; ", screen, re.MULTILINE,
     ), screen[:2000]  # fmt: skip
-    assert "trained 2/2" in screen
+    assert "done 2/2: 2 trained, 0 pruned, 0 failed, 0 over budget" in screen

@@ -59,7 +59,7 @@ def test_a_one_seed_trial_never_outranks_a_mean_of_seeds(tmp_path):
     study.add_trial(trial(None, [12], state=TrialState.PRUNED))
     rows = leaderboard(study)
     assert [(r.trial, r.seeds) for r in rows] == [(2, 3), (1, 3), (3, 1), (0, 1), (4, 1)]
-    assert [r.rank for r in rows] == [1, 2, 3, 4, 5]
+    assert [r.rank for r in rows] == [1, 2, 3, 4, 0]  # a pruned trial has no rank
     # Optuna's own best is the raw value; the study's answer is ranked by the rule.
     assert study.best_trial.number == 3 and rows[0].trial == 2
 

@@ -47,7 +47,7 @@ def test_a_study_and_a_verify_with_two_workers_on_the_gpu(store, data_dir):
              "--data-dir", str(data_dir), "--device", "cuda", "--quiet"]  # fmt: skip
     result = runner.invoke(app, study)
     assert result.exit_code == 0, result.output
-    assert "3/3 trials trained" in result.output
+    assert "3/3 trials done" in result.output
     children = runs_of(local_client(store), "mnist-search-studies", "trial")
     assert len(children) == 3 and all(c.info.status in ("FINISHED", "KILLED") for c in children)
     verify = ["verify", "--top", "1", "--seeds", "2", "--epochs", "2", "--limit-train", "5000",

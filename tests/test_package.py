@@ -64,7 +64,7 @@ def test_a_built_wheel_runs_the_main_command_from_an_unrelated_folder(tmp_path, 
         cwd=elsewhere, env=env,
     )  # fmt: skip
     assert study.returncode == 0, study.stderr[-2000:]
-    assert "study budget-8k-b8000: 1/1 trials trained" in study.stdout
+    assert "study budget-8k-b8000: 1/1 trials done" in study.stdout
     assert (elsewhere / "mlruns" / "mlflow.db").is_file()
     named = run([venv / "bin" / "mnist-search", "summary", "seed-model-1"], cwd=elsewhere, env=env)
     assert named.returncode == 0 and "Total params: 14,620" in named.stdout

@@ -229,7 +229,7 @@ def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(s
     # A diverging learning rate is each trial's own outcome, not a broken setup: 4 failed trials
     # in a row do not stop the study (only the same *error* repeated does; see test_trust).
     result = runner.invoke(app, [*args[:6], "4", *args[7:]])
-    assert result.exit_code == 0 and "4/4 trials trained" in result.output, result.output
+    assert result.exit_code == 0 and "4/4 trials done" in result.output, result.output
     study = optuna.load_study(study_name="explode-b8000", storage=open_storage(None))
     assert [t.state.name for t in study.trials if t.user_attrs.get("feasible")] == ["FAIL"] * 4
 
@@ -316,8 +316,8 @@ def test_two_workers_ending_at_the_timeout_exit_0_with_one_summary(tmp_path, dat
     )
     done = trials_done(study)
     assert 2 <= done < 100
-    assert out.count("trials trained") == 2  # the workers' count line, then the study's summary
-    assert f"study budget-8k-b8000: {done}/100 trials trained by 2 workers" in out
+    assert out.count("trials done") == 2  # the workers' count line, then the study's summary
+    assert f"study budget-8k-b8000: {done}/100 trials done by 2 workers" in out
     assert out.count("MLflow: ") == 1
 
 
@@ -339,7 +339,7 @@ def test_the_resume_summary_counts_what_a_study_holds_by_kind(tmp_path):
         value = 0.98 if state == TrialState.COMPLETE else None
         study.add_trial(create_trial(state=state, value=value, user_attrs=attrs))
     assert resume_summary(study) == (
-        "resuming 6 trials (3 trained and counted, 2 interrupted and trained again, 1 over budget)"
+        "resuming 6 trials (3 done: 1 trained, 1 pruned, 1 failed; 2 interrupted and trained again, 1 over budget)"
     )
 
 
@@ -357,7 +357,7 @@ def test_the_header_says_when_a_run_resumes_a_study(store, data_dir, tmp_path):
     assert again.exit_code == 0, again.output
     header = again.stdout.splitlines()[0]
     assert header.startswith(
-        "study tiny-b8000: resuming 1 trial (1 trained and counted, 0 interrupted and trained again, "
+        "study tiny-b8000: resuming 1 trial (1 done: 1 trained, 0 pruned, 0 failed; 0 interrupted and trained again, "
         "0 over budget); 1/2 trials done; on cpu; storage "
     ), header
-    assert "2/2 trials trained" in again.stdout
+    assert "2/2 trials done" in again.stdout

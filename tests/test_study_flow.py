@@ -120,7 +120,12 @@ def test_one_parent_run_holds_a_closed_child_run_per_trained_trial(trained):
         assert child.data.params["recipe.epochs"] == "1"  # --epochs 1: one source, logged true
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/params_vs_accuracy.png"} <= artifacts
-    assert parent.data.metrics["study/trials_trained"] == 4
+    metrics = parent.data.metrics
+    over = sum(t.user_attrs.get("feasible") is False for t in load(trained).trials)
+    assert metrics["study/trials_done"] == 4 and metrics["study/trials_over_budget"] == over
+    assert (
+        metrics["study/trials_trained"] + metrics["study/trials_pruned"] + metrics["study/trials_failed"] == 4
+    )
 
 
 def test_report_json_agrees_with_the_storage(trained):
@@ -188,7 +193,7 @@ def test_resuming_with_another_budget_or_experiment_exits_2_and_adds_nothing(tra
     by_path = runner.invoke(
         app, [*study_args(data_dir, 4), "--experiment", str(EXPERIMENTS / "budget-8k.yaml")]
     )
-    assert by_path.exit_code == 0 and "already has 4 trained trials" in by_path.output, by_path.output
+    assert by_path.exit_code == 0 and "already has 4 trials done" in by_path.output, by_path.output
 
 
 def test_the_same_command_with_a_larger_total_resumes_under_the_same_parent(trained, data_dir, monkeypatch):
@@ -196,8 +201,8 @@ def test_the_same_command_with_a_larger_total_resumes_under_the_same_parent(trai
     monkeypatch.chdir(trained)
     result = runner.invoke(app, study_args(data_dir, 6))
     assert result.exit_code == 0, result.output
-    assert "4/6 trials done" in result.output and "6/6 trials trained" in result.output
+    assert "4/6 trials done" in result.output and "6/6 trials done" in result.output
     _, parents, children = runs(trained)
     assert len(parents) == 1 and len(children) == 6
     again = runner.invoke(app, study_args(data_dir, 6))
-    assert again.exit_code == 0 and "already has 6 trained trials" in again.output
+    assert again.exit_code == 0 and "already has 6 trials done" in again.output

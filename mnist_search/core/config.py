@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -305,6 +307,8 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")  # a model-level check names its own field
+    if isinstance(err.get("input"), str) and err["type"] in ("int_type", "float_type", "bool_type"):
+        msg += f" (got the text {err['input']!r}: write it without quotes)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {msg}{more}" if where else f"{msg}{more}"
 
@@ -364,6 +368,18 @@ def default_search(budget: int) -> str:
     return fitting[0] if fitting else DEFAULT_SEARCHES[max(DEFAULT_SEARCHES)]
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading `1e-3` as the number it means (YAML 1.1 wants `1.0e-3`, and would
+    hand the strict validation below a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
 def _read_yaml(path: Path | Traversable, ref: str | Path) -> dict:
     """One experiment file's own mapping (safe loader only); errors are ConfigError."""
     try:
@@ -373,7 +389,7 @@ def _read_yaml(path: Path | Traversable, ref: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{ref}: cannot read experiment file ({exc.__class__.__name__})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -426,7 +442,13 @@ def load_experiment(ref: str | Path) -> Experiment:
     raw = _resolve(path, ref, (Path(path.name).stem,))
     raw.setdefault("name", Path(path.name).stem)
     try:
-        return Experiment.model_validate(raw)
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as exc:  # a date, a set: nothing a field takes
+        raise ConfigError(f"{ref}: {exc}") from None
+    try:
+        # Strict, as JSON: `batch_size: "128"` (a string) is an error, not a silent 128; a list is
+        # still a tuple and an integer still a float.
+        return Experiment.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise ConfigError(f"{ref}: {_first_error(exc)}") from None
 

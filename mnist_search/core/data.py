@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,17 @@ def _download(data_dir: Path, raw: Path, missing: list[str]) -> None:
             f"there: {folder} is read-only; put the IDX files (.gz or raw) there, or mount or point "
             "--data-dir / MNIST_SEARCH_DATA_DIR at a writable folder"
         )
+    new = raw.absolute()  # the highest folder the download creates: removed again if it fails
+    while not new.parent.exists():
+        new = new.parent
     try:
         from torchvision.datasets import MNIST
 
         MNIST(str(data_dir), train=True, download=True)
         MNIST(str(data_dir), train=False, download=True)
     except Exception:  # noqa: BLE001 - any network/integrity failure means: offline, tell the user what to do
+        if new != folder:  # nothing half-made left behind (an empty DIR/MNIST/raw, a partial file)
+            shutil.rmtree(new, ignore_errors=True)
         raise DataError(
             f"MNIST files {', '.join(missing)} not found in {raw} and the download failed; "
             "put the IDX files (.gz or raw) there, or point --data-dir / MNIST_SEARCH_DATA_DIR "

@@ -31,6 +31,10 @@ class BudgetError(ValueError):
     """No architecture in the search space fits the budget."""
 
 
+class NoSpace(Exception):
+    """Too little free disk space for the local store to take what is about to be written."""
+
+
 class ExportError(Exception):
     """The trial's checkpoint cannot be found or read."""
 
@@ -45,4 +49,6 @@ class NonFiniteLoss(Exception):
 
 
 # Wrong input, found before anything is written: one line, exit 2.
-USAGE_ERRORS = (ConfigError, DataError, DeviceError, StorageError, TrackingError, BudgetError, ExportError)
+USAGE_ERRORS = (
+    ConfigError, DataError, DeviceError, StorageError, TrackingError, BudgetError, ExportError, NoSpace
+)  # fmt: skip

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
-from mnist_search.search.leaderboard import TrialRow, completed, counts_toward_total, leaderboard
+from mnist_search.search.leaderboard import Tally, TrialRow, completed, counts_toward_total, leaderboard
 from mnist_search.search.records import TrialRecord
 
 WRITE_EVERY = 5.0  # seconds between a worker's progress writes within an epoch
@@ -87,11 +87,8 @@ class Running:
 class Board:
     """A study at one moment."""
 
-    total: int  # trained trials the study runs to
-    trained: int  # that count toward it
-    pruned: int
-    failed: int
-    infeasible: int  # proposals over the budget (never trained)
+    total: int  # trials done (--trials) the study runs to
+    tally: Tally  # its trials by how they ended
     running: list[Running]
     best: TrialRow | None
     ended: list[TrialRow]  # counted trials, in the order they ended
@@ -112,10 +109,7 @@ class Board:
         rows = leaderboard(study)
         return cls(
             total=total,
-            trained=len(counted),
-            pruned=sum(t.state == TrialState.PRUNED for t in counted),
-            failed=sum(t.state == TrialState.FAIL for t in counted),
-            infeasible=sum(TrialRecord.of(t).feasible is False for t in trials),
+            tally=Tally.of(trials),
             running=running,
             best=next(iter(completed(rows)), None),
             ended=[TrialRow.of(t) for t in order],
@@ -137,7 +131,7 @@ class Board:
         finished trials' mean time (before any finished, the running trials' projected time), the
         running ones what their stage has left, and they share the trials training now.
         None before anything was measured."""
-        left = self.total - self.trained
+        left = self.total - self.tally.done
         if left <= 0:
             return 0.0
         projected = []

@@ -28,11 +28,47 @@ def counts_toward_total(trial: optuna.trial.FrozenTrial) -> bool:
     return False
 
 
-def trial_tally(study: optuna.Study) -> tuple[int, int, int]:
-    """The study's trained trials that count toward its total, by every worker and run: (trained,
-    of them pruned, of them failed), as the progress line shows them."""
-    states = [t.state for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
-    return len(states), states.count(TrialState.PRUNED), states.count(TrialState.FAIL)
+@dataclass(frozen=True)
+class Tally:
+    """A study's trials by how they ended, as every display, report and MLflow count them. `done`
+    (what --trials counts) = trained (to their last epoch) + pruned + failed (for a reason of their
+    own); interrupted trials are trained again and over-budget proposals never train."""
+
+    trained: int
+    pruned: int
+    failed: int
+    over_budget: int
+    interrupted: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.trained + self.pruned + self.failed
+
+    @classmethod
+    def of(cls, trials: list[optuna.trial.FrozenTrial]) -> Tally:
+        counted = [t.state for t in trials if counts_toward_total(t)]
+        return cls(
+            trained=counted.count(TrialState.COMPLETE),
+            pruned=counted.count(TrialState.PRUNED),
+            failed=counted.count(TrialState.FAIL),
+            over_budget=sum(TrialRecord.of(t).feasible is False for t in trials),
+            interrupted=sum(interrupted(t) for t in trials),
+        )
+
+    def words(self, over_budget: bool = True) -> str:
+        """ "2 trained, 1 pruned, 0 failed[, 7 over budget]"."""
+        words = f"{self.trained} trained, {self.pruned} pruned, {self.failed} failed"
+        return words + (f", {self.over_budget} over budget" if over_budget else "")
+
+
+def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """FAILed for a reason not its own (an interrupt, a dead worker): it does not count."""
+    reason = TrialRecord.of(trial).fail_reason or ""
+    return trial.state == TrialState.FAIL and (reason == INTERRUPTED or reason.startswith(WORKER_DIED))
+
+
+def trial_tally(study: optuna.Study) -> Tally:
+    return Tally.of(study.get_trials(deepcopy=False))
 
 
 def resume_summary(study: optuna.Study) -> str:
@@ -42,17 +78,11 @@ def resume_summary(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     if not trials:
         return ""
-    counted = sum(counts_toward_total(t) for t in trials)
-    stopped = sum(
-        t.state == TrialState.FAIL
-        and ((TrialRecord.of(t).fail_reason or "") == INTERRUPTED
-             or (TrialRecord.of(t).fail_reason or "").startswith(WORKER_DIED))
-        for t in trials
-    )  # fmt: skip
-    over = sum(TrialRecord.of(t).feasible is False for t in trials)
+    tally = Tally.of(trials)
     return (
-        f"resuming {len(trials)} trial{'s' if len(trials) != 1 else ''} ({counted} trained and counted, "
-        f"{stopped} interrupted and trained again, {over} over budget)"
+        f"resuming {len(trials)} trial{'s' if len(trials) != 1 else ''} ({tally.done} done: "
+        f"{tally.words(over_budget=False)}; {tally.interrupted} interrupted and trained again, "
+        f"{tally.over_budget} over budget)"
     )
 
 
@@ -66,7 +96,7 @@ def trials_training(study: optuna.Study) -> int:
 
 
 def trials_done(study: optuna.Study) -> int:
-    return trial_tally(study)[0]
+    return trial_tally(study).done
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -132,10 +162,10 @@ def rank_key(row: TrialRow) -> tuple:
 
 
 def leaderboard(study: optuna.Study) -> list[TrialRow]:
-    """Trained trials ranked by `rank_key`, with their figures."""
+    """Trained trials in `rank_key` order, with their figures; completed ones ranked from 1."""
     rows = [TrialRow.of(t) for t in trained_trials(study) if not TrialRecord.of(t).surplus]
     rows.sort(key=rank_key)
-    for rank, row in enumerate(rows, start=1):
+    for rank, row in enumerate(completed(rows), start=1):  # pruned and failed trials have no rank (0)
         row.rank = rank
     return rows
 

@@ -192,7 +192,11 @@ class Objective:
             reason = f"objective is {score} (no validation accuracy to score)"
             run.ended("FAIL", reason)
             raise TrialFailed(reason)
-        run.ended("COMPLETE", trained=model)
+        try:
+            run.ended("COMPLETE", trained=model)  # seconds: its model is logged
+        except KeyboardInterrupt:  # landed mid-way: the trial and its run end interrupted after all
+            run.ended("FAIL", INTERRUPTED)
+            raise
         return score
 
 

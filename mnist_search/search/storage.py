@@ -9,6 +9,7 @@ here: what else must happen to a dead worker's trial (its run closed) is the cal
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -28,6 +29,8 @@ from mnist_search.search.journal import GuardedJournalFile
 HEARTBEAT_SECONDS = int(os.environ.get("MNIST_SEARCH_HEARTBEAT_SECONDS", "10"))
 GRACE_SECONDS = int(os.environ.get("MNIST_SEARCH_GRACE_SECONDS", "30"))
 
+log = logging.getLogger("mnist_search")
+
 
 class RetryStale(RetryHeartbeatStaleTrialCallback):
     """A dead worker's trial: re-queued for a live worker (Optuna), then `on_stale(trial)`."""
@@ -45,25 +48,19 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
 def open_storage(
     url: str | None,
     on_stale: Callable[[optuna.trial.FrozenTrial], None] | None = None,
-    create: bool = True,
+    writable: bool = True,
     wait: float = 0.0,
 ) -> optuna.storages.BaseStorage:
     """A journal file path (default), or sqlite:// / postgresql:// (RDB, with heartbeats).
 
     `on_stale(trial)` runs for each trial whose worker stopped sending heartbeats, after Optuna
-    has marked it FAIL and queued its parameters again. `create=False` (reading existing
-    studies): a journal file that does not exist is an error, not a new empty file. `wait`:
+    has marked it FAIL and queued its parameters again. `writable=False` (reading existing
+    studies): a journal file that does not exist is an error, not a new empty file, and the file
+    is never modified (a torn tail or a bad line is read around, with a warning). `wait`:
     seconds to keep trying a database server that cannot be reached yet (still starting)."""
     url = url or default_storage_url()
     if "://" not in url:
-        path = Path(url)
-        if not create and not path.is_file():
-            raise StorageError(f"--storage {url}: no study storage there (the file does not exist)")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(GuardedJournalFile(path))
-        except OSError as exc:
-            raise StorageError(f"--storage {url}: cannot open journal file ({exc.strerror})") from None
+        return _open_journal(Path(url), writable)
     scheme = url.split("://", 1)[0]
     if not scheme.startswith(("postgresql", "sqlite", "mysql")):
         raise StorageError(
@@ -82,6 +79,30 @@ def open_storage(
                 "engine_kwargs": {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True},
             }
     return patiently(lambda: _open_rdb(url, kwargs), wait)
+
+
+def _open_journal(path: Path, writable: bool) -> JournalStorage:
+    try:
+        if writable:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        journal = GuardedJournalFile(path, writable=writable)
+        storage = JournalStorage(journal)
+    except OSError as exc:
+        raise StorageError(f"--storage {path}: cannot open journal file ({exc.strerror})") from None
+    if journal.bad_line is not None:
+        if writable:
+            raise journal.bad_line_error()
+        line, why = journal.bad_line
+        log.warning(
+            "%s line %d is not a journal record (%s): read up to line %d, the rest is left as it is "
+            "(mnist-search repair --storage %s keeps the lines before it)", path, line, why, line - 1, path
+        )  # fmt: skip
+    elif journal.torn:
+        log.warning(
+            "%s: a partial last record (%d bytes, left by a writer that died mid-write) was not read; "
+            "the next command that writes cuts it, keeping a copy", path, journal.torn
+        )  # fmt: skip
+    return storage
 
 
 def _open_rdb(url: str, kwargs: dict) -> RDBStorage:

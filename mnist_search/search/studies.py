@@ -29,18 +29,18 @@ class StudyMismatch(ConfigError):
 
 
 def load_study(name: str | None, storage: str | None) -> optuna.Study:
-    """An existing study by name; without a name, the storage's only study. ConfigError if none."""
-    store = open_storage(storage, create=False)
+    """An existing study by name, opened for reading (the storage is never modified); without a
+    name, the storage's only study. ConfigError, naming the studies there, if there is none."""
+    store = open_storage(storage, writable=False)
     where = mask_url(storage or default_storage_url())
-    if name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        if len(names) != 1:
-            raise ConfigError(f"--study: choose one of {', '.join(names) or '(no studies in ' + where + ')'}")
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if name is None and len(names) == 1:
         name = names[0]
-    try:
-        return optuna.load_study(study_name=name, storage=store)
-    except KeyError:
-        raise ConfigError(f"--study {name}: no such study in {where}") from None
+    if name is None or name not in names:
+        there = f"the studies in {where}: {', '.join(names)}" if names else f"no studies in {where}"
+        given = "--study: choose one" if name is None else f"--study {name}: no such study"
+        raise ConfigError(f"{given} ({there})")
+    return optuna.load_study(study_name=name, storage=store)
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):

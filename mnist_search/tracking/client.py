@@ -40,7 +40,8 @@ from mlflow.models import infer_signature
 
 from mnist_search.core.config import TARGET, ArchSpec, Recipe, spec_to_yaml
 from mnist_search.core.data import MEAN, STD, MNISTData
-from mnist_search.core.errors import TrackingError
+from mnist_search.core.diskspace import check_space
+from mnist_search.core.errors import NoSpace, TrackingError
 from mnist_search.core.model import (
     WithNormalisation,
     count_params,
@@ -66,11 +67,16 @@ def short_reason(exc: BaseException) -> str:
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
-def check_tracking(uri: str, timeout: float = 5.0, wait: float = 0.0) -> None:
+# How long /health may take to answer: a server that has just started on a loaded machine takes
+# seconds (a 5 s limit called such a one unreachable); one that refuses the connection fails at once.
+HEALTH_TIMEOUT = 30.0
+
+
+def check_tracking(uri: str, timeout: float = HEALTH_TIMEOUT, wait: float = 0.0) -> None:
     """Refuse a URI MLflow cannot use, before anything is written: a plain path, an SQLite
-    database in a folder that does not exist, an HTTP server that does not answer /health
-    within seconds (not minutes of retries). `wait`: seconds to keep asking a server that is
-    unreachable or answers 5xx (still starting), instead of failing at once."""
+    database in a folder that does not exist, an HTTP server that refuses the connection or does
+    not answer /health within `timeout` (not minutes of retries). `wait`: seconds to keep asking a
+    server that is unreachable or answers 5xx (still starting), instead of failing at once."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme not in TRACKING_SCHEMES:
         raise TrackingError(
@@ -177,9 +183,22 @@ def _connect(uri: str, experiment_name: str, description: str) -> Tracking:
     # Opening a fresh SQLite store (the client does, when created) creates its schema; two
     # processes starting together would both try ("table ... already exists"). Serialise that.
     sqlite = uri.startswith("sqlite:")
-    with FileLock(uri.removeprefix("sqlite:///") + ".lock") if sqlite else contextlib.nullcontext():
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment_name)
+    db = Path(uri.removeprefix("sqlite:///")) if sqlite else None
+    # A read-only store (`export` reading a mounted one) creates nothing and takes no lock.
+    locked = sqlite and (not db.parent.exists() or os.access(db.parent, os.W_OK))
+    with FileLock(f"{db}.lock") if locked else contextlib.nullcontext():
+        if sqlite and not db.exists():
+            create_sqlite_store(db)
+        try:
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(experiment_name)
+        except Exception as exc:
+            if not sqlite:
+                raise
+            raise TrackingError(
+                f"{db}: not a readable MLflow database ({short_reason(exc)}); move it aside to start a "
+                f"new store (mv {db} {db}.bad), or point --tracking-uri at a good one"
+            ) from None
     tags = EXPERIMENT_KIND | ({"mlflow.note.content": description} if description else {})
     if exp is not None:
         for key, value in tags.items():  # an experiment made by an older release: mark it now
@@ -195,6 +214,26 @@ def _connect(uri: str, experiment_name: str, description: str) -> Tracking:
             raise
         exp_id = client.get_experiment_by_name(experiment_name).experiment_id
     return Tracking(uri, exp_id, client)
+
+
+def create_sqlite_store(db: Path) -> None:
+    """A new MLflow SQLite database at `db`, made whole or not at all: its schema is built in a
+    file beside it that is renamed into place when complete, so a disk that fills mid-way (or an
+    interrupt) leaves no half-built database for the next command to trip over."""
+    check_space(db.parent, "a new MLflow store")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    building = db.with_name(f"{db.name}.building-{os.getpid()}")
+    try:
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+        os.replace(building, db)
+    except BaseException as exc:
+        for leftover in db.parent.glob(f"{building.name}*"):  # the file and its -journal
+            leftover.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and "disk is full" in str(exc):
+            raise NoSpace(
+                f"{db.parent}: the disk filled while creating the MLflow store; free some space"
+            ) from None
+        raise
 
 
 def git_commit() -> str:

@@ -19,9 +19,9 @@ from mnist_search.core.data import MNISTData
 from mnist_search.core.model import count_params
 from mnist_search.core.results import EpochResult, ReplicaResults
 from mnist_search.core.settings import mask_url
-from mnist_search.search.leaderboard import completed, feasible_share, leaderboard
+from mnist_search.search.leaderboard import completed, feasible_share, leaderboard, trial_tally
 from mnist_search.search.objective import TrialEnd
-from mnist_search.search.records import StudyRecord, TrialRecord
+from mnist_search.search.records import INTERRUPTED, StudyRecord, TrialRecord
 from mnist_search.tracking import names
 from mnist_search.tracking.client import RunLog, Tracking, git_commit, source_tags
 from mnist_search.tracking.registry import point_best, register, registered_name
@@ -40,6 +40,19 @@ def fail_stale_run(trial: optuna.trial.FrozenTrial, reason: str = "") -> None:
             run_id, "failure", reason or "worker stopped sending heartbeats (killed?); trial retried"
         )
         client.set_terminated(run_id, "FAILED")
+
+
+def earlier_parent(tracking: Tracking, study_name: str, storage_url: str) -> str | None:
+    """The id of a study's parent run in this tracking store, made with this study storage (None
+    if there is none): asked before a study is created, it finds the runs of a study whose
+    storage was deleted, which a new study of that name would otherwise duplicate."""
+    storage = mask_url(storage_url)
+    runs = tracking.client.search_runs([tracking.experiment_id], filter_string="tags.kind = 'study'")
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("study_name") == study_name and tags.get("storage") == storage:
+            return run.info.run_id
+    return None
 
 
 class StudyTracker:
@@ -165,10 +178,12 @@ class StudyTracker:
         del self.sinks[end.number]
 
     # End of an invocation -------------------------------------------------------------------
-    def close_open_children(self, status: str = "KILLED") -> None:
+    def close_open_children(self) -> None:
+        """Runs still open when the invocation ends (an interrupt that landed while a trial's end
+        was being logged): FAILED, interrupted, as the trial is in the study."""
         for sink in self.sinks.values():
             self.client.set_tag(sink.run_id, names.STATE, "FAIL")
-            self.client.set_terminated(sink.run_id, status)
+            sink.fail(INTERRUPTED)
         self.sinks.clear()
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -179,11 +194,15 @@ class StudyTracker:
         rows = leaderboard(self.study)
         feasible, proposed = feasible_share(self.study)
         done = completed(rows)
+        tally = trial_tally(self.study)
         metrics = {
-            "study/trials_trained": len(rows),
-            "study/trials_completed": len(done),
-            "study/trials_pruned": sum(r.state == "PRUNED" for r in rows),
-            "study/trials_failed": sum(r.state == "FAIL" for r in rows),
+            # The counts every display and `report` show (`leaderboard.Tally`): done = trained
+            # (to their last epoch) + pruned + failed; over-budget proposals never train.
+            "study/trials_done": tally.done,
+            "study/trials_trained": tally.trained,
+            "study/trials_pruned": tally.pruned,
+            "study/trials_failed": tally.failed,
+            "study/trials_over_budget": tally.over_budget,
             "study/trials_target_met": sum(r.target_met for r in rows),
             "study/proposals": proposed,
             "study/feasible_share": feasible / proposed if proposed else 0.0,

@@ -84,6 +84,8 @@ def export_from_study(
     from mnist_search.search.studies import load_study
     from mnist_search.tracking.client import open_session
 
+    if trial != "best" and not trial.isdigit():
+        raise ExportError(f"--trial {trial}: not a number; give a trial number or 'best'")
     check_out_dir(out_dir)
     study = load_study(study_name, storage)
     return export_trial(study, trial, out_dir, open_session(tracking_uri, names.EXPERIMENTS["study"]))

@@ -70,12 +70,45 @@ def setup_device(name: str) -> torch.device:
     return device
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 def raise_interrupt(signum, frame) -> NoReturn:
-    """A SIGTERM handler: take the same clean path as Ctrl-C (runs end FAILED, exit 130)."""
+    """Ctrl-C or SIGTERM: the first one raises KeyboardInterrupt (runs end FAILED, exit 130), and
+    the ones after it are ignored until `handle_interrupts()` arms them again, so the cleanup it
+    starts (runs closed FAILED, trials marked interrupted) is never cut short: a second Ctrl-C
+    printed a traceback, and a worker hit by the terminal's SIGINT and its parent's forwarded one
+    left its run without its reason. SIGKILL still ends anything at once."""
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
-def interrupt_on_sigterm() -> None:
+_armed: set[int] = set()  # the signals this process's command armed (handle_interrupts)
+
+
+def handle_interrupts() -> None:
+    """Arm SIGTERM, and Ctrl-C unless this process started with it ignored (a script's background
+    job, a `--jobs` worker): the next one interrupts the work (see `raise_interrupt`)."""
+    armed = {signal.SIGTERM} | (
+        {signal.SIGINT} if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else set()
+    )
+    for sig in armed:
+        signal.signal(sig, raise_interrupt)
+    _armed.update(armed)
+
+
+def rearm_interrupts() -> None:
+    """After an interrupt's cleanup, before the next piece of work (the verify that follows an
+    interrupted study): the signals the command armed interrupt again."""
+    for sig in _armed:
+        signal.signal(sig, raise_interrupt)
+
+
+def worker_interrupts() -> None:
+    """A worker process of `run_workers`: Ctrl-C is its parent's to act on (it reaches the whole
+    process group); the SIGTERM its parent then sends interrupts the work, once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
@@ -137,8 +170,9 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
     Each gets cores/N torch threads and, with several GPUs, one GPU.
 
     `stdin` is written to each worker's standard input: settings that must not appear on a command
-    line (`ps` shows command lines to every local user) travel there. Ctrl-C and SIGTERM are
-    forwarded to every worker, which end their runs cleanly."""
+    line (`ps` shows command lines to every local user) travel there. A worker ignores Ctrl-C
+    (`worker_interrupts`: the terminal sends it to the whole process group); the first Ctrl-C
+    or SIGTERM here is sent on to every worker once, as SIGTERM, and each ends its run cleanly."""
     import torch
 
     cores = available_cores()
@@ -147,33 +181,39 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
     received: list[int] = []  # signals forwarded so far: a worker started after one gets it too
 
     def forward(signum, frame):
+        if received:  # the workers are ending their runs already
+            return
         received.append(signum)
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signum)
+                p.send_signal(signal.SIGTERM)
 
-    # Installed before the workers start: a handler (unlike an ignored signal) is reset to the
-    # default in a started program, so every worker takes a forwarded SIGINT as Ctrl-C even when
-    # this process was started with SIGINT ignored (`nohup mnist-search study ... &` in a script).
+    # Installed before the workers start: an interrupt while they start reaches each of them too.
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for index in range(jobs):
             env = os.environ | {"MNIST_SEARCH_THREADS": str(max(1, cores // jobs))}  # N x threads <= cores
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mnist_search", *args], env=env, stdin=subprocess.PIPE, text=True
-            )
+            # Started with Ctrl-C ignored (inherited, unlike a handler): a Ctrl-C while it imports
+            # is its parent's alone, as it is afterwards (`worker_interrupts`).
+            forwarding = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mnist_search", *args], env=env, stdin=subprocess.PIPE, text=True
+                )
+            finally:
+                signal.signal(signal.SIGINT, forwarding)
             proc.stdin.write(stdin)
             proc.stdin.close()
             procs.append(proc)
             if received:
-                proc.send_signal(received[-1])
+                proc.send_signal(signal.SIGTERM)
         # Reap each worker as it ends (not in start order), so a dead one is never left a zombie
         # that its siblings would take for alive.
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for sig, handler in old.items():  # after an interrupt, still ignored while the caller cleans up
+            signal.signal(sig, signal.SIG_IGN if received else handler)
     return [WorkerExit(i, p.pid, p.returncode) for i, p in enumerate(procs, start=1)]

@@ -16,6 +16,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import optuna
@@ -35,6 +36,8 @@ from mnist_search.core.config import (
     load_search,
 )
 from mnist_search.core.data import MNISTData, load_mnist
+from mnist_search.core.diskspace import check_space
+from mnist_search.core.errors import NoSpace
 from mnist_search.core.settings import default_storage_url, mask_url
 from mnist_search.search.leaderboard import (
     completed,
@@ -42,6 +45,7 @@ from mnist_search.search.leaderboard import (
     feasible_share,
     leaderboard,
     resume_summary,
+    trial_tally,
     trials_done,
 )
 from mnist_search.search.objective import Objective, TrialFailed
@@ -52,7 +56,7 @@ from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import default_study_name, open_study
 from mnist_search.tracking import names
 from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, runs_link, short_reason, tracking_target
-from mnist_search.tracking.study import StudyTracker, fail_stale_run
+from mnist_search.tracking.study import StudyTracker, earlier_parent, fail_stale_run
 from mnist_search.training.teacher import check_teacher
 from mnist_search.workflows.outcome import INTERRUPTED_CODE, Outcome
 from mnist_search.workflows.request import RunRequest
@@ -60,7 +64,6 @@ from mnist_search.workflows.runtime import (
     WorkerExit,
     available_cores,
     check_jobs,
-    interrupt_on_sigterm,
     run_workers,
     setup_device,
 )
@@ -125,8 +128,11 @@ def reap_dead_workers(
 class TotalReached:
     """Stops `optimize` once the study holds `total` trained trials (all workers together)."""
 
-    def __init__(self, total: int, heartbeats: bool, reap=None, poll_seconds: float = 2.0):
+    def __init__(
+        self, total: int, heartbeats: bool, reap=None, poll_seconds: float = 2.0, local: tuple[Path, ...] = ()
+    ):
         self.total = total
+        self.local = local  # the local store's folders: each must have room before a trial trains
         self.heartbeats = heartbeats  # does the storage notice dead workers (RDB with heartbeats)?
         self.reap = reap  # study -> None: fail the trials of dead local workers (journal storage)
         self.poll_seconds = poll_seconds
@@ -153,6 +159,8 @@ class TotalReached:
                 return "stop"
             ahead = [t for t in trials if ahead_of(t, trial_number)]
             if done + len(ahead) < self.total:
+                for folder in self.local:
+                    check_space(folder, "a trial")  # NoSpace: the study stops, the trial is not counted
                 return "train"
             if not all(self._watched(t) for t in ahead):
                 return "stop"
@@ -227,11 +235,13 @@ class StudyOutcome:
     status: str  # FINISHED / KILLED (interrupted) / FAILED (tracking server lost, repeated failure)
     tracking_failure: str | None = None  # why the tracking server failed mid-study
     repeated_failure: str | None = None  # the reason REPEATS_TO_STOP trials in a row failed with
+    no_space: str | None = None  # the local store's disk had too little room for the next trial
     workers: list[WorkerExit] | None = None  # --jobs N: how each worker ended
 
     @property
     def dead_workers(self) -> list[WorkerExit]:
-        return [w for w in self.workers or [] if w.code < 0 and w.code != -signal.SIGINT]
+        asked = (-signal.SIGINT, -signal.SIGTERM)  # stopped by the interrupt sent on to it, not dead
+        return [w for w in self.workers or [] if w.code < 0 and w.code not in asked]
 
 
 @dataclass
@@ -263,8 +273,7 @@ class StudySession:
         if done < total:
             return None
         return (
-            f"study {self.name} already has {done} trained trials (--trials {total}); "
-            "raise --trials to add more"
+            f"study {self.name} already has {done} trials done (--trials {total}); raise --trials to add more"
         )
 
     def header(self) -> str:
@@ -283,6 +292,10 @@ class StudySession:
             f"study {self.name}: {resuming}{self.done}/{req.trials} trials done; {where}; "
             f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}{plan}"
         )
+
+    @property
+    def local_folders(self) -> tuple[Path, ...]:
+        return local_folders(self.storage_url, self.tracking.uri)
 
     def reap(self, study: optuna.Study | None = None) -> list[tuple[optuna.trial.FrozenTrial, str]]:
         """Fail (and queue again) the trials of dead workers on this host; their runs end FAILED."""
@@ -312,20 +325,26 @@ class StudySession:
             except TRACKING_FAILURES as exc:
                 return StudyOutcome(status, short_reason(exc), workers=exits)
             return StudyOutcome(status, workers=exits)
-        stopper = TotalReached(req.trials, heartbeats=self.heartbeats, reap=self.reap)
+        stopper = TotalReached(
+            req.trials, heartbeats=self.heartbeats, reap=self.reap, local=self.local_folders
+        )
         repeated = RepeatedFailure()
         objective = Objective(
             self.experiment.search, self.recipe, req.budget, self.data, self.device,
             tracker, seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES, fidelity=req.fidelity,
         )  # fmt: skip
         status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout or None)
+        no_space = str(lost) if isinstance(lost, NoSpace) else None
+        lost = None if no_space else lost
         if repeated.stopped and status == "FINISHED":
             status = "FAILED"
         try:
             tracker.finish(status)
         except TRACKING_FAILURES as exc:
             lost = lost or exc
-        return StudyOutcome(status, short_reason(lost) if lost is not None else None, repeated.stopped)
+        return StudyOutcome(
+            status, short_reason(lost) if lost is not None else None, repeated.stopped, no_space=no_space
+        )
 
 
 def prepare_study(request: StudyRequest) -> StudySession:
@@ -351,17 +370,20 @@ def prepare_study(request: StudyRequest) -> StudySession:
         }
     )
     target = tracking_target(request.tracking_uri, wait=request.service_wait)
+    storage_url = request.storage or default_storage_url()
+    for folder in local_folders(storage_url, target.uri):
+        check_space(folder, "a study")
     data = load_mnist(request.data_dir, val_size=recipe.val_size, limit_train=request.limit_train)
     if request.jobs == 1:
         data = data.to(device)  # with --jobs, loaded only to check it: each worker loads its own
     store = open_storage(request.storage, on_stale=fail_stale_run, wait=request.service_wait)
     tracking = target.open(request.experiment_name, DESCRIPTION)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
+    check_not_orphaned(store, tracking, name, storage_url)
     study = open_study(
         store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment, request.command
     )
     heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
-    storage_url = request.storage or default_storage_url()
     session = StudySession(
         request, study, store, exp, recipe, data, device, tracking, storage_url, heartbeats
     )
@@ -374,16 +396,49 @@ def prepare_study(request: StudyRequest) -> StudySession:
     return session
 
 
+def local_folders(storage_url: str, tracking_uri: str) -> tuple[Path, ...]:
+    """The folders of this machine the study writes its stores into: the journal file's and the
+    SQLite database's (a database server's disk is not ours to check)."""
+    folders = []
+    if "://" not in storage_url:
+        folders.append(Path(storage_url).absolute().parent)
+    if tracking_uri.startswith("sqlite:///"):
+        folders.append(Path(tracking_uri.removeprefix("sqlite:///")).absolute().parent)
+    return tuple(dict.fromkeys(folders))
+
+
+def check_not_orphaned(store, tracking: Tracking, name: str, storage_url: str) -> None:
+    """A new study whose name and storage match a parent run MLflow already holds: its storage was
+    deleted (or moved), and starting it again would put a second parent and duplicate trial runs
+    beside the first. Refused (ConfigError) before anything is written."""
+
+    def in_storage() -> bool:
+        return name in {s.study_name for s in optuna.get_all_study_summaries(store)}
+
+    if in_storage():
+        return
+    parent = earlier_parent(tracking, name, storage_url)
+    # A worker starting beside us creates the study before its parent run: look again.
+    if parent is not None and not in_storage():
+        raise ConfigError(
+            f"study {name}: not in {mask_url(storage_url)}, but MLflow ({mask_url(tracking.uri)}) holds its "
+            f"runs (parent run {parent}): was its study storage deleted or moved? Give that storage "
+            "(--storage), or another --study-name"
+        )
+
+
 def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, Exception | None]:
     """Run trials until the study's total, the timeout or an interrupt (Ctrl-C or SIGTERM):
-    ("FINISHED" | "KILLED" | "FAILED", the tracking failure that stopped it, if one did)."""
-    interrupt_on_sigterm()
+    ("FINISHED" | "KILLED" | "FAILED", the tracking failure that stopped it, if one did). The
+    command's signal handling (`runtime.handle_interrupts`) turns SIGTERM into the same interrupt."""
     try:
         study.optimize(
             objective, timeout=timeout, callbacks=callbacks, catch=(TrialFailed,), gc_after_trial=False
         )
     except KeyboardInterrupt:
         return "KILLED", None
+    except NoSpace as exc:  # before a trial trains: nothing of it was written
+        return "FAILED", exc
     except TRACKING_FAILURES as exc:
         # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
         # stops; completed trials stay in the study storage; re-running resumes once it is back.
@@ -403,10 +458,12 @@ def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, 
 
 
 def study_summary(study, trials: int) -> str:
-    """One line: trials trained, the share of proposals under budget, and the best trial."""
+    """One line: trials done (trained, pruned, failed), the share of proposals under budget, and
+    the best trial."""
     feasible, proposed = feasible_share(study)
+    tally = trial_tally(study)
     line = (
-        f"study {study.study_name}: {trials_done(study)}/{trials} trials trained; "
+        f"study {study.study_name}: {tally.done}/{trials} trials done ({tally.words(over_budget=False)}); "
         f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
     )
     best = next(iter(completed(leaderboard(study))), None)
@@ -418,12 +475,34 @@ def study_summary(study, trials: int) -> str:
     return line
 
 
+def nothing_completed(session: StudySession) -> str | None:
+    """The error line of a study that ended with no completed trial (None when it has one): how
+    many failed, with the first reason, and how many were pruned."""
+    trials = session.study.get_trials(deepcopy=False)
+    tally = trial_tally(session.study)
+    if tally.trained:
+        return None
+    failed = [t for t in trials if counts_toward_total(t) and t.state == TrialState.FAIL]
+    first = TrialRecord.of(failed[0]).fail_reason if failed else None
+    why = f"{tally.failed} failed" + (f" (first: trial {failed[0].number}, {first})" if first else "")
+    why += f", {tally.pruned} pruned" if tally.pruned else ""
+    if not tally.done:
+        timeout = session.request.timeout
+        why = f"none ended within --timeout {timeout:g} s" if timeout else "none ended"
+    return f"error: study {session.name}: no trial completed: {why}; fix the cause and run the same command to go on"
+
+
 def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False) -> Outcome:
     """The lines and exit code of a study invocation that ran (`session.run`): 0 when the study
     reached its total or its timeout, 1 for a fault that stopped it, 130 when interrupted."""
     if outcome.workers is not None:
         return _workers_end(session, outcome)
     end, name = Outcome(), session.name
+    if outcome.no_space is not None:
+        return end.say(
+            f"error: {outcome.no_space}; the study stopped before its next trial, {session.done} done are kept",
+            "err",
+        ).with_code(2)
     if outcome.repeated_failure is not None:
         return end.say(
             f"error: {name}: the last {REPEATS_TO_STOP} trials failed with the same error "
@@ -447,15 +526,15 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
         return end.say(
             "interrupted: the running trial was marked FAIL; run the same command to resume", "err"
         ).with_code(INTERRUPTED_CODE)
+    if not worker and (error := nothing_completed(session)) is not None:
+        return end.say(error, "err").with_code(1)
     return end
 
 
 def _workers_end(session: StudySession, outcome: StudyOutcome) -> Outcome:
     """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
     done, total = session.done, session.request.trials
-    end = Outcome().say(
-        f"study {session.name}: {done}/{total} trials trained by {len(outcome.workers)} workers"
-    )
+    end = Outcome().say(f"study {session.name}: {done}/{total} trials done by {len(outcome.workers)} workers")
     for w in outcome.dead_workers:
         then = "another worker trained its trial again" if done >= total else "its trial is queued again"
         end.say(f"warning: worker {w.index} (pid {w.pid}) {w.how}; {then}", "err")
@@ -465,10 +544,13 @@ def _workers_end(session: StudySession, outcome: StudyOutcome) -> Outcome:
             "interrupted: the running trials were marked FAIL; run the same command to resume", "err"
         ).with_code(INTERRUPTED_CODE)
     if done >= total or not any(codes):  # the total, or every worker reached --timeout
-        return end.say(study_summary(session.study, total)).say_link(runs_link(session.tracking))
+        end.say(study_summary(session.study, total)).say_link(runs_link(session.tracking))
+        if (error := nothing_completed(session)) is not None:
+            return end.say(error, "err").with_code(1)
+        return end
     if outcome.dead_workers:
         return end.say(
-            f"error: {done}/{total} trials trained when the workers ended; re-run the same command to finish",
+            f"error: {done}/{total} trials done when the workers ended; re-run the same command to finish",
             "err",
         ).with_code(1)
     return end.with_code(max(codes, key=abs) or 1)
