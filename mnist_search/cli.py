@@ -223,7 +223,8 @@ def _finish(end) -> None:
 
 @app.command()
 def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
-    """Print the layer table, receptive field and mult-adds of a spec, without training."""
+    """Print the layer table, receptive field and mult-adds of a spec, without training; exit 1 when
+    it is over --budget."""
     _, spec = checked(load_spec, path)
     from mnist_search.core.model import count_params, layer_table, mult_adds, receptive_field_table
 
@@ -237,6 +238,8 @@ def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
     ):
         _say(block)
     _say(f"Parameters: {params:,} — {'under' if params < budget else 'OVER'} the budget of {budget:,}")
+    if params >= budget:  # a verdict a script can test: over the budget is not a pass
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -181,3 +181,23 @@ def test_a_uid_without_a_passwd_entry_still_gets_a_user_tag(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
     assert source_tags("study")["mlflow.user"] == str(os.getuid())
+
+
+def test_every_run_says_which_mnist_search_made_it(served):
+    """The package's version on every run; its own commit, as this suite runs from a checkout
+    (never the current directory's repository: the commands ran from a temporary folder)."""
+    import subprocess
+    from importlib.metadata import version
+
+    from .conftest import REPO
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    every = []
+    for experiment in ("reading-studies", "reading-verify"):
+        _, parent, children = runs(served, experiment)
+        every += [parent, *children]
+    assert len(every) >= 5
+    for run in every:
+        assert run.data.tags["mnist_search_version"] == version("mnist-search")
+        assert run.data.tags["git_commit"] == head == run.data.tags["mlflow.source.git.commit"]

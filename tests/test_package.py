@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, local_client, runs_of
 
 pytestmark = pytest.mark.slow
 
@@ -66,5 +66,10 @@ def test_a_built_wheel_runs_the_main_command_from_an_unrelated_folder(tmp_path, 
     assert study.returncode == 0, study.stderr[-2000:]
     assert "study budget-8k-b8000: 1/1 trials done" in study.stdout
     assert (elsewhere / "mlruns" / "mlflow.db").is_file()
+    # Its runs name the installed version, and no commit: a wheel is not a checkout.
+    client = local_client(elsewhere / "mlruns")
+    trial_runs = runs_of(client, "mnist-search-studies")
+    assert trial_runs and all("mnist_search_version" in r.data.tags for r in trial_runs)
+    assert not [r for r in trial_runs if "git_commit" in r.data.tags]
     named = run([venv / "bin" / "mnist-search", "summary", "seed-model-1"], cwd=elsewhere, env=env)
-    assert named.returncode == 0 and "Total params: 14,620" in named.stdout
+    assert named.returncode == 1 and "Total params: 14,620" in named.stdout  # over the default budget

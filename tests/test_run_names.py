@@ -60,6 +60,11 @@ def test_trial_train_and_verify_runs_carry_the_same_metric_names_from_one_table(
     # The same outcome tags, and each run's figures are real: 3 epochs of val and test accuracy.
     for run, command in ((trial, "study"), (trained, "train"), (verified, "verify")):
         data = client.get_run(run.info.run_id).data
+        # Its margin to the target, in points, on every kind of run (and on validation where it has one).
+        metrics = data.metrics
+        assert metrics[names.GAP_TEST] == pytest.approx((metrics[names.TEST_MIN_LAST3] - 0.994) * 100)
+        if names.VAL_SCORE in metrics:
+            assert metrics[names.GAP_VAL] == pytest.approx((metrics[names.VAL_SCORE] - 0.994) * 100)
         assert data.tags[names.STATE] == "COMPLETE" and data.tags[names.TARGET_MET] in ("true", "false")
         assert data.tags["mlflow.source.name"] == f"mnist-search {command}"  # the runs table's Source
         history = client.get_metric_history(run.info.run_id, "test/acc")

@@ -18,6 +18,9 @@ from mnist_search.core.settings import default_storage_url, mask_url
 from mnist_search.search.records import StudyRecord
 from mnist_search.search.storage import open_storage
 
+# What a study's value is, by name (MLflow's `final/val_acc_last3`; see search.fidelity for seeds).
+OBJECTIVE_NAME = "val_acc_last3 (mean over seeds)"
+
 
 def default_study_name(experiment: Experiment, budget: int) -> str:
     """A study's name when --study-name is not given: the experiment's name and the budget."""
@@ -122,6 +125,10 @@ def open_study(
         load_if_exists=True,
     )
     known = StudyRecord.of(study)
+    if study.metric_names is None:  # optuna-dashboard's axis: the objective's name, not "Objective 0"
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
     if known.budget is None:
         StudyRecord.write(
             study,

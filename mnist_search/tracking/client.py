@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import getpass
 import io
 import json
@@ -236,13 +237,27 @@ def create_sqlite_store(db: Path) -> None:
         raise
 
 
-def git_commit() -> str:
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the mnist-search source that runs, when it runs from a git checkout (an
+    editable install, PYTHONPATH); None when installed from a wheel. Never the repository of the
+    current directory: a user's own project says nothing about this code."""
+    package = Path(__file__).resolve().parent.parent  # mnist_search/
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip()
+        top = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.split()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
+        return None
+    return top[1] if len(top) == 2 and Path(top[0]).resolve() == package.parent else None
+
+
+@functools.cache
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnist-search")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
         return "unknown"
 
 
@@ -254,16 +269,19 @@ def spec_params(spec: ArchSpec, recipe: Recipe) -> dict[str, str]:
 
 
 def source_tags(command: str) -> dict[str, str]:
-    """MLflow's own source and user tags (the runs table's Source and User columns)."""
+    """MLflow's own source and user tags (the runs table's Source and User columns), and what ran:
+    the mnist-search version, and its commit when it runs from a checkout."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # a uid with no passwd entry (`docker run --user 1234`)
         user = str(os.getuid())
+    commit = git_commit()
     return {
         "mlflow.source.name": f"mnist-search {command}",
         "mlflow.source.type": "LOCAL",
         "mlflow.user": user,
-    }
+        "mnist_search_version": package_version(),
+    } | ({"git_commit": commit, "mlflow.source.git.commit": commit} if commit else {})
 
 
 def run_tags(spec: ArchSpec, budget: int, experiment_file: str | None) -> dict[str, str]:
@@ -274,7 +292,6 @@ def run_tags(spec: ArchSpec, budget: int, experiment_file: str | None) -> dict[s
         "under_budget": str(count_params(spec) < budget).lower(),
         "target": str(TARGET),
         "experiment_file": experiment_file or "",
-        "git_commit": git_commit(),
     }
 
 

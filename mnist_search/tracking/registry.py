@@ -1,7 +1,7 @@
 """The Model Registry: one registered model per budget, whose versions are trained trials.
 
 Alias `best`: the version with the highest validation score that a study registered (its best
-trial). Alias `champion`: the model a `verify` of the full protocol (60,000 images, 15 epochs,
+trial, as the study goes: each time a trial completes ahead of the others). Alias `champion`: the model a `verify` of the full protocol (60,000 images, 15 epochs,
 3 seeds) confirmed on the test set, every seed holding the target; the verify table is its
 description. Any other verify is registered without the alias, tagged with its protocol. Every
 version takes raw [0, 1] pixels (see `RunLog.model`), so `mlflow.pyfunc.load_model("models:/mnist-search-b8000@champion")` predicts on raw digits."""
@@ -71,12 +71,16 @@ def _one_version(client: mlflow.MlflowClient, name: str, run_id: str) -> str:
 
 
 def point_best(client: mlflow.MlflowClient, budget: int) -> str | None:
-    """Alias `best` onto the version with the highest `val_acc` tag; its version number."""
+    """Alias `best` onto the version with the highest `val_acc` tag among those scored on all their
+    seeds (`all_seeds`, as the study ranks: one seed never outranks a mean of seeds); its version."""
     name = registered_name(budget)
     scored = [v for v in client.search_model_versions(f"name='{name}'") if "val_acc" in v.tags]
     if not scored:
         return None
-    top = max(scored, key=lambda v: (float(v.tags["val_acc"]), -int(v.version)))
+    top = max(
+        scored,
+        key=lambda v: (v.tags.get("all_seeds", "true") == "true", float(v.tags["val_acc"]), -int(v.version)),
+    )
     race_tolerant(client.set_registered_model_alias, name, BEST, top.version)  # workers ending together
     return top.version
 

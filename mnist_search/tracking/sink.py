@@ -129,6 +129,8 @@ class RunSink:
                 names.VAL_SCORE: result.val_score,
                 names.TEST_MIN_LAST3: result.test_min_last3,
                 names.TEST_LAST: result.epochs[-1].test_acc,
+                names.GAP_TEST: (result.test_min_last3 - TARGET) * 100,
+                names.GAP_VAL: (result.val_score - TARGET) * 100,
             }
             self.log.client.set_tag(self.run_id, names.TARGET_MET, str(result.target_met(TARGET)).lower())
         if len(result.seeds) > 1 and result.results[0].epochs:

@@ -23,7 +23,7 @@ from mnist_search.search.leaderboard import completed, feasible_share, leaderboa
 from mnist_search.search.objective import TrialEnd
 from mnist_search.search.records import INTERRUPTED, StudyRecord, TrialRecord
 from mnist_search.tracking import names
-from mnist_search.tracking.client import RunLog, Tracking, git_commit, source_tags
+from mnist_search.tracking.client import RunLog, Tracking, source_tags
 from mnist_search.tracking.registry import point_best, register, registered_name
 from mnist_search.tracking.sink import RunSink
 
@@ -113,7 +113,6 @@ class StudyTracker:
                 "budget": str(self.budget),
                 "target": str(TARGET),
                 "experiment_file": self.experiment_file,
-                "git_commit": git_commit(),
             }
             | source_tags("study"),
         )
@@ -176,6 +175,18 @@ class StudyTracker:
             end.state, end.result, model, self.data.example() if model is not None else None, end.reason
         )
         del self.sinks[end.number]
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """An Optuna callback (the trial is COMPLETE in the storage by now): `@best` follows the
+        study's best trial as it improves, not only when the study ends."""
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            self.promote_best()
+
+    def promote_best(self) -> None:
+        """The study's first-ranked completed trial (`leaderboard.rank_key`) registered, `@best`."""
+        best = next(iter(completed(leaderboard(self.study))), None)
+        if best is not None and best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
+            self._register(best)
 
     # End of an invocation -------------------------------------------------------------------
     def close_open_children(self) -> None:
@@ -253,7 +264,7 @@ class StudyTracker:
         version = register(
             self.client, best.mlflow_run_id, self.budget,
             tags={"val_acc": f"{best.val_acc:.6f}", "params": str(best.params), "study": self.study.study_name,
-                  "trial": str(best.trial)},
+                  "trial": str(best.trial), "seeds": str(best.seeds), "all_seeds": str(best.all_seeds).lower()},
         )  # fmt: skip
         point_best(self.client, self.budget)
         name = registered_name(self.budget)

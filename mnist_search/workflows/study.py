@@ -333,7 +333,8 @@ class StudySession:
             self.experiment.search, self.recipe, req.budget, self.data, self.device,
             tracker, seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES, fidelity=req.fidelity,
         )  # fmt: skip
-        status, lost = _optimize(self.study, objective, [stopper, repeated], req.timeout or None)
+        callbacks = [stopper, repeated, tracker.after_trial]  # @best moves as the study improves
+        status, lost = _optimize(self.study, objective, callbacks, req.timeout or None)
         no_space = str(lost) if isinstance(lost, NoSpace) else None
         lost = None if no_space else lost
         if repeated.stopped and status == "FINISHED":

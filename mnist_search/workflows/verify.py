@@ -48,7 +48,6 @@ from mnist_search.tracking.client import (
     RunLog,
     Tracking,
     TrackingTarget,
-    git_commit,
     runs_link,
     short_reason,
     source_tags,
@@ -288,7 +287,6 @@ def _run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
             "kind": "verify",
             "study_name": study.study_name,
             "budget": str(budget),
-            "git_commit": git_commit(),
         }
         | source_tags("verify")
         | ({"recipe_from": str(request.recipe_from)} if request.recipe_from else {}),
