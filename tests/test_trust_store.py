@@ -107,18 +107,25 @@ def test_a_disk_too_small_for_a_store_is_one_line_and_leaves_nothing_then_the_re
 
 
 def test_too_little_room_before_a_trial_stops_the_study_with_exit_2_and_keeps_what_is_done(
-    tiny, tmp_path, data_dir, monkeypatch
+    tiny, data_dir, monkeypatch
 ):
     invoked(tiny_args(data_dir, 1))
     from mnist_search.core import diskspace
+    from mnist_search.workflows import study
 
-    free = diskspace.free_bytes(tiny)
-    monkeypatch.setattr("mnist_search.core.diskspace.NEEDED_BYTES", free * 2)  # the disk as if nearly full
-    result = runner.invoke(app, [*tiny_args(data_dir, 2)])
-    line = one_line_exit_2(result, "needs at least")
-    assert str(tiny) in line
-    monkeypatch.setattr("mnist_search.core.diskspace.NEEDED_BYTES", 0)
-    invoked(tiny_args(data_dir, 2))
+    def nearly_full(folder, what, needed=None):  # the disk filled since the study started
+        more = diskspace.free_bytes(folder) + 1 if what == "a trial" else needed
+        diskspace.check_space(folder, what, more)
+
+    monkeypatch.setattr(study, "check_space", nearly_full)
+    line = one_line_exit_2(runner.invoke(app, tiny_args(data_dir, 2)), "a trial needs at least", str(tiny))
+    assert line.endswith("the study stopped, its 1 done trial(s) kept")
+    assert completed_trials(journal(tiny)) == 1  # nothing of the next trial was trained or counted
+    monkeypatch.undo()
+    monkeypatch.setenv("MNIST_SEARCH_STORE", str(tiny))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tiny.parent)
+    invoked(tiny_args(data_dir, 2))  # room again: the study goes on
     assert completed_trials(journal(tiny)) == 2
 
 

@@ -37,7 +37,7 @@ from mnist_search.core.config import (
 )
 from mnist_search.core.data import MNISTData, load_mnist
 from mnist_search.core.diskspace import check_space
-from mnist_search.core.errors import NoSpace
+from mnist_search.core.errors import NoSpace, StorageError
 from mnist_search.core.settings import default_storage_url, mask_url
 from mnist_search.search.leaderboard import (
     completed,
@@ -235,7 +235,7 @@ class StudyOutcome:
     status: str  # FINISHED / KILLED (interrupted) / FAILED (tracking server lost, repeated failure)
     tracking_failure: str | None = None  # why the tracking server failed mid-study
     repeated_failure: str | None = None  # the reason REPEATS_TO_STOP trials in a row failed with
-    no_space: str | None = None  # the local store's disk had too little room for the next trial
+    store_error: str | None = None  # the study storage or its disk stopped the study (no room, a bad line)
     workers: list[WorkerExit] | None = None  # --jobs N: how each worker ended
 
     @property
@@ -335,8 +335,8 @@ class StudySession:
         )  # fmt: skip
         callbacks = [stopper, repeated, tracker.after_trial]  # @best moves as the study improves
         status, lost = _optimize(self.study, objective, callbacks, req.timeout or None)
-        no_space = str(lost) if isinstance(lost, NoSpace) else None
-        lost = None if no_space else lost
+        store_error = str(lost) if isinstance(lost, (NoSpace, StorageError)) else None
+        lost = None if store_error else lost
         if repeated.stopped and status == "FINISHED":
             status = "FAILED"
         try:
@@ -344,7 +344,10 @@ class StudySession:
         except TRACKING_FAILURES as exc:
             lost = lost or exc
         return StudyOutcome(
-            status, short_reason(lost) if lost is not None else None, repeated.stopped, no_space=no_space
+            status,
+            short_reason(lost) if lost is not None else None,
+            repeated.stopped,
+            store_error=store_error,
         )
 
 
@@ -438,7 +441,7 @@ def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, 
         )
     except KeyboardInterrupt:
         return "KILLED", None
-    except NoSpace as exc:  # before a trial trains: nothing of it was written
+    except (NoSpace, StorageError) as exc:  # no room for the next trial; a journal gone bad mid-study
         return "FAILED", exc
     except TRACKING_FAILURES as exc:
         # Policy: the tracking server went away. The running trial FAILs (Optuna) and the study
@@ -499,10 +502,9 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
     if outcome.workers is not None:
         return _workers_end(session, outcome)
     end, name = Outcome(), session.name
-    if outcome.no_space is not None:
+    if outcome.store_error is not None:
         return end.say(
-            f"error: {outcome.no_space}; the study stopped before its next trial, {session.done} done are kept",
-            "err",
+            f"error: {outcome.store_error}; the study stopped, its {session.done} done trial(s) kept", "err"
         ).with_code(2)
     if outcome.repeated_failure is not None:
         return end.say(
