@@ -216,7 +216,8 @@ def test_non_finite_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(s
     args = ["study", "--budget", "8000", "--experiment", str(exp), "--trials", "2", "--limit-train", "500",
             "--data-dir", str(data_dir), "--device", "cpu", "--quiet"]  # fmt: skip
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # both ran: a study that completes no trial is not a success
+    assert "no trial completed: 2 failed (first: trial " in result.stderr.strip().splitlines()[-1]
     study = optuna.load_study(study_name="explode-b8000", storage=open_storage(None))
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 2

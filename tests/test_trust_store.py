@@ -22,7 +22,7 @@ import pytest
 from mnist_search.cli import app
 from mnist_search.search.storage import open_storage
 
-from .conftest import TINY, local_client, one_line_exit_2, poll, runner, runs_of
+from .conftest import TINY, local_client, one_line_exit_2, poll, runner, runs_of, start_cli
 
 TORN = b'{"op_code":0,"worker_id":"dead","study_na'  # a record cut off mid-write, no newline
 
@@ -74,6 +74,7 @@ def small_disk(where: Path, size: str):
         subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_disk_too_small_for_a_store_is_one_line_and_leaves_nothing_then_the_rerun_works(
     tmp_path, data_dir, monkeypatch
 ):
@@ -106,6 +107,7 @@ def test_a_disk_too_small_for_a_store_is_one_line_and_leaves_nothing_then_the_re
         assert completed_trials(journal(disk / "mlruns")) == 1
 
 
+@pytest.mark.slow
 def test_too_little_room_before_a_trial_stops_the_study_with_exit_2_and_keeps_what_is_done(
     tiny, data_dir, monkeypatch
 ):
@@ -132,6 +134,7 @@ def test_too_little_room_before_a_trial_stops_the_study_with_exit_2_and_keeps_wh
 # --- 2. a corrupt MLflow database ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_corrupt_mlflow_database_is_one_line_naming_it_and_the_fix_it_gives_works(tiny, data_dir):
     from mnist_search.tracking.client import create_sqlite_store
 
@@ -144,20 +147,31 @@ def test_a_corrupt_mlflow_database_is_one_line_naming_it_and_the_fix_it_gives_wo
     if journal(tiny).exists():  # the study storage holds no study: nothing was started
         assert optuna.get_all_study_names(open_storage(str(journal(tiny)), writable=False)) == []
     move = re.search(r"\(mv (\S+) (\S+)\)", line)
-    Path(move.group(1)).rename(move.group(2))  # what the line says to do
-    invoked(tiny_args(data_dir))
+    Path(move.group(1)).rename(move.group(2))  # what the line says to do, then the command again
+    again = start_cli(tiny_args(data_dir), tiny.parent)  # a new process, as a user reruns it
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
     assert completed_trials(journal(tiny)) == 1
 
 
 # --- 3, 4. bad journal lines, and files that are not journals -----------------------------------
 
 
+@pytest.mark.slow
 def test_a_bad_middle_line_keeps_every_study_readable_up_to_it_and_repair_lets_the_study_go_on(
     tiny, data_dir
 ):
     invoked(tiny_args(data_dir, 2))
     lines = journal(tiny).read_bytes().splitlines(keepends=True)
-    cut = len(lines) // 2
+    # The bad line lands right after the first trained trial's end: what precedes it is a study
+    # with no trial left RUNNING (a line in the middle of a trial would leave that trial to a
+    # worker that, here in one process, is still alive).
+    ends = [
+        i
+        for i, line in enumerate(lines)
+        if json.loads(line)["op_code"] == 6 and json.loads(line)["state"] == 1
+    ]
+    cut = ends[0] + 1
     damaged = b"".join(lines[:cut]) + b"{garbage\n" + b"".join(lines[cut:])
     journal(tiny).write_bytes(damaged)
 
@@ -208,8 +222,12 @@ def test_a_folder_given_as_storage_is_named_a_folder(tiny, tmp_path, data_dir):
 # --- 5. a study whose every trial fails ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_study_that_completes_no_trial_exits_1_and_every_count_says_failed(tiny, tmp_path, data_dir):
-    (tmp_path / "nan.yaml").write_text(TINY.replace("lr: 0.01", "lr: 100000.0"))
+    (tmp_path / "nan.yaml").write_text(  # a learning rate that makes the loss NaN, whatever the spec
+        "search:\n  stages: [[{low: 4, high: 8}], [{low: 4, high: 8}]]\n  transitions: [{low: 4, high: 8}]\n"
+        "  batchnorm: [false]\nrecipe: {lr: 1.0e+12, momentum: 0.9, epochs: 1}\n"
+    )
     args = tiny_args(data_dir, 1)
     args[args.index("tiny.yaml")] = "nan.yaml"
     result = runner.invoke(app, args)
@@ -298,6 +316,7 @@ def test_ctrl_c_twice_is_one_message_and_every_interrupted_run_is_failed_interru
 # --- 7. read-only commands never write -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_reads_a_torn_journal_without_touching_it_and_the_next_study_cuts_it(tiny, data_dir):
     invoked(tiny_args(data_dir, 1))
     with journal(tiny).open("ab") as f:
@@ -314,6 +333,7 @@ def test_report_reads_a_torn_journal_without_touching_it_and_the_next_study_cuts
     assert completed_trials(journal(tiny)) == 2
 
 
+@pytest.mark.slow
 def test_report_and_export_work_on_a_read_only_store(tiny, tmp_path, data_dir):
     invoked(tiny_args(data_dir, 1))
     ro = subprocess.run(["mount", "--bind", "-o", "ro", str(tiny), str(tiny)], capture_output=True, text=True,
@@ -377,6 +397,7 @@ def test_a_data_dir_that_does_not_exist_leaves_nothing_behind(store, tmp_path):
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_report_of_a_study_that_does_not_exist_names_the_ones_that_do(tiny, data_dir):
     invoked(tiny_args(data_dir, 1))
     one_line_exit_2(runner.invoke(app, ["report", "--study", "nosuch"]), "no such study", "tiny-b8000")
@@ -386,6 +407,7 @@ def test_export_of_a_trial_that_is_not_a_number_says_so(tiny):
     one_line_exit_2(runner.invoke(app, ["export", "--trial", "abc"]), "--trial abc: not a number")
 
 
+@pytest.mark.slow
 def test_a_study_whose_storage_was_deleted_is_not_started_again_beside_its_runs(tiny, data_dir):
     invoked(tiny_args(data_dir, 1))
     client = local_client(tiny)

@@ -223,18 +223,21 @@ def create_sqlite_store(db: Path) -> None:
     interrupt) leaves no half-built database for the next command to trip over."""
     check_space(db.parent, "a new MLflow store")
     db.parent.mkdir(parents=True, exist_ok=True)
-    building = db.with_name(f"{db.name}.building-{os.getpid()}")
+    # A name never used before: MLflow keeps a store per URI for the life of the process.
+    building = db.with_name(f"{db.name}.building-{os.getpid()}-{time.monotonic_ns()}")
     try:
         mlflow.MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
         os.replace(building, db)
     except BaseException as exc:
         for leftover in db.parent.glob(f"{building.name}*"):  # the file and its -journal
             leftover.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and "disk is full" in str(exc):
+        if not isinstance(exc, Exception):
+            raise  # an interrupt: nothing is left behind
+        if "disk is full" in str(exc):
             raise NoSpace(
                 f"{db.parent}: the disk filled while creating the MLflow store; free some space"
             ) from None
-        raise
+        raise TrackingError(f"{db}: cannot create the MLflow store ({short_reason(exc)})") from None
 
 
 @functools.cache
