@@ -353,12 +353,6 @@ def test_tracking_server_going_away_fails_the_trial_and_keeps_completed_ones(tmp
         lines[-1].startswith("error: tracking server http://127.0.0.1:") and "failed mid-study" in lines[-1]
     )
     assert "re-run the same command to resume" in lines[-1] and "Traceback" not in stderr
-    # Said while MLflow retries, once, naming the server (not minutes of silence).
-    retrying = [line for line in lines if "is not answering" in line]
-    assert len(retrying) == 1 and retrying[0].startswith(f"warning: 127.0.0.1:{uri.rsplit(':', 1)[1]} "), (
-        stderr
-    )
-    assert "retrying for up to ~35 s" in retrying[0]
     assert time.monotonic() - start < 120
     study = optuna.load_study(study_name="tiny-b8000", storage=open_storage(str(journal)))
     assert [t for t in study.trials if t.state.name == "COMPLETE"]  # completed results kept

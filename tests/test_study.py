@@ -317,7 +317,7 @@ def test_two_workers_ending_at_the_timeout_exit_0_with_one_summary(tmp_path, dat
     )
     done = trials_done(study)
     assert 2 <= done < 100
-    assert out.count("trials done") == 2  # the workers' count line, then the study's summary
+    assert out.count("trials done") == 3  # the header, the workers' count line, the study's summary
     assert f"study budget-8k-b8000: {done}/100 trials done by 2 workers" in out
     assert out.count("MLflow: ") == 1
 
