@@ -32,7 +32,7 @@ from mnist_search.core.config import (
 )
 from mnist_search.core.errors import USAGE_ERRORS
 from mnist_search.core.settings import mask_url
-from mnist_search.log_lines import RetryLines, WarningLines
+from mnist_search.log_lines import WarningLines
 from mnist_search.options import (
     MAX_SEED,
     Budget,
@@ -96,9 +96,6 @@ def _console(
     log.handlers[:] = [WarningLines(err)]
     log.setLevel(logging.WARNING)
     log.propagate = False
-    retries = logging.getLogger("urllib3.connectionpool")
-    retries.handlers[:] = [RetryLines(err)]
-    retries.propagate = False
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
