@@ -113,8 +113,11 @@ class StudyDisplay:
         quiet: bool = False,
         every: float = 1.0,
         timeout: float | None = None,
+        watch: Callable[[], str | None] | None = None,
     ):
         self.console, self.read, self.every, self.timeout = console, read, every, timeout
+        self.watch = watch  # a warning to show while something the trials need is down
+        self.warned = False
         self.live = console.is_terminal and not quiet
         self.plain = not console.is_terminal and not quiet
         self.started = time.monotonic()
@@ -126,8 +129,17 @@ class StudyDisplay:
     @classmethod
     def for_session(cls, console: Console, session, quiet: bool = False) -> StudyDisplay:
         """The display of a prepared study (`workflows.study.prepare_study`)."""
+        from mnist_search.tracking.watch import ServerWatch
+
         study, total = session.study, session.request.trials
-        return cls(console, lambda: Board.read(study, total), quiet=quiet, timeout=session.request.timeout)
+        watch = ServerWatch(session.tracking.uri).warning
+        return cls(
+            console,
+            lambda: Board.read(study, total),
+            quiet=quiet,
+            timeout=session.request.timeout,
+            watch=watch,
+        )
 
     def __enter__(self) -> Self:
         if not (self.live or self.plain):
@@ -162,8 +174,13 @@ class StudyDisplay:
                 continue
 
     def show(self, board: Board) -> None:
+        warning = self.watch() if self.watch is not None else None
         if self._live is not None:
-            self._live.update(self.render(board))
+            self._live.update(self.render(board, warning))
+        if self.plain and bool(warning) != self.warned:  # a plain line when it starts, not every second
+            self.console.print(f"warning: {warning}" if warning else "tracking server answers again",
+                               markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        self.warned = bool(warning)
         if self.plain:
             for row in board.ended:
                 if row.trial not in self.shown:
@@ -183,7 +200,7 @@ class StudyDisplay:
             seconds = min(seconds, left + board.longest_left())
         return "" if seconds <= 0 else f"eta ~{_clock(seconds)}"
 
-    def render(self, board: Board):
+    def render(self, board: Board, warning: str | None = None):
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
@@ -200,7 +217,7 @@ class StudyDisplay:
             rows.add_row(f"#{r.number} {params}", _stage(p), epoch, bar, val)
         elapsed = _clock(time.monotonic() - self.started)
         status = f"{counts_line(board)} | {best_line(board.best)} | {elapsed} {self.eta(board)}".rstrip()
-        return Group(rows, Text(status))
+        return Group(rows, Text(status), *([Text(f"warning: {warning}", style="yellow")] if warning else []))
 
     def ended_line(self, row: TrialRow, board: Board) -> str:
         """A trial's end: its figures as the study ranks by (val = mean of the last 3 epochs over

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ from mnist_search.progress import StudyDisplay
 from mnist_search.search.board import Board, ProgressWriter, TrialProgress
 from mnist_search.search.records import TrialRecord
 from mnist_search.search.storage import open_storage
-from tests.conftest import TINY, runner
+from mnist_search.tracking.watch import ServerWatch
+from tests.conftest import TINY, runner, start_mlflow_server, stop_server
 
 RECIPE = {"replicas": 3, "epochs": 15}
 
@@ -191,3 +193,34 @@ def test_the_header_under_a_terminal_says_a_run_resumes_a_study(tmp_path, data_d
         r"0 over budget\); 1/2 trials done; on cpu; ", screen, re.MULTILINE,
     ), screen[:2000]  # fmt: skip
     assert "done 2/2: 2 trained, 0 pruned, 0 failed, 0 over budget" in screen
+
+
+@pytest.mark.slow
+def test_the_display_says_when_the_tracking_server_stops_answering_and_when_it_is_back(study, tmp_path):
+    """A real `mlflow server` watched by the display: no warning while it answers, a plain line
+    naming it when it is killed (MLflow's client is retrying meanwhile), one when it is back."""
+    proc, uri = start_mlflow_server(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art", tmp_path / "s.log")
+    port = int(uri.rsplit(":", 1)[1])
+    watch = ServerWatch(uri, every=0.0, timeout=2.0)
+    console = Console(file=io.StringIO(), width=300)
+    display = StudyDisplay(console, lambda: Board.read(study, total=2), every=0.05, watch=watch.warning)
+    try:
+        assert watch.warning() is None
+        display.show(Board.read(study, total=2))
+        stop_server(proc, signal.SIGKILL)
+        display.show(Board.read(study, total=2))
+        display.show(Board.read(study, total=2))  # still down: not said twice
+        proc, _ = start_mlflow_server(
+            f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "art", tmp_path / "s2.log", port=port
+        )
+        display.show(Board.read(study, total=2))
+    finally:
+        stop_server(proc)
+    lines = console.file.getvalue().splitlines()
+    assert lines[0].startswith(f"warning: tracking server {uri} not answering for ")
+    assert lines[0].endswith("MLflow retries each write for up to ~35 s, then the trial fails")
+    assert lines[1:] == ["tracking server answers again"]
+    live = StudyDisplay(Console(file=io.StringIO()), lambda: Board.read(study, total=2))
+    assert "warning: tracking server" in str(
+        live.render(Board.read(study, total=2), lines[0][9:]).renderables[-1]
+    )

@@ -6,10 +6,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from mnist_search.core.config import load_search
+from mnist_search.core.config import ArchSpec, load_search, load_spec
 from mnist_search.search.leaderboard import TrialRow
 from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import OBJECTIVE_NAME, open_study
+from mnist_search.tracking import views
 from mnist_search.tracking.plots import history, params_vs_accuracy
 
 from .conftest import TINY, local_client, poll, start_cli
@@ -65,3 +66,32 @@ def test_best_follows_the_study_while_it_runs(tmp_path, data_dir):
     assert version.tags["all_seeds"] == "true"  # one seed per trial here (tiny's replicas: 1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+
+
+def test_a_spec_reads_in_one_line_as_the_runs_table_shows_it():
+    _, seed1 = load_spec("seed-model-1")
+    assert seed1.outline() == "8,16,24 >8> 16,24 conv drop 0.1"
+    spec = ArchSpec(
+        stages=((7, 5, 4), (10, 6, 14)), transitions=(10,), padding=True, separable=True, pool="blur"
+    )
+    assert spec.outline() == "7,5,4 >10> 10,6,14 gap pad bn sep blur"
+
+
+def test_the_study_view_filters_its_own_trials_and_its_link_keeps_the_local_hint():
+    assert views.view_key("budget-8k-b8000") == "study-budget-8k-b8000"
+    odd = views.view_key("it's a study/1")
+    assert odd.startswith("study-it_s_a_study_1-") and odd != views.view_key("it_s a study/1")
+    assert views.trials_filter("it's") == "tags.kind = 'trial' AND tags.study_name = \"it's\""
+    state = views.study_view("s")
+    assert state["searchFilter"] == "tags.kind = 'trial' AND tags.study_name = 's'"
+    assert state["selectedColumns"][:3] == [
+        "metrics.`rank`",
+        "metrics.`params`",
+        "metrics.`final/val_acc_last3`",
+    ]
+    assert views.with_view("", "study-s") == ""
+    local = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (after: mlflow ui --backend-store-uri sqlite:///m.db)"
+    assert views.with_view(local, "study-s") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=study-s"
+        " (after: mlflow ui --backend-store-uri sqlite:///m.db)"
+    )

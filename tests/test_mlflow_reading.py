@@ -6,6 +6,7 @@ load with mlflow.pyfunc and predict raw [0, 1] pixels at the accuracy their run 
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +16,9 @@ import pytest
 import yaml
 
 from mnist_search.cli import app
+from mnist_search.core.config import ArchSpec
 from mnist_search.core.data import load_raw
+from mnist_search.tracking import views
 
 from .conftest import TINY, runner
 
@@ -68,6 +71,7 @@ def test_study_and_verify_end_by_printing_their_runs_table_link(served, mlflow_s
     for command, experiment in (("study", "reading-studies"), ("verify", "reading-verify")):
         exp_id = served.get_experiment_by_name(experiment).experiment_id
         link = f"MLflow: {mlflow_server}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        link += f"&viewStateShareKey={views.view_key('tiny-b8000')}" if command == "study" else ""
         assert served.printed[command].rstrip().splitlines()[-1] == link
 
 
@@ -99,13 +103,39 @@ def test_the_parent_defines_the_search_and_links_its_best_run(served):
     assert best in {c.info.run_id for c in children}
     assert yaml.safe_load(parent.data.tags["best_spec"])["spec"]["stages"]  # YAML, not a Python repr
     assert f"#/experiments/{exp.experiment_id}/runs/{best}" in parent.data.tags["mlflow.note.content"]
-    # Interactive plots beside the PNGs, over trained trials only, viewable offline (plotly.js inside).
-    page = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/plots/interactive.html")
-    assert (
-        "tiny-b8000: 2 trained trials" in page
-        and "Plotly.newPlot" in page
-        and 'src="https://cdn.plot.ly' not in page
+    # PNGs only: MLflow's own chart view is the interactive one (`tracking.views`).
+    logged = {a.path for a in served.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/params_vs_accuracy.png", "plots/optimization_history.png"} <= logged
+    assert not any(path.endswith(".html") for path in logged)
+
+
+def test_the_printed_link_opens_a_view_of_the_trials_best_first(served):
+    """The study's link names a view the experiment holds: its filter finds exactly the study's
+    trial runs, its order is their rank (1 = best, as `report` ranks them), its columns exist."""
+    exp, parent, children = runs(served, "reading-studies")
+    key = views.view_key("tiny-b8000")
+    link = next(line for line in served.printed["study"].splitlines() if line.startswith("MLflow: "))
+    assert f"viewStateShareKey={key}" in link and "workflowType=machine_learning" in link
+    state = json.loads(served.get_experiment(exp.experiment_id).tags[views.SHARED_VIEW_TAG + key])
+    assert state["orderByKey"] == "metrics.`rank`" and state["orderByAsc"] is True
+    found = served.search_runs(
+        [exp.experiment_id], filter_string=state["searchFilter"], order_by=["metrics.rank ASC"]
     )
+    assert {r.info.run_id for r in found} == {c.info.run_id for c in children} and len(found) == 2
+    ranks = [r.data.metrics.get("rank") for r in found]
+    completed = [r for r in found if r.data.tags["state"] == "COMPLETE"]
+    assert ranks[: len(completed)] == list(range(1, len(completed) + 1))
+    assert found[0].info.run_id == parent.data.tags["best_run_id"]
+    for column in state["selectedColumns"]:
+        kind, name = column.split(".", 1)
+        name = name.strip("`")
+        holder = found[0].data.metrics if kind == "metrics" else found[0].data.tags
+        assert name in holder, column
+    best_spec = ArchSpec.model_validate(yaml.safe_load(parent.data.tags["best_spec"])["spec"])
+    assert found[0].data.tags["arch"] == best_spec.outline()
+    (scatter, *_) = state["compareRunCharts"]
+    assert scatter["type"] == "SCATTER" and scatter["xaxis"]["key"] == "params"
+    assert scatter["yaxis"]["key"] == "final/val_acc_last3"
 
 
 def raw_test_set(data_dir):

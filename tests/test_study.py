@@ -20,7 +20,7 @@ from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import make_pruner, open_study
 from mnist_search.workflows.study import TotalReached
 
-from .conftest import EXPERIMENTS, local_client, runner, runs_of, start_cli, study_args
+from .conftest import EXPERIMENTS, local_client, one_line_exit_2, runner, runs_of, start_cli, study_args
 
 BUDGET_8K = EXPERIMENTS / "budget-8k.yaml"
 
@@ -319,7 +319,7 @@ def test_two_workers_ending_at_the_timeout_exit_0_with_one_summary(tmp_path, dat
     assert 2 <= done < 100
     assert out.count("trials done") == 3  # the header, the workers' count line, the study's summary
     assert f"study budget-8k-b8000: {done}/100 trials done by 2 workers" in out
-    assert out.count("MLflow: ") == 1
+    assert out.count("MLflow: ") == 2  # under the header, and after the summary
 
 
 def test_the_resume_summary_counts_what_a_study_holds_by_kind(tmp_path):
@@ -362,3 +362,46 @@ def test_the_header_says_when_a_run_resumes_a_study(store, data_dir, tmp_path):
         "0 over budget); 1/2 trials done; on cpu; storage "
     ), header
     assert "2/2 trials done" in again.stdout
+
+
+def test_a_new_study_tries_the_spaces_start_points_first_and_only_once(tmp_path):
+    """`search.start`: queued when the study is created (by each of two workers opening it at
+    once: queued once), asked before anything is sampled, never queued again on resume."""
+    exp = load_experiment(BUDGET_8K)
+    point = {"s1c1": 8, "s1c2": 12, "s1c3": 16, "s2c1": 12, "s2c2": 16, "s2c3": 16, "t1": 10,
+             "dropout": 0.02, "batch_size": 64, "lr": 0.1}  # fmt: skip
+    started = exp.model_copy(update={"search": exp.search.model_copy(update={"start": (point,)})})
+    path = str(tmp_path / "j.log")
+    first, second = (open_study(open_storage(path), "s", started, 8000, 1, 0, "x") for _ in range(2))
+    trial = first.ask()
+    spec = sample_spec(trial, started.search)
+    assert trial.number == 0 and spec.stages == ((8, 12, 16), (12, 16, 16)) and spec.transitions == (10,)
+    assert sample_recipe(trial, started.search, started.recipe).batch_size == 64 and trial.params == point
+    first.tell(trial, 0.99)
+    again = open_study(open_storage(path), "s", started, 8000, 1, 0, "x")
+    nxt = again.ask()
+    sample_spec(nxt, started.search)
+    assert nxt.number == 1 and nxt.params != point  # sampled: the start point was queued once
+    assert len(second.trials) == 2
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        ({"s1c1": 9}, "search: start[0].s1c1: 9 is outside the search's s1c1 (4 to 16 step 2)"),
+        ({"s1c1": 8.5}, "search: start[0].s1c1: 8.5 is not a whole number"),
+        (
+            {"batch_size": 32},
+            "search: start[0].batch_size: 32 is outside the search's batch_size (one of 64, 128)",
+        ),
+        ({"width": 8}, "search: start[0].width: not a parameter of this search (s1c1, s1c2,"),
+    ],
+)
+def test_a_start_point_outside_the_space_exits_2_naming_it(store, data_dir, tmp_path, point, message):
+    flow = ", ".join(f"{k}: {v}" for k, v in point.items())
+    (tmp_path / "s.yaml").write_text(f"extends: budget-8k\nsearch:\n  start: [{{{flow}}}]\n")
+    result = runner.invoke(
+        app, ["study", "--experiment", str(tmp_path / "s.yaml"), "--data-dir", str(data_dir)]
+    )
+    one_line_exit_2(result, message)
+    assert not store.exists()

@@ -15,6 +15,7 @@ from mnist_search.core.config import ConfigError, Recipe, load_experiment
 from mnist_search.core.data import normalise
 from mnist_search.core.model import build_model
 from mnist_search.search.storage import open_storage
+from mnist_search.search.studies import OBJECTIVE_NAME
 from mnist_search.training.teacher import check_teacher
 
 from .conftest import (
@@ -82,10 +83,15 @@ def test_optuna_dashboard_sees_feasibility_and_ranks_knobs_over_trained_trials_o
     try:
         base = f"http://127.0.0.1:{port}/api/studies"
         (entry,) = [s for s in get_json(base)["study_summaries"] if s["study_name"] == STUDY]
-        shown = {t["number"]: t for t in get_json(f"{base}/{entry['study_id']}?after=0")["trials"]}
+        detail = get_json(f"{base}/{entry['study_id']}?after=0")
+        shown = {t["number"]: t for t in detail["trials"]}
         importances = get_json(f"{base}/{entry['study_id']}/param_importances")["param_importances"]
     finally:
         stop_server(proc)
+    # The objective by its name, and the parameter count a plottable axis (the dashboard's plots
+    # offer numeric user attributes as targets: "sortable").
+    assert detail["objective_names"] == [OBJECTIVE_NAME]
+    assert {"key": "params", "sortable": True} in detail["union_user_attrs"]
     for t in study.trials:
         violation = t.user_attrs["params"] - (8000 - 1)
         assert shown[t.number]["constraints"] == [violation]  # > 0: infeasible

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 # Channels of one conv: tiny networks are the point, and a width in the millions would fail to
@@ -70,6 +80,17 @@ class ArchSpec(_Strict):
     head: Literal["gap", "conv"] = "gap"
     separable: bool = False
     pool: Literal["max", "blur"] = "max"
+
+    def outline(self) -> str:
+        """The network in one short line, as a runs table shows it: each stage's conv widths, the
+        transitions' 1x1 widths between them (`>12>`), then the head and what differs from the
+        plain block, e.g. `8,8 >12> 12,16 >16> 16,16 gap bn drop 0.05`."""
+        parts = [",".join(map(str, self.stages[0]))]
+        for width, stage in zip(self.transitions, self.stages[1:]):
+            parts += [f">{width}>", ",".join(map(str, stage))]
+        extras = [self.head] + ["pad"] * self.padding + ["bn"] * self.batchnorm + ["sep"] * self.separable
+        extras += [f"drop {self.dropout:.2g}"] * (self.dropout > 0) + ["blur"] * (self.pool == "blur")
+        return " ".join(parts + extras)
 
     @model_validator(mode="after")
     def _check_shape(self) -> ArchSpec:
@@ -229,6 +250,45 @@ class SearchSpace(_Strict):
     weight_decay: FloatRange | None = None
     rotation: FloatRange | None = None
     batch_size: tuple[PositiveInt, ...] | None = None  # when set, one of these per trial
+    # Points to try first, by the search's parameter names (`parameters()`): a new study queues
+    # them before sampling (Optuna's enqueue_trial). E.g. the best point known for this space, so
+    # the first contender is a good one and the bar it sets prunes the rest sooner.
+    start: tuple[dict[str, StrictInt | StrictFloat | StrictBool | str], ...] = ()
+
+    def parameters(self) -> dict[str, IntRange | FloatRange | tuple]:
+        """The trial parameters this space samples, by name (`search.space.sample_spec`)."""
+        found: dict[str, IntRange | FloatRange | tuple] = {}
+        for i, stage in enumerate(self.stages, start=1):
+            found |= {f"s{i}c{j}": r for j, r in enumerate(stage, start=1)}
+        found |= {f"t{i}": r for i, r in enumerate(self.transitions, start=1)}
+        if self.dropout.high > self.dropout.low:
+            found["dropout"] = self.dropout
+        for name in ("padding", "batchnorm", "head", "separable", "pool", "batch_size"):
+            options = getattr(self, name)
+            if options is not None and len(options) > 1:
+                found[name] = options
+        found |= {name: r for name in SEARCHED_RECIPE_FLOATS if (r := getattr(self, name)) is not None}
+        return found
+
+    def _check_start(self) -> None:
+        known = self.parameters()
+        for index, point in enumerate(self.start):
+            for name, value in point.items():
+                where = f"start[{index}].{name}"
+                if name not in known:
+                    raise ValueError(f"{where}: not a parameter of this search ({', '.join(known)})")
+                allowed = known[name]
+                if isinstance(allowed, tuple):
+                    fits = value in allowed and type(value) is type(allowed[0])
+                elif isinstance(allowed, IntRange):
+                    fits = type(value) is int and allowed.low <= value <= allowed.high
+                    fits = fits and (value - allowed.low) % allowed.step == 0
+                else:
+                    fits = type(value) in (int, float) and allowed.low <= value <= allowed.high
+                if isinstance(allowed, IntRange) and type(value) is not int:
+                    raise ValueError(f"{where}: {value!r} is not a whole number")
+                if not fits:
+                    raise ValueError(f"{where}: {value!r} is outside the search's {name} ({_shown(allowed)})")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -248,7 +308,15 @@ class SearchSpace(_Strict):
                 )
             except ValidationError as exc:
                 raise ValueError(_first_error(exc)) from None
+        self._check_start()
         return self
+
+
+def _shown(allowed: IntRange | FloatRange | tuple) -> str:
+    if isinstance(allowed, tuple):
+        return "one of " + ", ".join(map(str, allowed))
+    step = f" step {allowed.step}" if isinstance(allowed, IntRange) and allowed.step > 1 else ""
+    return f"{allowed.low} to {allowed.high}{step}"
 
 
 class Pruner(_Strict):

@@ -130,6 +130,10 @@ def open_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([OBJECTIVE_NAME])
     if known.budget is None:
+        # A new study tries the space's start points first (a second worker creating it at the
+        # same moment queues nothing twice).
+        for point in experiment.search.start if experiment.search else ():
+            study.enqueue_trial(params=dict(point), skip_if_exists=True)
         StudyRecord.write(
             study,
             budget=budget,

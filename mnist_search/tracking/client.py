@@ -92,10 +92,11 @@ def check_tracking(uri: str, timeout: float = HEALTH_TIMEOUT, wait: float = 0.0)
             raise TrackingError(f"tracking URI {uri}: folder {folder} does not exist or is not writable")
         return
     if scheme in ("http", "https"):
-        patiently(lambda: _check_health(uri, timeout), wait)
+        patiently(lambda: check_health(uri, timeout), wait)
 
 
-def _check_health(uri: str, timeout: float) -> None:
+def check_health(uri: str, timeout: float) -> None:
+    """An HTTP tracking server's /health answers 200 within `timeout` seconds, or TrackingError."""
     parts = urllib.parse.urlsplit(uri)
     bare = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
     request = urllib.request.Request(urllib.parse.urlunsplit(bare).rstrip("/") + "/health")
@@ -290,6 +291,7 @@ def source_tags(command: str) -> dict[str, str]:
 def run_tags(spec: ArchSpec, budget: int, experiment_file: str | None) -> dict[str, str]:
     return {
         "params": str(count_params(spec)),
+        "arch": spec.outline(),  # the runs table's architecture column
         "mult_adds": str(mult_adds(spec)),
         "budget": str(budget),
         "under_budget": str(count_params(spec) < budget).lower(),

@@ -43,6 +43,8 @@ SEEDS_TRAINED = "seeds_trained"  # how many seeds its final figures are over (a 
 # judged on, and the validation score's equivalent (what the search ranks by).
 GAP_TEST = "final/gap_test_pts"
 GAP_VAL = "final/gap_val_pts"
+# A study's trial: its place among the completed trials (1 = best), rewritten as better ones come.
+RANK = "rank"
 
 RUN_METRICS = (
     *EPOCH_METRICS.values(), PARAMS, MULT_ADDS, VAL_SCORE, TEST_MIN_LAST3, TEST_LAST, SECONDS, SEEDS_TRAINED,

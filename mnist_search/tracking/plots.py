@@ -80,23 +80,6 @@ def importances(study: optuna.Study) -> Figure | None:
     return fig
 
 
-def interactive_page(study: optuna.Study) -> str | None:
-    """One self-contained HTML page (plotly.js inlined once: no internet needed to view it) with
-    optuna.visualization's history, parallel coordinates and importances over the trained trials;
-    None before 2 trials completed."""
-    import optuna.visualization as vis
-
-    trained = trained_study(study)
-    if len(trained.trials) < 2:
-        return None
-    figures = [vis.plot_optimization_history(trained), vis.plot_parallel_coordinate(trained)]
-    if len(trained.trials) >= 3:
-        figures.append(vis.plot_param_importances(trained))
-    title = f"{study.study_name}: {len(trained.trials)} trained trials (over-budget proposals left out)"
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    return f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h3>{title}</h3>{''.join(parts)}</body></html>"
-
-
 def study_figures(study: optuna.Study, budget: int) -> dict[str, Figure]:
     rows = leaderboard(study)
     figs = {

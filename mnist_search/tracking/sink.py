@@ -129,8 +129,9 @@ class RunSink:
                 names.VAL_SCORE: result.val_score,
                 names.TEST_MIN_LAST3: result.test_min_last3,
                 names.TEST_LAST: result.epochs[-1].test_acc,
-                names.GAP_TEST: (result.test_min_last3 - TARGET) * 100,
-                names.GAP_VAL: (result.val_score - TARGET) * 100,
+                # 4 decimals: a runs table shows -7.13, not float noise (-7.1300000000000034)
+                names.GAP_TEST: round((result.test_min_last3 - TARGET) * 100, 4),
+                names.GAP_VAL: round((result.val_score - TARGET) * 100, 4),
             }
             self.log.client.set_tag(self.run_id, names.TARGET_MET, str(result.target_met(TARGET)).lower())
         if len(result.seeds) > 1 and result.results[0].epochs:

@@ -22,8 +22,8 @@ from mnist_search.core.settings import mask_url
 from mnist_search.search.leaderboard import completed, feasible_share, leaderboard, trial_tally
 from mnist_search.search.objective import TrialEnd
 from mnist_search.search.records import INTERRUPTED, StudyRecord, TrialRecord
-from mnist_search.tracking import names
-from mnist_search.tracking.client import RunLog, Tracking, source_tags
+from mnist_search.tracking import names, views
+from mnist_search.tracking.client import RunLog, Tracking, race_tolerant, source_tags
 from mnist_search.tracking.registry import point_best, register, registered_name
 from mnist_search.tracking.sink import RunSink
 
@@ -76,7 +76,10 @@ class StudyTracker:
         self.client = tracking.client
         self.tracking = tracking
         self.sinks: dict[int, RunSink] = {}
+        self._ranks: dict[str, int | None] = {}  # what this worker last wrote as each run's rank
         self._own_parent = self._parent()
+        # The study's page in MLflow (its trials best first); workers write it at once: tolerant.
+        race_tolerant(views.publish, self.client, self.experiment_id, study.study_name)
 
     @property
     def parent_id(self) -> str:
@@ -180,13 +183,29 @@ class StudyTracker:
         """An Optuna callback (the trial is COMPLETE in the storage by now): `@best` follows the
         study's best trial as it improves, not only when the study ends."""
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            self.promote_best()
+            rows = leaderboard(self.study)
+            self.rank_trials(rows)
+            self.promote_best(rows)
 
-    def promote_best(self) -> None:
+    def promote_best(self, rows) -> None:
         """The study's first-ranked completed trial (`leaderboard.rank_key`) registered, `@best`."""
-        best = next(iter(completed(leaderboard(self.study))), None)
+        best = next(iter(completed(rows)), None)
         if best is not None and best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
             self._register(best)
+
+    def rank_trials(self, rows) -> None:
+        """Each completed trial's place in the study (`rank`: 1 = best, `leaderboard.rank_key`) on
+        its run, rewritten as it moves: the study's runs table sorts by it (`tracking.views`), so
+        a trial scored on one seed never sorts above a better mean of seeds."""
+        for row in completed(rows):
+            run_id = row.mlflow_run_id
+            if not run_id or self._ranks.get(run_id) == row.rank:
+                continue
+            if run_id not in self._ranks and not self._tracked_here(run_id):
+                self._ranks[run_id] = None  # another tracking store's run: never written here
+                continue
+            RunLog(self.client, run_id).metrics({names.RANK: row.rank})
+            self._ranks[run_id] = row.rank
 
     # End of an invocation -------------------------------------------------------------------
     def close_open_children(self) -> None:
@@ -199,12 +218,13 @@ class StudyTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         """Summarise the whole study (all invocations) on the parent run and close it."""
-        from mnist_search.tracking.plots import interactive_page, plt, study_figures
+        from mnist_search.tracking.plots import plt, study_figures
 
         self.close_open_children()
         rows = leaderboard(self.study)
         feasible, proposed = feasible_share(self.study)
         done = completed(rows)
+        self.rank_trials(rows)
         tally = trial_tally(self.study)
         metrics = {
             # The counts every display and `report` show (`leaderboard.Tally`): done = trained
@@ -242,9 +262,6 @@ class StudyTracker:
         for path, fig in study_figures(self.study, self.budget).items():
             self.client.log_figure(self.parent_id, fig, path)
             plt.close(fig)  # pyplot keeps every figure until closed
-        page = interactive_page(self.study)
-        if page is not None:
-            self.client.log_text(self.parent_id, page, "plots/interactive.html")
         self.client.set_terminated(self.parent_id, status)
 
     def _tracked_here(self, run_id: str) -> bool:

@@ -8,10 +8,12 @@ has asked for torch (`--help` and usage errors answer without it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -123,6 +125,7 @@ class WorkerExit:
     index: int  # 1-based, as the user counts them
     pid: int
     code: int  # the exit code, or -N when killed by signal N
+    said: str = ""  # what it wrote to stderr: told by the command once its display has stopped
 
     @property
     def how(self) -> str:
@@ -173,6 +176,19 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
     line (`ps` shows command lines to every local user) travel there. A worker ignores Ctrl-C
     (`worker_interrupts`: the terminal sends it to the whole process group); the first Ctrl-C
     or SIGTERM here is sent on to every worker once, as SIGTERM, and each ends its run cleanly."""
+    # A worker's stderr (its error line, a warning) goes to a file, not to the terminal, where it
+    # would land in the middle of the live display; the command says it after (`WorkerExit.said`).
+    with contextlib.ExitStack() as stack:
+        said = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(jobs)]
+        procs = _start_and_wait(args, jobs, stdin, said)
+        exits = []
+        for i, (p, file) in enumerate(zip(procs, said), start=1):
+            file.seek(0)
+            exits.append(WorkerExit(i, p.pid, p.returncode, file.read()))
+        return exits
+
+
+def _start_and_wait(args: list[str], jobs: int, stdin: str, said: list) -> list[subprocess.Popen]:
     import torch
 
     cores = available_cores()
@@ -200,8 +216,9 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
             forwarding = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mnist_search", *args], env=env, stdin=subprocess.PIPE, text=True
-                )
+                    [sys.executable, "-m", "mnist_search", *args],
+                    env=env, stdin=subprocess.PIPE, stderr=said[index], text=True,
+                )  # fmt: skip
             finally:
                 signal.signal(signal.SIGINT, forwarding)
             proc.stdin.write(stdin)
@@ -216,4 +233,4 @@ def run_workers(args: list[str], jobs: int, stdin: str = "") -> list[WorkerExit]
     finally:
         for sig, handler in old.items():  # after an interrupt, still ignored while the caller cleans up
             signal.signal(sig, signal.SIG_IGN if received else handler)
-    return [WorkerExit(i, p.pid, p.returncode) for i, p in enumerate(procs, start=1)]
+    return procs

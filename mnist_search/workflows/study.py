@@ -54,7 +54,7 @@ from mnist_search.search.records import WORKER_DIED, TrialRecord
 from mnist_search.search.space import check_budget
 from mnist_search.search.storage import open_storage
 from mnist_search.search.studies import default_study_name, open_study
-from mnist_search.tracking import names
+from mnist_search.tracking import names, views
 from mnist_search.tracking.client import TRACKING_FAILURES, Tracking, runs_link, short_reason, tracking_target
 from mnist_search.tracking.study import StudyTracker, earlier_parent, fail_stale_run
 from mnist_search.training.teacher import check_teacher
@@ -276,6 +276,11 @@ class StudySession:
             f"study {self.name} already has {done} trials done (--trials {total}); raise --trials to add more"
         )
 
+    @property
+    def link(self) -> str:
+        """The study's page in MLflow's UI: its trials best first (`tracking.views`)."""
+        return views.with_view(runs_link(self.tracking), views.view_key(self.name))
+
     def header(self) -> str:
         """The first line of a run: the study (and what it holds when this run resumes it), its
         progress, the workers, and where things go."""
@@ -291,7 +296,7 @@ class StudySession:
         return (
             f"study {self.name}: {resuming}{self.done}/{req.trials} trials done; {where}; "
             f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}{plan}"
-        )
+        ) + (f"\nMLflow: {self.link}" if self.link else "")
 
     @property
     def local_folders(self) -> tuple[Path, ...]:
@@ -522,7 +527,7 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
             "err",
         ).with_code(1)
     if not worker:  # a worker's summary would not be the study's: others may still be training
-        end.say(study_summary(session.study, session.request.trials)).say_link(runs_link(session.tracking))
+        end.say(study_summary(session.study, session.request.trials)).say_link(session.link)
     if outcome.status == "KILLED":
         if worker:  # the command that started the workers says it, once
             return end.with_code(INTERRUPTED_CODE)
@@ -538,6 +543,9 @@ def _workers_end(session: StudySession, outcome: StudyOutcome) -> Outcome:
     """`--jobs N`: the study's count, a line per worker that died, and the exit code."""
     done, total = session.done, session.request.trials
     end = Outcome().say(f"study {session.name}: {done}/{total} trials done by {len(outcome.workers)} workers")
+    # What the workers said, once each (two workers that lost the same server say the same line).
+    for line in dict.fromkeys(line for w in outcome.workers for line in w.said.splitlines() if line.strip()):
+        end.say(line, "err")
     for w in outcome.dead_workers:
         then = "another worker trained its trial again" if done >= total else "its trial is queued again"
         end.say(f"warning: worker {w.index} (pid {w.pid}) {w.how}; {then}", "err")
@@ -547,7 +555,7 @@ def _workers_end(session: StudySession, outcome: StudyOutcome) -> Outcome:
             "interrupted: the running trials were marked FAIL; run the same command to resume", "err"
         ).with_code(INTERRUPTED_CODE)
     if done >= total or not any(codes):  # the total, or every worker reached --timeout
-        end.say(study_summary(session.study, total)).say_link(runs_link(session.tracking))
+        end.say(study_summary(session.study, total)).say_link(session.link)
         if (error := nothing_completed(session)) is not None:
             return end.say(error, "err").with_code(1)
         return end
