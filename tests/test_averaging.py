@@ -87,6 +87,7 @@ def test_averaging_without_batchnorm_re_estimation_is_refused_in_one_line(tmp_pa
     assert "ema needs precise_bn > 0" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # ~14 s: trains several epochs
 def test_swa_measures_and_hands_out_the_plain_mean_of_the_steps_from_its_epoch_on(mnist):
     """`swa_from=2`: epoch 1 is measured on the weights as trained, epoch 2 on the mean of the
     weights after each of epoch 2's 63 steps, averaged by hand from a run without averaging

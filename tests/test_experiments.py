@@ -16,6 +16,8 @@ from .conftest import EXPERIMENTS, REPO
 BEFORE = json.loads((REPO / "tests" / "fixtures" / "experiments_resolved.json").read_text())
 # The one field renamed since (same value; the old name still loads): seeds per trial -> replicas.
 RENAMED = {"recipe.seeds": "recipe.replicas"}
+# Fields added since, at their defaults (a file that does not use them loads as before).
+ADDED = {"search.start": []}
 
 
 def _fields(value, path=""):
@@ -32,6 +34,8 @@ def test_every_shipped_experiment_loads_to_exactly_the_experiment_it_loaded_to_b
     now = json.loads(json.dumps(load_experiment(name).model_dump(mode="json")))
     before = {RENAMED.get(k, k): v for k, v in _fields(BEFORE[name])}
     after = dict(_fields(now))
+    for key, default in ADDED.items():
+        assert after.pop(key, default) == default, key
     assert after.keys() == before.keys()
     differing = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
     assert differing == {}

@@ -30,7 +30,12 @@ def small(mnist, n_train: int, n_eval: int = 500, dtype=torch.float32) -> MNISTD
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("spec", [SPEC, SEPARABLE, BLUR], ids=["plain", "separable", "blur"])
+# The plain layout in the quick set; the separable and blur ones (~13 s each) in the full suite.
+@pytest.mark.parametrize(
+    "spec",
+    [SPEC, pytest.param(SEPARABLE, marks=pytest.mark.slow), pytest.param(BLUR, marks=pytest.mark.slow)],
+    ids=["plain", "separable", "blur"],
+)
 def test_pack_and_unpack_are_exact_and_the_packed_forward_is_each_replicas_forward(mnist, spec, layout):
     models = [build_model(spec, seed=s).eval() for s in SEEDS]
     net = pack(models, layout).eval()

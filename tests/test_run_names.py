@@ -62,7 +62,9 @@ def test_trial_train_and_verify_runs_carry_the_same_metric_names_from_one_table(
         data = client.get_run(run.info.run_id).data
         # Its margin to the target, in points, on every kind of run (and on validation where it has one).
         metrics = data.metrics
-        assert metrics[names.GAP_TEST] == pytest.approx((metrics[names.TEST_MIN_LAST3] - 0.994) * 100, abs=1e-4)
+        assert metrics[names.GAP_TEST] == pytest.approx(
+            (metrics[names.TEST_MIN_LAST3] - 0.994) * 100, abs=1e-4
+        )
         if names.VAL_SCORE in metrics:
             assert metrics[names.GAP_VAL] == pytest.approx((metrics[names.VAL_SCORE] - 0.994) * 100, abs=1e-4)
         assert data.tags[names.STATE] == "COMPLETE" and data.tags[names.TARGET_MET] in ("true", "false")

@@ -85,6 +85,7 @@ def test_the_loaded_teacher_is_the_exported_network_frozen(tmp_path, mnist):
     torch.testing.assert_close(teacher(x), original(x))
 
 
+@pytest.mark.slow  # ~11 s: a teacher and two trainings
 def test_with_a_teacher_replica_k_of_a_packed_run_still_matches_a_run_alone(tmp_path, mnist):
     """As test_packed's equivalence test, with a teacher: each replica's images go through the
     teacher, so each is still exactly its own training (float64, the teacher too)."""

@@ -177,6 +177,7 @@ def test_precise_bn_replaces_running_averages_by_the_plain_statistics_of_clean_i
     assert not torch.allclose(plain.layers[2].running_mean, act.mean((0, 2, 3)), atol=1e-3)
 
 
+@pytest.mark.slow  # ~11 s of bfloat16 training on the CPU
 def test_bf16_precision_trains_in_bfloat16_keeps_float32_weights_and_learns(mnist):
     """`precision: bf16` runs the forward in bfloat16 (autocast): the same seed ends on other
     weights than in float32, the weights and the reported losses stay float32, and it learns as
