@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -50,13 +50,18 @@ class RunSink:
         experiment_file: str,
         tags: dict[str, str],
         params: dict[str, str] | None = None,
+        created: Callable[[RunSink], None] | None = None,
     ) -> RunSink:
         """Create the run (tags first, so it is found even if what follows fails), then log what
         defines it: spec.* and recipe.* params, its seed(s), its sizes, the data and the tables.
-        `command`: the mnist-search command that trains it (train, study, verify), its Source."""
+        `command`: the mnist-search command that trains it (train, study, verify), its Source.
+        `created`: told the sink as soon as the run exists, before the rest is logged (a study
+        records the run on its trial then, so an interrupt meanwhile still finds and closes it)."""
         all_tags = run_tags(spec, budget, experiment_file) | source_tags(command) | tags
         run = tracking.client.create_run(tracking.experiment_id, run_name=run_name, tags=all_tags)
         sink = cls(RunLog(tracking.client, run.info.run_id), seeds)
+        if created is not None:
+            created(sink)
         seed = {"seed": str(seeds[0])} if len(seeds) == 1 else {"seeds": ",".join(map(str, seeds))}
         sink.log.params(spec_params(spec, recipe) | {"epochs": str(recipe.epochs)} | seed | (params or {}))
         sink.log.sizes(spec)

@@ -76,7 +76,8 @@ class StudyTracker:
         self.client = tracking.client
         self.tracking = tracking
         self.sinks: dict[int, RunSink] = {}
-        self._ranks: dict[str, int | None] = {}  # what this worker last wrote as each run's rank
+        self._ranks: dict[str, int] = {}  # what this worker last wrote as each run's rank
+        self._elsewhere: set[str] = set()  # trials' runs in another tracking store (a resumed study)
         self._own_parent = self._parent()
         # The study's page in MLflow (its trials best first); workers write it at once: tolerant.
         race_tolerant(views.publish, self.client, self.experiment_id, study.study_name)
@@ -146,7 +147,11 @@ class StudyTracker:
 
     # TrialHooks: each trained trial is one RunSink -------------------------------------------
     def trial_started(self, trial, spec: ArchSpec, recipe: Recipe, seeds: list[int]) -> None:
-        sink = RunSink.open(
+        def keep(sink: RunSink) -> None:  # the run exists: on the trial, and closed if interrupted
+            self.sinks[trial.number] = sink
+            TrialRecord.write(trial, mlflow_run_id=sink.run_id)
+
+        RunSink.open(
             self.tracking, spec, recipe, self.data,
             seeds=seeds,
             command="study",
@@ -159,9 +164,8 @@ class StudyTracker:
             # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
             params={f"knob.{k}": str(v) for k, v in trial.params.items()}
             | {"trial_number": str(trial.number)},
+            created=keep,
         )  # fmt: skip
-        self.sinks[trial.number] = sink
-        TrialRecord.write(trial, mlflow_run_id=sink.run_id)
 
     def epoch_ended(self, trial, r: EpochResult, per_seed: dict[int, EpochResult]) -> None:
         self.sinks[trial.number].epoch(list(per_seed.values()))
@@ -199,10 +203,10 @@ class StudyTracker:
         a trial scored on one seed never sorts above a better mean of seeds."""
         for row in completed(rows):
             run_id = row.mlflow_run_id
-            if not run_id or self._ranks.get(run_id) == row.rank:
+            if not run_id or run_id in self._elsewhere or self._ranks.get(run_id) == row.rank:
                 continue
             if run_id not in self._ranks and not self._tracked_here(run_id):
-                self._ranks[run_id] = None  # another tracking store's run: never written here
+                self._elsewhere.add(run_id)  # another tracking store's run: never written here
                 continue
             RunLog(self.client, run_id).metrics({names.RANK: row.rank})
             self._ranks[run_id] = row.rank
