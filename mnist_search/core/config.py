@@ -281,12 +281,11 @@ class SearchSpace(_Strict):
                 if isinstance(allowed, tuple):
                     fits = value in allowed and type(value) is type(allowed[0])
                 elif isinstance(allowed, IntRange):
-                    fits = type(value) is int and allowed.low <= value <= allowed.high
-                    fits = fits and (value - allowed.low) % allowed.step == 0
+                    if type(value) is not int:
+                        raise ValueError(f"{where}: {value!r} is not a whole number")
+                    fits = allowed.low <= value <= allowed.high and (value - allowed.low) % allowed.step == 0
                 else:
                     fits = type(value) in (int, float) and allowed.low <= value <= allowed.high
-                if isinstance(allowed, IntRange) and type(value) is not int:
-                    raise ValueError(f"{where}: {value!r} is not a whole number")
                 if not fits:
                     raise ValueError(f"{where}: {value!r} is outside the search's {name} ({_shown(allowed)})")
 
