@@ -147,7 +147,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             if args.out:
                 with args.out.open("a") as f:
-                    f.write(json.dumps(row | {"cpu": _cpu()}) + "\n")
+                    f.write(json.dumps(row | {"cpu": _cpu(), "commit": _commit(sources[which])}) + "\n")
     print(f"\nmedian over seeds {args.seeds} (minutes from the start; best60: 3-seed validation score)")
     print(f"{'':6}" + "".join(f"{k:>9}" for k in ("line", "score", "cand", "verif", "best60")))
     for which in args.which.split(","):
@@ -160,6 +160,13 @@ def main() -> None:
             cells.append(cell + (f"({missing}x)" if missing and values else ""))
         print(f"{which:6}" + "".join(f"{c:>9}" for c in cells))
     print("(-: never within the run; (kx): missing in k runs)")
+
+
+def _commit(src: Path) -> str:
+    found = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
+    )
+    return found.stdout.strip() or "unknown"
 
 
 def _cpu() -> str:
