@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +17,16 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from mnist_search import options as opt  # every option, declared once
+
 # Only light modules here: torch, MLflow and Optuna (~4 s to import on 2 cores) are imported by
 # the commands that use them, so `--help` and usage errors answer at once (tests/test_cli.py).
 from mnist_search.core.config import (
     DEFAULT_BUDGET,
     DEFAULT_EPOCHS,
     DEFAULT_TRIALS,
+    FRONT_SEARCH,
+    FRONT_TRIALS,
     VERIFY_SEEDS,
     default_search,
     load_experiment,
@@ -33,38 +36,6 @@ from mnist_search.core.config import (
 from mnist_search.core.errors import USAGE_ERRORS
 from mnist_search.core.settings import mask_url
 from mnist_search.log_lines import WarningLines
-from mnist_search.options import (
-    MAX_SEED,
-    Budget,
-    DataDir,
-    Device,
-    Experiment,
-    ExperimentName,
-    ExperimentRef,
-    Fidelity,
-    FirstSeed,
-    Jobs,
-    LimitTrain,
-    OldSeeds,
-    OutDir,
-    Quiet,
-    RecipeFrom,
-    Replicas,
-    Resume,
-    SamplerSeed,
-    ServiceWait,
-    Storage,
-    StudyName,
-    Timeout,
-    Top,
-    TrackingUri,
-    TrialEpochs,
-    TrialNumbers,
-    Trials,
-    VerifyAtEnd,
-    VerifyEpochs,
-    VerifySeeds,
-)
 from mnist_search.workflows.runtime import check_device_name, default_jobs, handle_interrupts
 
 app = typer.Typer(
@@ -102,28 +73,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, no traceback, and a non-zero exit code (2: usage/config errors)."""
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
-
-
-def command_line(ctx: typer.Context) -> str:
-    """The running command as the user gave it, options in declaration order (the ones given on
-    the command line only, not defaults or environment), passwords in URLs masked: what a study
-    and a verify record of how they were made."""
-    words = ["mnist-search", ctx.info_name or ""]
-    for param in ctx.command.params:
-        source = ctx.get_parameter_source(param.name)
-        if source is None or source.name != "COMMANDLINE":
-            continue
-        value = ctx.params[param.name]
-        if param.param_type_name == "argument":
-            words.append(str(value))
-            continue
-        flag = max(param.opts, key=len)
-        if param.is_flag:
-            words.append(flag if value else (param.secondary_opts or [flag])[0])
-        else:
-            for one in value if param.multiple else (value,):
-                words += [flag, str(one)]
-    return mask_url(shlex.join(words))
 
 
 @contextmanager
@@ -166,7 +115,7 @@ def _finish(end) -> None:
 
 
 @app.command()
-def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
+def summary(path: opt.ExperimentRef, budget: opt.Budget = DEFAULT_BUDGET) -> None:
     """Print the layer table, receptive field and mult-adds of a spec, without training; exit 1 when
     it is over --budget."""
     _, spec = checked(load_spec, path)
@@ -188,17 +137,15 @@ def summary(path: ExperimentRef, budget: Budget = DEFAULT_BUDGET) -> None:
 
 @app.command()
 def train(
-    path: ExperimentRef,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override the recipe's epochs.")] = None,
-    seed: Annotated[
-        int, typer.Option(min=0, max=MAX_SEED, help="Seed for initialisation, shuffling and augmentation.")
-    ] = 0,
-    device: Device = "auto",
-    data_dir: DataDir = None,
-    limit_train: LimitTrain = None,
-    tracking_uri: TrackingUri = None,
-    experiment_name: ExperimentName = None,
-    budget: Budget = DEFAULT_BUDGET,
+    path: opt.ExperimentRef,
+    epochs: opt.TrainEpochs = None,
+    seed: opt.TrainSeed = 0,
+    device: opt.Device = "auto",
+    data_dir: opt.DataDir = None,
+    limit_train: opt.LimitTrain = None,
+    tracking_uri: opt.TrackingUri = None,
+    experiment_name: opt.ExperimentName = None,
+    budget: opt.Budget = DEFAULT_BUDGET,
 ) -> None:
     """Train one spec and log it to MLflow (params, per-epoch metrics, tables, model, tags)."""
     checked(check_device_name, device)
@@ -222,26 +169,26 @@ def train(
 @app.command()
 def study(
     ctx: typer.Context,
-    budget: Budget = DEFAULT_BUDGET,
-    experiment: Experiment = None,
-    trials: Trials = DEFAULT_TRIALS,
-    timeout: Timeout = None,
-    epochs: TrialEpochs = None,
-    replicas: Replicas = None,
-    seeds: OldSeeds = None,
-    study_name: StudyName = None,
-    storage: Storage = None,
-    tracking_uri: TrackingUri = None,
-    device: Device = "auto",
-    seed: SamplerSeed = 0,
-    data_dir: DataDir = None,
-    limit_train: LimitTrain = None,
-    quiet: Quiet = False,
-    jobs: Jobs = None,
-    service_wait: ServiceWait = 0,
-    experiment_name: ExperimentName = None,
-    fidelity: Fidelity = "staged",
-    verify: VerifyAtEnd = True,
+    budget: opt.Budget = DEFAULT_BUDGET,
+    experiment: opt.Experiment = None,
+    trials: opt.Trials = DEFAULT_TRIALS,
+    timeout: opt.Timeout = None,
+    epochs: opt.TrialEpochs = None,
+    replicas: opt.Replicas = None,
+    seeds: opt.OldSeeds = None,
+    study_name: opt.StudyName = None,
+    storage: opt.Storage = None,
+    tracking_uri: opt.TrackingUri = None,
+    device: opt.Device = "auto",
+    seed: opt.SamplerSeed = 0,
+    data_dir: opt.DataDir = None,
+    limit_train: opt.LimitTrain = None,
+    quiet: opt.Quiet = False,
+    jobs: opt.Jobs = None,
+    service_wait: opt.ServiceWait = 0,
+    experiment_name: opt.ExperimentName = None,
+    fidelity: opt.Fidelity = "staged",
+    verify: opt.VerifyAtEnd = True,
 ) -> None:
     """Search architectures under --budget parameters; every trained trial is tracked in MLflow."""
     checked(load_search, experiment or default_search(budget))  # a typo answers before torch is imported
@@ -253,7 +200,47 @@ def study(
         replicas=replicas or seeds, study_name=study_name, storage=storage, tracking_uri=tracking_uri,
         device=device, seed=seed, data_dir=data_dir, limit_train=limit_train, jobs=jobs,
         service_wait=service_wait, fidelity=fidelity, verify=verify,
-        experiment_name=experiment_name, command=command_line(ctx),
+        experiment_name=experiment_name, command=opt.command_line(ctx),
+    ))  # fmt: skip
+    _run_study(request, quiet)
+
+
+@app.command()
+def front(
+    ctx: typer.Context,
+    max_params: opt.MaxParams = DEFAULT_BUDGET,
+    budgets: opt.Budgets = "1000,2000,3000,5000",
+    experiment: opt.Experiment = None,
+    trials: opt.Trials = FRONT_TRIALS,
+    timeout: opt.Timeout = None,
+    epochs: opt.TrialEpochs = None,
+    study_name: opt.StudyName = None,
+    storage: opt.Storage = None,
+    tracking_uri: opt.TrackingUri = None,
+    device: opt.Device = "auto",
+    seed: opt.SamplerSeed = 0,
+    data_dir: opt.DataDir = None,
+    limit_train: opt.LimitTrain = None,
+    quiet: opt.Quiet = False,
+    jobs: opt.Jobs = None,
+    service_wait: opt.ServiceWait = 0,
+    experiment_name: opt.ExperimentName = None,
+    verify: opt.VerifyAtEnd = True,
+) -> None:
+    """Search every size up to --max-params in one study (validation score up, parameters down, each
+    trial judged within its size band), then verify the best model under each budget."""
+    from mnist_search.search.bands import Bands
+
+    bands = checked(Bands.parse, budgets, max_params)
+    checked(load_search, experiment or FRONT_SEARCH)  # a typo answers before torch is imported
+    jobs = _checked_jobs(device, jobs)
+    from mnist_search.workflows.study import StudyRequest  # torch, MLflow, Optuna: after the checks above
+
+    request = StudyRequest(**_given(
+        budget=bands.largest, budgets=bands.budgets, experiment=experiment or FRONT_SEARCH, trials=trials,
+        timeout=timeout, epochs=epochs, study_name=study_name, storage=storage, tracking_uri=tracking_uri,
+        device=device, seed=seed, data_dir=data_dir, limit_train=limit_train, jobs=jobs,
+        service_wait=service_wait, verify=verify, experiment_name=experiment_name, command=opt.command_line(ctx),
     ))  # fmt: skip
     _run_study(request, quiet)
 
@@ -296,8 +283,8 @@ def _run_study(request, quiet: bool, worker: bool = False) -> None:
 
 @app.command()
 def report(
-    study_name: StudyName = None,
-    storage: Storage = None,
+    study_name: opt.StudyName = None,
+    storage: opt.Storage = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Leaderboard of a study (ranked by validation) and its Pareto front of params vs accuracy."""
@@ -313,9 +300,7 @@ def report(
 
 @app.command()
 def frontier(
-    results: Annotated[
-        Path, typer.Option(help="The results folder: its budget-*/ folders, as `verify --out` wrote them.")
-    ] = Path("results"),
+    results: opt.ResultsDir = Path("results"),
 ) -> None:
     """Write the verified front (RESULTS/frontier.md and frontier.png): each results folder's
     params, test accuracy over seeds and goal, with the public results marked."""
@@ -328,11 +313,11 @@ def frontier(
 
 @app.command()
 def export(
-    study_name: StudyName = None,
-    trial: Annotated[str, typer.Option(help="'best' (by validation) or a trial number.")] = "best",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the export into.")] = Path("export"),
-    storage: Storage = None,
-    tracking_uri: TrackingUri = None,
+    study_name: opt.StudyName = None,
+    trial: opt.ExportTrial = "best",
+    out_dir: opt.ExportDir = Path("export"),
+    storage: opt.Storage = None,
+    tracking_uri: opt.TrackingUri = None,
 ) -> None:
     """Write a trial's model as a torch.export program (model.pt2), its state_dict, spec and tables."""
     from mnist_search.workflows.export import export_from_study
@@ -342,7 +327,7 @@ def export(
 
 
 @app.command()
-def repair(storage: Storage = None) -> None:
+def repair(storage: opt.Storage = None) -> None:
     """Cut a study journal at its first line that is not a record, keeping every study as it was up
     to there (the file as it was is copied beside it)."""
     from mnist_search.workflows.repair import repair_journal
@@ -353,22 +338,22 @@ def repair(storage: Storage = None) -> None:
 @app.command()
 def verify(
     ctx: typer.Context,
-    study_name: StudyName = None,
-    top: Top = 1,
-    trial_numbers: TrialNumbers = None,
-    seeds: VerifySeeds = VERIFY_SEEDS,
-    first_seed: FirstSeed = 0,
-    epochs: VerifyEpochs = DEFAULT_EPOCHS,
-    storage: Storage = None,
-    tracking_uri: TrackingUri = None,
-    device: Device = "auto",
-    data_dir: DataDir = None,
-    limit_train: LimitTrain = None,
-    out_dir: OutDir = None,
-    recipe_from: RecipeFrom = None,
-    jobs: Jobs = None,
-    experiment_name: ExperimentName = None,
-    resume: Resume = False,
+    study_name: opt.StudyName = None,
+    top: opt.Top = 1,
+    trial_numbers: opt.TrialNumbers = None,
+    seeds: opt.VerifySeeds = VERIFY_SEEDS,
+    first_seed: opt.FirstSeed = 0,
+    epochs: opt.VerifyEpochs = DEFAULT_EPOCHS,
+    storage: opt.Storage = None,
+    tracking_uri: opt.TrackingUri = None,
+    device: opt.Device = "auto",
+    data_dir: opt.DataDir = None,
+    limit_train: opt.LimitTrain = None,
+    out_dir: opt.OutDir = None,
+    recipe_from: opt.RecipeFrom = None,
+    jobs: opt.Jobs = None,
+    experiment_name: opt.ExperimentName = None,
+    resume: opt.Resume = False,
 ) -> None:
     """Retrain the top-K architectures of a study on all 60,000 training images with several
     seeds; log every run under a verify parent run and print test accuracy per seed, mean ± std."""
@@ -382,32 +367,18 @@ def verify(
         study_name=study_name, top=top, trials=tuple(trial_numbers or ()), seeds=seeds, first_seed=first_seed,
         epochs=epochs, storage=storage, tracking_uri=tracking_uri, device=device, data_dir=data_dir,
         limit_train=limit_train, out_dir=out_dir, recipe_from=recipe_from, jobs=jobs, resume=resume,
-        experiment_name=experiment_name, command=command_line(ctx),
+        experiment_name=experiment_name, command=opt.command_line(ctx),
     ))  # fmt: skip
     _finish(checked(verify_command, request, VerifyDisplay(out)))
 
 
 @app.command()
 def server(
-    backend_store_uri: Annotated[
-        str | None,
-        typer.Option(
-            help="MLflow backend store (default: the local store mlruns/mlflow.db); e.g. postgresql+psycopg://user:pw@host/mlflow"
-        ),
-    ] = None,
-    artifacts_destination: Annotated[
-        str | None, typer.Option(help="Where the server keeps artifacts (default: mlruns/artifacts).")
-    ] = None,
-    host: Annotated[
-        str, typer.Option(help="Interface to listen on; 0.0.0.0 to serve other machines.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
-    allowed_hosts: Annotated[
-        str | None,
-        typer.Option(
-            help="Host headers the server accepts (default: localhost, 127.0.0.1 and this machine's name)."
-        ),
-    ] = None,
+    backend_store_uri: opt.BackendStoreUri = None,
+    artifacts_destination: opt.ArtifactsDestination = None,
+    host: opt.Host = "127.0.0.1",
+    port: opt.Port = 5000,
+    allowed_hosts: opt.AllowedHosts = None,
 ) -> None:
     """Start an MLflow tracking server (the docker-compose `mlflow` service, without Docker)."""
     from mnist_search.tracking.client import server_command

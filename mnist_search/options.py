@@ -3,10 +3,13 @@ The commands in `cli` take them by these names."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+
+from mnist_search.core.settings import mask_url
 
 MAX_SEED = 2**31 - 1  # trial n trains with seed + n: leave room below the generators' limits
 
@@ -23,6 +26,16 @@ TrackingUri = Annotated[
     typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store mlruns/)."),
 ]
 Budget = Annotated[int, typer.Option(min=1, help="Parameter budget: models must have fewer parameters.")]
+MaxParams = Annotated[
+    int, typer.Option(min=1, help="The front's largest budget: every model has fewer parameters.")
+]
+Budgets = Annotated[
+    str,
+    typer.Option(
+        help="The budgets the front answers, e.g. 1000,2000,3000,5000 (--max-params is always one): "
+        "trials are compared within their size band, and the best under each budget is verified.",
+    ),
+]
 StudyName = Annotated[
     str | None,
     typer.Option("--study-name", "--study", help="Study name (default: the experiment name + budget)."),
@@ -166,3 +179,54 @@ ExperimentRef = Annotated[
     str,
     typer.Argument(help="Experiment YAML with a `spec` section: a path or a shipped name (seed-model-1)."),
 ]
+
+TrainEpochs = Annotated[int | None, typer.Option(min=1, help="Override the recipe's epochs.")]
+TrainSeed = Annotated[
+    int, typer.Option(min=0, max=MAX_SEED, help="Seed for initialisation, shuffling and augmentation.")
+]
+ResultsDir = Annotated[
+    Path, typer.Option(help="The results folder: its budget-*/ folders, as `verify --out` wrote them.")
+]
+ExportTrial = Annotated[str, typer.Option(help="'best' (by validation) or a trial number.")]
+ExportDir = Annotated[Path, typer.Option("--out", help="Folder to write the export into.")]
+
+# `mnist-search server`'s
+BackendStoreUri = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow backend store (default: the local store mlruns/mlflow.db); e.g. postgresql+psycopg://user:pw@host/mlflow"
+    ),
+]
+ArtifactsDestination = Annotated[
+    str | None, typer.Option(help="Where the server keeps artifacts (default: mlruns/artifacts).")
+]
+Host = Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 to serve other machines.")]
+Port = Annotated[int, typer.Option(min=1, max=65535)]
+AllowedHosts = Annotated[
+    str | None,
+    typer.Option(
+        help="Host headers the server accepts (default: localhost, 127.0.0.1 and this machine's name)."
+    ),
+]
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command as the user gave it, options in declaration order (the ones given on
+    the command line only, not defaults or environment), passwords in URLs masked: what a study
+    and a verify record of how they were made."""
+    words = ["mnist-search", ctx.info_name or ""]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            words.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            for one in value if param.multiple else (value,):
+                words += [flag, str(one)]
+    return mask_url(shlex.join(words))

@@ -296,13 +296,15 @@ def print_report(
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s"):
+    banded = any(r.band is not None for r in rows)  # a front: each row's size band, ranked within it
+    columns = ("rank", "trial", "params", "MACs", "val", "test min3", "target", "ep", "state", "s")
+    for col in ("band",) * banded + columns:
         table.add_column(col, justify="right", no_wrap=True)
     reasons = any(r.state != "COMPLETE" and r.fail_reason for r in rows)
     if reasons:
         table.add_column("reason", justify="left", overflow="fold")
     for r in rows:
-        cells = [
+        cells = [f"< {r.band:,}" if r.band else "-"] * banded + [
             _fmt(r.rank or None, "{}"), str(r.trial), _fmt(r.params, "{:,}"), _fmt(r.mult_adds and r.mult_adds / 1e3, "{:,.0f}k"),
             _fmt(r.val_acc), _fmt(r.test_acc_min_last3), "yes" if r.target_met else "no",
             str(r.epochs_run), r.state[:8], _fmt(r.seconds, "{:.0f}"),

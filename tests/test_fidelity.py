@@ -152,3 +152,44 @@ def test_a_pruned_rung_is_recorded_as_pruned_with_its_one_seed(mnist):
         assert rec.seeds == [(5 + t.number) * 3] and rec.epochs_run == 1  # its first seed only
         assert rec.contender is None and rec.first_score is None  # never judged for more seeds
         assert seeds_trained(t) == 1 and counts_toward_total(t)
+
+
+def test_after_the_search_time_a_first_seed_no_longer_contends(mnist):
+    """Trials still running when the study's search time ends finish, but their first seed earns no
+    other seeds: those would hold the study's verify back by a contender's whole training."""
+    import time
+
+    import torch
+
+    from mnist_search.core.config import load_experiment
+    from mnist_search.core.data import MNISTData, Split
+    from mnist_search.search.objective import Objective
+
+    def part(s: Split, n: int) -> Split:
+        return Split(s.x[:n], s.y[:n])
+
+    data = MNISTData(part(mnist.train, 256), part(mnist.val, 128), part(mnist.test, 128))
+    exp = load_experiment("budget-1k")
+    recipe = exp.recipe.model_copy(update={"epochs": 1, "replicas": 3, "precise_bn": 0, "cycle_epochs": None})
+    point = {
+        "s1c1": 2,
+        "s1c2": 3,
+        "s1c3": 3,
+        "s2c1": 3,
+        "s2c2": 3,
+        "s2c3": 6,
+        "t1": 3,
+        "lr": 0.1,
+        "batch_size": 128,
+    }
+    for deadline, seeds in ((time.time() - 1, 1), (time.time() + 3600, 3)):
+        study = optuna.create_study(direction="maximize")
+        study.enqueue_trial(point)  # the first trial to finish its first seed: it would set the bar
+        study.optimize(
+            Objective(exp.search, recipe, 1000, data, torch.device("cpu"), seed=5, deadline=deadline),
+            n_trials=1,
+        )
+        (t,) = study.trials
+        rec = TrialRecord.of(t)
+        assert t.state == TrialState.COMPLETE and seeds_trained(t) == seeds
+        assert rec.contender is (seeds == 3) and 0.0 < rec.first_score <= 1.0

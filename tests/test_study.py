@@ -329,6 +329,8 @@ def test_the_resume_summary_counts_what_a_study_holds_by_kind(tmp_path):
 
     study = optuna.create_study(study_name="s", storage=open_storage(str(tmp_path / "j.log")))
     assert resume_summary(study) == ""  # a new study: nothing to resume
+    study.enqueue_trial(params={})  # ... nor once its start point is queued (`search.start`: WAITING)
+    assert resume_summary(study) == ""
     for state, attrs in [
         (TrialState.COMPLETE, {"feasible": True}),
         (TrialState.PRUNED, {"feasible": True}),

@@ -42,6 +42,8 @@ DEFAULT_TRIALS = 20  # a study's total of trained trials, unless --trials says o
 DEFAULT_TIMEOUT = 1800.0
 VERIFY_SEEDS = 3  # seeds per architecture a verify trains: a claim is over seeds, never one run
 DEFAULT_SEARCH = "budget-8k"  # the shipped search experiment `mnist-search study` uses at 8,000
+FRONT_SEARCH = "front"  # the shipped space `mnist-search front` searches (every size, both families)
+FRONT_TRIALS = 200  # a front's total of trained trials: about 40 per budget of five
 
 INPUT_SIZE = 28  # MNIST images are 28x28 pixels, one channel
 NUM_CLASSES = 10

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
-from mnist_search.search.fidelity import all_seeds, seeds_trained
+from mnist_search.search.bands import Bands
+from mnist_search.search.fidelity import all_seeds, seeds_trained, val_score
 from mnist_search.search.records import INTERRUPTED, WORKER_DIED, TrialRecord
 
 
@@ -74,8 +75,9 @@ def trial_tally(study: optuna.Study) -> Tally:
 def resume_summary(study: optuna.Study) -> str:
     """What a study already holds, for the line that says a run resumes it ("" for a new study):
     its proposals, the trained ones that count, the interrupted ones (not counted: their places
-    are trained again) and the ones over budget (never trained)."""
-    trials = study.get_trials(deepcopy=False)
+    are trained again) and the ones over budget (never trained). Trials only queued (WAITING: a
+    new study's start points, `search.start`) are not yet anything to resume."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     if not trials:
         return ""
     tally = Tally.of(trials)
@@ -128,7 +130,8 @@ class TrialRow:
     fail_reason: str | None
     seeds: int = 1  # its figures are over this many seeds (its fidelity)
     all_seeds: bool = True  # as many as its recipe asks for (else staged fidelity left it at one)
-    rank: int = 0
+    rank: int = 0  # 1 = best; in a front, within its size band
+    band: int | None = None  # a front's trial: its size band (`search.bands`)
 
     @classmethod
     def of(cls, trial: optuna.trial.FrozenTrial) -> TrialRow:
@@ -138,7 +141,7 @@ class TrialRow:
             state=trial.state.name,
             params=rec.params,
             mult_adds=rec.mult_adds,
-            val_acc=trial.value if trial.state == TrialState.COMPLETE else None,
+            val_acc=val_score(trial) if trial.state == TrialState.COMPLETE else None,
             test_acc_min_last3=rec.test_acc_min_last3,
             target_met=rec.target_met,
             epochs_run=rec.epochs_run,
@@ -161,12 +164,24 @@ def rank_key(row: TrialRow) -> tuple:
     return (row.val_acc is None, not row.all_seeds, -(row.val_acc or 0), row.params or 0)
 
 
-def leaderboard(study: optuna.Study) -> list[TrialRow]:
-    """Trained trials in `rank_key` order, with their figures; completed ones ranked from 1."""
+def leaderboard(study: optuna.Study, bands: Bands | None = None, under: int | None = None) -> list[TrialRow]:
+    """Trained trials in `rank_key` order, with their figures; completed ones ranked from 1. With
+    `bands` (a front) each row has its band and is ranked within it, smallest band first; with
+    `under`, only trials of fewer parameters (a front's answer for that budget)."""
     rows = [TrialRow.of(t) for t in trained_trials(study) if not TrialRecord.of(t).surplus]
-    rows.sort(key=rank_key)
-    for rank, row in enumerate(completed(rows), start=1):  # pruned and failed trials have no rank (0)
-        row.rank = rank
+    if under is not None:
+        rows = [r for r in rows if r.params is not None and r.params < under]
+    if bands is None:
+        rows.sort(key=rank_key)
+        groups = [rows]
+    else:
+        for row in rows:
+            row.band = bands.of(row.params)
+        groups = [sorted((r for r in rows if r.band == b), key=rank_key) for b in bands.budgets]
+        rows = [r for group in groups for r in group]
+    for group in groups:
+        for rank, row in enumerate(completed(group), start=1):  # pruned and failed trials have no rank (0)
+            row.rank = rank
     return rows
 
 

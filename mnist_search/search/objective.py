@@ -25,8 +25,9 @@ from mnist_search.core.data import MNISTData
 from mnist_search.core.model import count_params, mult_adds
 from mnist_search.core.results import EpochResult, ReplicaResults, mean_epoch
 from mnist_search.core.settings import mask_url
+from mnist_search.search.bands import Bands
 from mnist_search.search.board import ProgressWriter
-from mnist_search.search.fidelity import FIDELITIES, contends
+from mnist_search.search.fidelity import FIDELITIES, BandMedian, contends, same_band
 from mnist_search.search.owners import this_process
 from mnist_search.search.records import INTERRUPTED, TrialRecord
 from mnist_search.search.space import record_budget, sample_recipe, sample_spec
@@ -107,6 +108,11 @@ class Objective:
     says whether the trial may train ("train"), or the study's total is reached ("stop", "skip").
     Any exception while a trial trains fails that trial only, with its reason (`TrialFailed`),
     except the `fatal` ones (a tracking server that went away), which stop the study.
+
+    With `bands` (a front) it returns two objectives, (score, params), and a trial is judged within
+    its size band: its epochs by `band_median` (Optuna's pruners do not apply to two objectives),
+    its first seed's contention against its band's bar. After `deadline` (Unix time: the end of
+    the study's search time) a first seed no longer contends: what time is left goes to the verify.
     """
 
     def __init__(
@@ -122,15 +128,19 @@ class Objective:
         slot: Callable[[optuna.Study, int], str] = lambda study, number: "train",
         fatal: tuple[type[BaseException], ...] = (),
         fidelity: str = "staged",
+        bands: Bands | None = None,
+        band_median: BandMedian | None = None,
+        deadline: float | None = None,
     ):
         if fidelity not in FIDELITIES:
             raise ValueError(f"fidelity {fidelity!r}: one of {', '.join(FIDELITIES)}")
         self.space, self.recipe, self.budget = space, recipe, budget
         self.data, self.device, self.hooks = data, device, hooks or NoHooks()
         self.seed, self.slot, self.fatal, self.fidelity = seed, slot, fatal, fidelity
+        self.bands, self.band_median, self.deadline = bands, band_median, deadline
         self.owner = str(this_process())
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         # The owner first: from now on a worker that dies leaves a trial that can be told dead.
         TrialRecord.write(trial, worker=self.owner)
         spec = sample_spec(trial, self.space)
@@ -160,9 +170,14 @@ class Objective:
         )
         return self._train(trial, spec, recipe, params)
 
-    def _train(self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int) -> float:
+    def _train(
+        self, trial: optuna.Trial, spec: ArchSpec, recipe: Recipe, params: int
+    ) -> float | tuple[float, float]:
         seeds = replica_seeds(self.seed, trial.number, recipe.replicas)
-        run = TrialTraining(trial, spec, recipe, params, self.hooks, staged=self.fidelity == "staged")
+        run = TrialTraining(
+            trial, spec, recipe, params, self.hooks, staged=self.fidelity == "staged",
+            bands=self.bands, band_median=self.band_median, deadline=self.deadline,
+        )  # fmt: skip
         try:  # from the trial's start: an interrupt before its first batch is "interrupted" too
             first = seeds[:1] if run.staged else seeds
             self.hooks.trial_started(trial, spec, recipe, first)
@@ -197,16 +212,20 @@ class Objective:
         except KeyboardInterrupt:  # landed mid-way: the trial and its run end interrupted after all
             run.ended("FAIL", INTERRUPTED)
             raise
-        return score
+        return (score, float(params)) if self.bands else score
 
 
 class TrialTraining:
     """One trial's training, in one or two stages: its seeds (`train`), then with staged fidelity
     its other seeds when its first one contends (`more_seeds`); what it trained so far is
-    `result` whenever it ends (`ended`)."""
+    `result` whenever it ends (`ended`). In a front (`bands`) both judgements stay in its band."""
 
-    def __init__(self, trial, spec: ArchSpec, recipe: Recipe, params: int, hooks: TrialHooks, staged: bool):
+    def __init__(
+        self, trial, spec: ArchSpec, recipe: Recipe, params: int, hooks: TrialHooks, staged: bool,
+        bands: Bands | None = None, band_median: BandMedian | None = None, deadline: float | None = None,
+    ):  # fmt: skip
         self.trial, self.spec, self.recipe, self.params, self.hooks = trial, spec, recipe, params, hooks
+        self.bands, self.band_median, self.deadline, self.curve = bands, band_median, deadline, []
         self.staged = staged and recipe.replicas > 1
         self.result = ReplicaResults.empty([])
         self.progress = ProgressWriter(trial, recipe.epochs)
@@ -226,10 +245,21 @@ class TrialTraining:
             self.progress.epoch(r.epoch, r.val_acc)
             if not prune or not math.isfinite(r.val_acc):
                 return  # nothing to judge it by (Optuna's pruners prune a NaN): it FAILs at the end
-            trial.report(r.val_acc, step=r.epoch)
             # Never within the epochs it is scored on (the last 3): by then most of its cost is
             # spent, and a trial pruned after its last epoch (seen on the GPU) is a loss for nothing.
-            if r.epoch <= recipe.epochs - SCORED_EPOCHS and trial.should_prune():
+            judged = r.epoch <= recipe.epochs - SCORED_EPOCHS
+            if self.band_median is not None:  # a front: its band's median, from the trials' curves
+                self.curve.append(r.val_acc)
+                TrialRecord.write(trial, curve=self.curve)
+                if judged and self.band_median.prune(
+                    self._others(TrialState.COMPLETE), self.params, self.curve
+                ):
+                    raise optuna.TrialPruned(
+                        f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f}, below its band's median)"
+                    )
+                return
+            trial.report(r.val_acc, step=r.epoch)
+            if judged and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch} (val acc {r.val_acc:.4f})")
 
         def packed(layout: str) -> None:
@@ -241,16 +271,12 @@ class TrialTraining:
 
     def more_seeds(self, data, device, seeds: list[int], models: list) -> list[torch.nn.Module]:
         """Staged fidelity: the first seed's score decides (`fidelity.contends`) whether the trial
-        trains its other seeds; its figures are then the mean of all of them."""
+        trains its other seeds; its figures are then the mean of all of them. Never once the study's
+        search time is up (`deadline`): 2 more seeds would hold the verify back by a trial's time."""
         first = self.result
-        others = [
-            t
-            for t in self.trial.study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
-            )
-            if t.number != self.trial.number
-        ]
-        contender = contends(first.val_score, others)
+        others = same_band(self._others(TrialState.COMPLETE, TrialState.RUNNING), self.bands, self.params)
+        late = self.deadline is not None and time.time() > self.deadline
+        contender = not late and contends(first.val_score, others)
         TrialRecord.write(self.trial, first_score=first.val_score, contender=contender)
         if not contender:
             return models
@@ -263,6 +289,11 @@ class TrialTraining:
         self.result = ReplicaResults(seeds, first.results + self.result.results, layout=self.result.layout)
         TrialRecord.write(self.trial, seeds=seeds)
         return models + more
+
+    def _others(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+        """The study's other trials in `states`, as stored now."""
+        found = self.trial.study.get_trials(deepcopy=False, states=states)
+        return [t for t in found if t.number != self.trial.number]
 
     def ended(
         self, state: str, reason: str = "", trained: torch.nn.Module | None = None, error: bool = False

@@ -72,6 +72,7 @@ class TrialRecord(_Record):
     first_score: float | None = None  # staged fidelity: its first seed's score (the objective's kind)
     contender: bool | None = None  # staged fidelity: did that score earn it its other seeds?
     progress: dict | None = None  # while it trains: `search.board.Progress`, for the displays
+    curve: list[float] | None = None  # a front's trial: its first seed's val acc per epoch (BandMedian)
 
     @classmethod
     def of(cls, trial) -> TrialRecord:
@@ -88,6 +89,7 @@ class StudyRecord(_Record):
     command: str | None = None  # the command that created it (passwords masked)
     mlflow_parent_run_id: str | None = None
     verified: dict | None = None  # its best trial verified at its end: {trial, claim, run_id}
+    budgets: list[int] | None = None  # a front (two objectives): its size bands (`search.bands`)
 
     @classmethod
     def of(cls, study) -> StudyRecord:

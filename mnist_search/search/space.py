@@ -107,13 +107,13 @@ def smallest_spec(space: SearchSpace) -> tuple[ArchSpec, int]:
     return best
 
 
-def check_budget(space: SearchSpace, budget: int, name: str = "the") -> int:
+def check_budget(space: SearchSpace, budget: int, name: str = "the", flag: str = "--budget") -> int:
     """Raise BudgetError when even the smallest architecture is not under the budget (`name`:
-    the experiment's, for the message)."""
+    the experiment's, for the message; `flag`: the option that gave the budget)."""
     _, smallest = smallest_spec(space)
     if smallest >= budget:
         raise BudgetError(
-            f"--budget {budget}: no architecture in {name} search space fits; the smallest has "
+            f"{flag} {budget}: no architecture in {name} search space fits; the smallest has "
             f"{smallest:,} parameters (the budget must exceed it)"
         )
     return smallest

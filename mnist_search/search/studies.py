@@ -15,11 +15,14 @@ import optuna
 
 from mnist_search.core.config import ConfigError, Experiment
 from mnist_search.core.settings import default_storage_url, mask_url
+from mnist_search.search.bands import Bands
 from mnist_search.search.records import StudyRecord
 from mnist_search.search.storage import open_storage
 
 # What a study's value is, by name (MLflow's `final/val_acc_last3`; see search.fidelity for seeds).
 OBJECTIVE_NAME = "val_acc_last3 (mean over seeds)"
+# A front's second objective (`search.bands`): fewer parameters.
+PARAMS_NAME = "params"
 
 
 def default_study_name(experiment: Experiment, budget: int) -> str:
@@ -108,9 +111,13 @@ def open_study(
     seed: int,
     experiment_file: str,
     command: str = "",
+    bands: Bands | None = None,
 ) -> optuna.Study:
     """Create the study, or load it (load_if_exists) when the same command runs again. A new
-    study records its budget, experiment, epochs and the `command` that made it (URLs masked)."""
+    study records its budget, experiment, epochs and the `command` that made it (URLs masked).
+
+    With `bands` it is a front: two objectives (validation score up, parameters down), no Optuna
+    pruner (none applies to two objectives: `fidelity.BandMedian` prunes within each band)."""
     sampler = TrialSeededTPE(
         seed=seed,
         n_startup_trials=8,
@@ -119,16 +126,18 @@ def open_study(
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        direction="maximize",
+        directions=["maximize", "minimize"] if bands else ["maximize"],
         sampler=sampler,
-        pruner=make_pruner(experiment, epochs),
+        pruner=optuna.pruners.NopPruner() if bands else make_pruner(experiment, epochs),
         load_if_exists=True,
     )
     known = StudyRecord.of(study)
+    if known.budget is not None:
+        _check_kind(study, known, bands)
     if study.metric_names is None:  # optuna-dashboard's axis: the objective's name, not "Objective 0"
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([OBJECTIVE_NAME])
+            study.set_metric_names([OBJECTIVE_NAME, PARAMS_NAME] if bands else [OBJECTIVE_NAME])
     if known.budget is None:
         # A new study tries the space's start points first (a second worker creating it at the
         # same moment queues nothing twice).
@@ -140,6 +149,7 @@ def open_study(
             experiment_file=experiment_file,
             epochs=epochs,
             command=mask_url(command) or None,
+            budgets=list(bands.budgets) if bands else None,
         )
     elif known.budget != budget:
         raise StudyMismatch(
@@ -153,6 +163,20 @@ def open_study(
             f"{known.experiment_file}; give that one (--experiment) or another --study-name"
         )
     return study
+
+
+def _check_kind(study: optuna.Study, known: StudyRecord, bands: Bands | None) -> None:
+    """A front resumed as a front with the same bands, a one-budget study as one (StudyMismatch)."""
+    name = study.study_name
+    if bands is None and (known.budgets or len(study.directions) > 1):
+        raise StudyMismatch(f"study '{name}' is a front (two objectives): run it with `mnist-search front`")
+    if bands is not None and len(study.directions) == 1:
+        raise StudyMismatch(
+            f"study '{name}' is a one-budget study: run it with `mnist-search study`, or give another --study-name"
+        )
+    if bands is not None and known.budgets and tuple(known.budgets) != bands.budgets:
+        have = ",".join(map(str, known.budgets))
+        raise StudyMismatch(f"--budgets {bands.text}: front '{name}' was created with --budgets {have}")
 
 
 def _stem(experiment_file: str) -> str:

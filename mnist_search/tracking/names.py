@@ -62,6 +62,7 @@ TARGET_MET = "target_met"
 PACK_LAYOUT = "pack_layout"
 MODEL_SEED = "model_seed"  # several seeds: the seed whose model the run hands out
 FIDELITY = "fidelity"  # a trial's: staged (one seed first, the others if it contends) or full
+BAND = "band"  # a front's trial: the budget of its size band (search.bands)
 
 # Optuna's trial states, as the MLflow run's status.
 END_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -32,7 +32,9 @@ def history(rows: list[TrialRow]) -> Figure:
     return fig
 
 
-def params_vs_accuracy(rows: list[TrialRow], budget: int) -> Figure:
+def params_vs_accuracy(rows: list[TrialRow], budget: int, budgets: tuple[int, ...] = ()) -> Figure:
+    """Each completed trial's params against its scores, with the target and the budget (a
+    front's every budget: `budgets`)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, color, label in (
         ("val_acc", "C0", "val acc"),
@@ -43,7 +45,10 @@ def params_vs_accuracy(rows: list[TrialRow], budget: int) -> Figure:
         front = pareto_front(rows, key)
         ax.step([r.params for r in front], [getattr(r, key) for r in front], where="post", color=color, lw=1)
     ax.axhline(TARGET, color="grey", ls="--", lw=1, label=f"target {TARGET:.1%}")
-    ax.axvline(budget, color="red", ls=":", lw=1, label=f"budget {budget:,}")
+    lines = budgets or (budget,)
+    for i, b in enumerate(lines):
+        label = (f"budget {b:,}" if len(lines) == 1 else "budgets") if not i else None
+        ax.axvline(b, color="red", ls=":", lw=1, label=label)
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel("accuracy")
     ax.set_title("Parameters vs accuracy (lines: Pareto fronts)")
@@ -57,7 +62,7 @@ def trained_study(study: optuna.Study) -> optuna.Study:
     proposals carry a placeholder value that must not enter importances or plots."""
     done = [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
             if TrialRecord.of(t).feasible]  # fmt: skip
-    trained = optuna.create_study(direction="maximize", study_name=study.study_name)
+    trained = optuna.create_study(directions=study.directions, study_name=study.study_name)
     trained.add_trials(done)
     return trained
 
@@ -68,7 +73,7 @@ def importances(study: optuna.Study) -> Figure | None:
         trained = trained_study(study)
         if len(trained.trials) < 3:
             return None
-        scores = optuna.importance.get_param_importances(trained)
+        scores = optuna.importance.get_param_importances(trained, target=lambda t: t.values[0])
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -80,11 +85,11 @@ def importances(study: optuna.Study) -> Figure | None:
     return fig
 
 
-def study_figures(study: optuna.Study, budget: int) -> dict[str, Figure]:
+def study_figures(study: optuna.Study, budget: int, budgets: tuple[int, ...] = ()) -> dict[str, Figure]:
     rows = leaderboard(study)
     figs = {
         "plots/optimization_history.png": history(rows),
-        "plots/params_vs_accuracy.png": params_vs_accuracy(rows, budget),
+        "plots/params_vs_accuracy.png": params_vs_accuracy(rows, budget, budgets),
     }
     imp = importances(study)
     if imp is not None:

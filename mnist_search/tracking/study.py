@@ -19,6 +19,7 @@ from mnist_search.core.data import MNISTData
 from mnist_search.core.model import count_params
 from mnist_search.core.results import EpochResult, ReplicaResults
 from mnist_search.core.settings import mask_url
+from mnist_search.search.bands import Bands
 from mnist_search.search.leaderboard import completed, feasible_share, leaderboard, trial_tally
 from mnist_search.search.objective import TrialEnd
 from mnist_search.search.records import INTERRUPTED, StudyRecord, TrialRecord
@@ -68,8 +69,9 @@ class StudyTracker:
         experiment: Experiment,
         data: MNISTData,
         seed: int,
+        bands: Bands | None = None,
     ):
-        self.study, self.budget = study, budget
+        self.study, self.budget, self.bands = study, budget, bands
         self.storage = mask_url(storage_url)
         self.experiment_id, self.experiment_file = tracking.experiment_id, experiment_file
         self.experiment, self.data, self.seed = experiment, data, seed
@@ -118,6 +120,7 @@ class StudyTracker:
                 "target": str(TARGET),
                 "experiment_file": self.experiment_file,
             }
+            | ({"budgets": self.bands.text} if self.bands else {})
             | source_tags("study"),
         )
         StudyRecord.write(self.study, mlflow_parent_run_id=run.info.run_id)
@@ -139,11 +142,17 @@ class StudyTracker:
         space = {f"search.{k}": v for k, v in self.experiment.search.model_dump(mode="json").items()}
         pruner = {f"pruner.{k}": v for k, v in self.experiment.pruner.model_dump(mode="json").items()}
         sampler = "TPE (multivariate, constrained: params < budget), one sampler seeded per trial"
-        return {k: str(v) for k, v in (space | pruner).items()} | {
-            "sampler": sampler,
-            "seed": str(self.seed),
-            "budget": str(self.budget),
-        }
+        if self.bands:
+            sampler += "; two objectives (val score up, params down), pruned within size bands"
+        return (
+            {k: str(v) for k, v in (space | pruner).items()}
+            | {
+                "sampler": sampler,
+                "seed": str(self.seed),
+                "budget": str(self.budget),
+            }
+            | ({"budgets": self.bands.text} if self.bands else {})
+        )
 
     # TrialHooks: each trained trial is one RunSink -------------------------------------------
     def trial_started(self, trial, spec: ArchSpec, recipe: Recipe, seeds: list[int]) -> None:
@@ -160,7 +169,8 @@ class StudyTracker:
             tags={"mlflow.parentRunId": self.parent_id, names.KIND: "trial",
                   "trial_number": str(trial.number), "study_name": self.study.study_name,
                   "storage": self.storage, names.STATE: "RUNNING",
-                  names.FIDELITY: "staged" if len(seeds) < recipe.replicas else "full"},
+                  names.FIDELITY: "staged" if len(seeds) < recipe.replicas else "full"}
+            | ({names.BAND: str(self.bands.of(count_params(spec)))} if self.bands else {}),
             # The sampled knobs, each its own numeric param (MLflow's compare plots can use them).
             params={f"knob.{k}": str(v) for k, v in trial.params.items()}
             | {"trial_number": str(trial.number)},
@@ -187,20 +197,27 @@ class StudyTracker:
         """An Optuna callback (the trial is COMPLETE in the storage by now): `@best` follows the
         study's best trial as it improves, not only when the study ends."""
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            rows = leaderboard(self.study)
-            self.rank_trials(rows)
-            self.promote_best(rows)
+            self.rank_trials(leaderboard(self.study, self.bands))
+            for budget, rows in self.answers():
+                self.promote_best(rows, budget)
 
-    def promote_best(self, rows) -> None:
-        """The study's first-ranked completed trial (`leaderboard.rank_key`) registered, `@best`."""
+    def answers(self) -> list[tuple[int, list]]:
+        """(budget, its leaderboard) for each budget the study answers: its one budget, or a front's
+        every budget (the trials under it, whatever their band)."""
+        if self.bands is None:
+            return [(self.budget, leaderboard(self.study))]
+        return [(b, leaderboard(self.study, under=b)) for b in self.bands.budgets]
+
+    def promote_best(self, rows, budget: int) -> None:
+        """The first-ranked completed trial (`leaderboard.rank_key`) registered under `budget`, `@best`."""
         best = next(iter(completed(rows)), None)
         if best is not None and best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
-            self._register(best)
+            self._register(best, budget)
 
     def rank_trials(self, rows) -> None:
-        """Each completed trial's place in the study (`rank`: 1 = best, `leaderboard.rank_key`) on
-        its run, rewritten as it moves: the study's runs table sorts by it (`tracking.views`), so
-        a trial scored on one seed never sorts above a better mean of seeds."""
+        """Each completed trial's place in the study (`rank`: 1 = best, `leaderboard.rank_key`; in a
+        front, within its size band) on its run, rewritten as it moves: the study's runs table sorts
+        by it (`tracking.views`), so a trial scored on one seed never sorts above a better mean of seeds."""
         for row in completed(rows):
             run_id = row.mlflow_run_id
             if not run_id or run_id in self._elsewhere or self._ranks.get(run_id) == row.rank:
@@ -225,9 +242,8 @@ class StudyTracker:
         from mnist_search.tracking.plots import plt, study_figures
 
         self.close_open_children()
-        rows = leaderboard(self.study)
+        rows = leaderboard(self.study, self.bands)
         feasible, proposed = feasible_share(self.study)
-        done = completed(rows)
         self.rank_trials(rows)
         tally = trial_tally(self.study)
         metrics = {
@@ -242,31 +258,39 @@ class StudyTracker:
             "study/proposals": proposed,
             "study/feasible_share": feasible / proposed if proposed else 0.0,
         }
-        if done:
-            best = done[0]
-            metrics |= {"best/val_acc": best.val_acc, "best/params": best.params, "best/trial": best.trial}
-            if best.test_acc_min_last3 is not None:
-                metrics["best/test_acc_min_last3"] = best.test_acc_min_last3
-            # Workers ending together (the total reached, an interrupt) write these at the same
-            # moment: race-tolerant writes (a lost race was a "UNIQUE constraint failed" exit).
-            parent = RunLog(self.client, self.parent_id)
-            parent.tags(
-                {"best_trial": str(best.trial), "best_spec": spec_to_yaml(ArchSpec.model_validate(best.spec))}
-            )
-            if best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
-                parent.tags({"best_run_id": best.mlflow_run_id})
-                self._register(best)
-            elif best.mlflow_run_id:  # the study's storage outlived the store its best trial was tracked in
-                parent.tags(
-                    {
-                        "best_run_elsewhere": f"{best.mlflow_run_id} (another tracking store; not registered here)"
-                    }
-                )
+        for budget, answer in self.answers():
+            done = completed(answer)
+            if done:
+                metrics |= self._best(done[0], budget)
         RunLog(self.client, self.parent_id).metrics(metrics)
-        for path, fig in study_figures(self.study, self.budget).items():
+        budgets = self.bands.budgets if self.bands else ()
+        for path, fig in study_figures(self.study, self.budget, budgets).items():
             self.client.log_figure(self.parent_id, fig, path)
             plt.close(fig)  # pyplot keeps every figure until closed
         self.client.set_terminated(self.parent_id, status)
+
+    def _best(self, best, budget: int) -> dict[str, float]:
+        """A budget's best trial on the parent (tags, and registered `@best`): its metrics, under
+        `best/` (a front's: `best/bBUDGET/`, the largest budget's also under `best/`)."""
+        prefix = f"b{budget}/" if self.bands else ""
+        metrics = {"val_acc": best.val_acc, "params": best.params, "trial": best.trial}
+        if best.test_acc_min_last3 is not None:
+            metrics["test_acc_min_last3"] = best.test_acc_min_last3
+        # Workers ending together (the total reached, an interrupt) write these at the same
+        # moment: race-tolerant writes (a lost race was a "UNIQUE constraint failed" exit).
+        parent = RunLog(self.client, self.parent_id)
+        tags = {"trial": str(best.trial), "spec": spec_to_yaml(ArchSpec.model_validate(best.spec))}
+        if best.mlflow_run_id and self._tracked_here(best.mlflow_run_id):
+            tags["run_id"] = best.mlflow_run_id
+            self._register(best, budget)
+        elif best.mlflow_run_id:  # the study's storage outlived the store its best trial was tracked in
+            tags["run_elsewhere"] = f"{best.mlflow_run_id} (another tracking store; not registered here)"
+        parent.tags({f"best_{prefix.replace('/', '_')}{k}": v for k, v in tags.items()})
+        found = {f"best/{prefix}{k}": v for k, v in metrics.items()}
+        if budget == self.budget and prefix:  # a front's largest budget: also where a study's best is
+            parent.tags({f"best_{k}": v for k, v in tags.items()})
+            found |= {f"best/{k}": v for k, v in metrics.items()}
+        return found
 
     def _tracked_here(self, run_id: str) -> bool:
         """Whether the run is in this tracking store: a study resumed against another store (its
@@ -280,15 +304,17 @@ class StudyTracker:
             raise
         return True
 
-    def _register(self, best) -> None:
-        """The best trial's model into the registry (alias `best`), linked from the parent's note."""
+    def _register(self, best, budget: int) -> None:
+        """A budget's best trial's model into the registry (alias `best`), linked from the parent's note."""
         version = register(
-            self.client, best.mlflow_run_id, self.budget,
+            self.client, best.mlflow_run_id, budget,
             tags={"val_acc": f"{best.val_acc:.6f}", "params": str(best.params), "study": self.study.study_name,
                   "trial": str(best.trial), "seeds": str(best.seeds), "all_seeds": str(best.all_seeds).lower()},
         )  # fmt: skip
-        point_best(self.client, self.budget)
-        name = registered_name(self.budget)
+        point_best(self.client, budget)
+        if budget != self.budget:
+            return  # a front's smaller budget: the note names the study's (largest) budget's best
+        name = registered_name(budget)
         note = (
             f"Study **{self.study.study_name}** (budget {self.budget:,} parameters).\n\n"
             f"Best trial: [trial {best.trial}](#/experiments/{self.experiment_id}/runs/{best.mlflow_run_id}), "

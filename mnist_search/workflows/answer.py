@@ -5,6 +5,11 @@ on the full protocol), exported next to the store, and told in one line: the cla
 An interrupted verify resumes with the same command (its finished seed runs are read back from
 MLflow, `verify._reuse_finished`); a verify that finished is recorded on the study, so running
 the command again repeats the claim without training.
+
+A front (`search.bands`) answers each of its budgets: the best trial under each (whatever its band)
+verified, registered under that budget, exported to mlruns/models/STUDY/budget-1k (2k, ...), a claim
+line each; then the front itself, frontier.md and frontier.png beside them, written by
+`workflows.frontier` from those verify records (as `mnist-search frontier` writes results/'s).
 """
 
 from __future__ import annotations
@@ -63,18 +68,88 @@ def has_answer_to_verify(study) -> bool:
 
 def announce(session) -> str:
     """The line before the verify trains: what, on what protocol, and how to stop or skip it."""
-    best = next(iter(completed(leaderboard(session.study))))
     images = min(session.request.limit_train or FULL_TRAIN_IMAGES, FULL_TRAIN_IMAGES)
+    if session.bands is not None:
+        what = f"the best trial under each of {len(session.bands.budgets)} budgets"
+    else:
+        best = next(iter(completed(leaderboard(session.study))))
+        what = f"trial {best.trial} ({best.params:,} params)"
     return (
-        f"verifying trial {best.trial} ({best.params:,} params): {images:,} training images, "
+        f"verifying {what}: {images:,} training images, "
         f"{session.recipe.epochs} epochs, {VERIFY_SEEDS} seeds, scored on the test set "
         "(--no-verify skips this; Ctrl-C stops it and the same command resumes it)"
     )
 
 
+def budget_folder(budget: int) -> str:
+    """A budget's results folder, as results/ names them: budget-1k, budget-2500."""
+    return f"budget-{budget // 1000}k" if budget % 1000 == 0 else f"budget-{budget}"
+
+
+def verify_front(session, hooks: VerifyHooks) -> Outcome:
+    """Verify a front's best trial under each of its budgets, smallest first (a trial that answers
+    several budgets is trained once: its seed runs are reused), then write the front from what was
+    verified. Resumes as `verify_best` does."""
+    from mnist_search.workflows.frontier import write_frontier
+
+    req, study, bands = session.request, session.study, session.bands
+    end = Outcome()
+    done = dict(StudyRecord.of(study).verified or {})
+    for budget in bands.budgets:
+        key = f"b{budget}"
+        best = next(iter(completed(leaderboard(study, under=budget))), None)
+        if best is None:
+            end.say(f"< {budget:,}: no completed trial under this budget to verify")
+            continue
+        if done.get(key, {}).get("trial") == best.trial and done[key].get("claim"):
+            end.say(f"< {budget:,}: {done[key]['claim']}")
+            continue
+        out_dir = export_dir(session.name) / budget_folder(budget)
+        request = VerifyRequest(
+            study_name=session.name, storage=session.storage_url, tracking_uri=session.tracking.uri,
+            device=req.device, data_dir=req.data_dir, limit_train=req.limit_train, trials=(best.trial,),
+            seeds=VERIFY_SEEDS, epochs=session.recipe.epochs, jobs=req.jobs, out_dir=out_dir, resume=True,
+            command=req.command, budget=budget,
+        )  # fmt: skip
+        try:
+            report = run_verify(request, hooks)
+        except (NonFiniteLoss, RunFailed, KeyboardInterrupt) as exc:
+            stopped = fault(
+                exc, "the verify stopped; run the same command to resume it (finished seeds are kept)"
+            )
+            end.lines += stopped.lines
+            return end.with_code(stopped.code)
+        line = claim(report, out_dir)
+        done[key] = {"trial": best.trial, "claim": line, "run_id": report.parent_run_id}
+        StudyRecord.write(study, verified=done)
+        end.say(report.table).say(f"< {budget:,}: {line}")
+    if done:
+        folder = export_dir(session.name)
+        write_frontier(folder)
+        _log_front(session.tracking.client, StudyRecord.of(study).mlflow_parent_run_id, folder)
+        end.say(f"the front: {folder / 'frontier.md'} and {folder / 'frontier.png'}")
+    return end
+
+
+def _log_front(client, parent: str | None, folder: Path) -> None:
+    """The written front onto the study's parent run, beside the search's own plots (its verified
+    points, goals and the public results); not when the parent is in another tracking store."""
+    import mlflow
+
+    try:
+        if parent and client.get_run(parent):
+            for name in ("frontier.md", "frontier.png"):
+                client.log_artifact(parent, str(folder / name), "front")
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
 def verify_best(session, hooks: VerifyHooks) -> Outcome:
     """Verify `session`'s study's best trial (a `workflows.study.StudySession` that ran or had
     ended): the claim line, or how the verify stopped (exit 130: run the command again to resume)."""
+    if session.bands is not None:
+        return verify_front(session, hooks)
     req, study = session.request, session.study
     best = next(iter(completed(leaderboard(study))), None)
     if best is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from mnist_search.search.bands import Bands
 from mnist_search.search.leaderboard import (
     Tally,
     TrialRow,
@@ -43,7 +44,8 @@ class StudyReport:
 
 def study_report(study_name: str | None, storage: str | None) -> StudyReport:
     study = load_study(study_name, storage)
-    rows = leaderboard(study)
+    budgets = StudyRecord.of(study).budgets  # a front: ranked within each size band
+    rows = leaderboard(study, Bands(tuple(budgets)) if budgets else None)
     feasible, proposed = feasible_share(study)
     return StudyReport(
         study.study_name,

@@ -39,6 +39,8 @@ from mnist_search.core.data import MNISTData, load_mnist
 from mnist_search.core.diskspace import check_space
 from mnist_search.core.errors import NoSpace, StorageError
 from mnist_search.core.settings import default_storage_url, mask_url
+from mnist_search.search.bands import Bands
+from mnist_search.search.fidelity import BandMedian
 from mnist_search.search.leaderboard import (
     completed,
     counts_toward_total,
@@ -219,6 +221,19 @@ class StudyRequest(RunRequest):
     jobs: int = Field(1, gt=0)
     service_wait: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds for a starting server
     experiment_name: str = names.EXPERIMENTS["study"]
+    # A front (`mnist-search front`): its size bands, ascending, the largest being `budget`; the
+    # study then has two objectives (search.bands). Empty: a one-budget study.
+    budgets: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _bands(self) -> StudyRequest:
+        if self.budgets and Bands(self.budgets).largest != self.budget:
+            raise ValueError(f"budgets {self.budgets}: the largest must be the budget, {self.budget}")
+        return self
+
+    @property
+    def bands(self) -> Bands | None:
+        return Bands(self.budgets) if self.budgets else None
 
     @model_validator(mode="after")
     def _experiment_for_budget(self) -> StudyRequest:
@@ -264,6 +279,10 @@ class StudySession:
         return self.study.study_name
 
     @property
+    def bands(self) -> Bands | None:
+        return self.request.bands
+
+    @property
     def done(self) -> int:
         return trials_done(self.study)
 
@@ -293,10 +312,21 @@ class StudySession:
         plan = [f"new trials for up to {req.timeout / 60:.0f} min"] if req.timeout else []
         plan += ["then its best is verified"] if req.verify else []
         plan = f"; {', '.join(plan)}" if plan else ""
+        what = f"study {self.name}"
+        if self.bands is not None:
+            what = f"front {self.name} (budgets {', '.join(f'{b:,}' for b in self.bands.budgets)})"
         return (
-            f"study {self.name}: {resuming}{self.done}/{req.trials} trials done; {where}; "
+            f"{what}: {resuming}{self.done}/{req.trials} trials done; {where}; "
             f"storage {mask_url(self.storage_url)}; tracking {mask_url(self.tracking.uri)}{plan}"
         ) + (f"\nMLflow: {self.link}" if self.link else "")
+
+    def band_median(self) -> BandMedian | None:
+        """A front's pruner: the median rule within each size band (Optuna's pruners do not apply
+        to two objectives), after the experiment's warm-up epochs; none for `pruner: {kind: none}`."""
+        pruner = self.experiment.pruner
+        if self.bands is None or pruner.kind == "none":
+            return None
+        return BandMedian(self.bands, pruner.warmup_epochs)
 
     @property
     def local_folders(self) -> tuple[Path, ...]:
@@ -314,7 +344,7 @@ class StudySession:
         req = self.request
         tracker = StudyTracker(
             self.tracking, self.study, self.storage_url, req.budget, req.experiment, self.experiment, self.data,
-            req.seed,
+            req.seed, self.bands,
         )  # fmt: skip
         if req.jobs > 1:
             # The workers get this request, resolved, as JSON on stdin; each loads its own data.
@@ -337,6 +367,8 @@ class StudySession:
         objective = Objective(
             self.experiment.search, self.recipe, req.budget, self.data, self.device,
             tracker, seed=req.seed, slot=stopper.slot, fatal=TRACKING_FAILURES, fidelity=req.fidelity,
+            bands=self.bands, band_median=self.band_median(),
+            deadline=time.time() + req.timeout if req.timeout else None,  # as `optimize`'s timeout counts
         )  # fmt: skip
         callbacks = [stopper, repeated, tracker.after_trial]  # @best moves as the study improves
         status, lost = _optimize(self.study, objective, callbacks, req.timeout or None)
@@ -362,7 +394,9 @@ def prepare_study(request: StudyRequest) -> StudySession:
     Raises ConfigError, BudgetError, DeviceError, TrackingError, DataError, StorageError or
     StudyMismatch (one line each) before anything is written."""
     exp = load_search(request.experiment)
-    check_budget(exp.search, request.budget, f"{exp.name}'s")
+    smallest = request.bands.budgets[0] if request.bands else request.budget
+    flag = "--budgets" if request.bands else "--budget"
+    check_budget(exp.search, smallest, f"{exp.name}'s", flag)
     check_teacher(exp.recipe)
     name = request.study_name or default_study_name(exp, request.budget)
     check_name("--study-name", name)
@@ -390,7 +424,15 @@ def prepare_study(request: StudyRequest) -> StudySession:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; no tracebacks
     check_not_orphaned(store, tracking, name, storage_url)
     study = open_study(
-        store, name, exp, request.budget, recipe.epochs, request.seed, request.experiment, request.command
+        store,
+        name,
+        exp,
+        request.budget,
+        recipe.epochs,
+        request.seed,
+        request.experiment,
+        request.command,
+        request.bands,
     )
     heartbeats = getattr(store, "get_heartbeat_interval", lambda: None)() is not None
     session = StudySession(
@@ -466,15 +508,21 @@ def _optimize(study, objective, callbacks, timeout: float | None) -> tuple[str, 
 # --- how a study ended, as the command tells it ---------------------------------------------------
 
 
-def study_summary(study, trials: int) -> str:
+def study_summary(study, trials: int, bands: Bands | None = None) -> str:
     """One line: trials done (trained, pruned, failed), the share of proposals under budget, and
-    the best trial."""
+    the best trial (a front's: the best under each budget)."""
     feasible, proposed = feasible_share(study)
     tally = trial_tally(study)
     line = (
         f"study {study.study_name}: {tally.done}/{trials} trials done ({tally.words(over_budget=False)}); "
         f"{feasible}/{proposed} proposals under budget ({feasible / max(proposed, 1):.0%})"
     )
+    if bands is not None:
+        for budget in bands.budgets:
+            best = next(iter(completed(leaderboard(study, under=budget))), None)
+            line += f"; < {budget:,}: " + (f"trial {best.trial}, {best.params:,} params, val {best.val_acc:.4f}"
+                                           if best else "none yet")  # fmt: skip
+        return line
     best = next(iter(completed(leaderboard(study))), None)
     if best:
         line += (
@@ -527,7 +575,7 @@ def study_end(session: StudySession, outcome: StudyOutcome, worker: bool = False
             "err",
         ).with_code(1)
     if not worker:  # a worker's summary would not be the study's: others may still be training
-        end.say(study_summary(session.study, session.request.trials)).say_link(session.link)
+        end.say(study_summary(session.study, session.request.trials, session.bands)).say_link(session.link)
     if outcome.status == "KILLED":
         if worker:  # the command that started the workers says it, once
             return end.with_code(INTERRUPTED_CODE)
@@ -555,7 +603,7 @@ def _workers_end(session: StudySession, outcome: StudyOutcome) -> Outcome:
             "interrupted: the running trials were marked FAIL; run the same command to resume", "err"
         ).with_code(INTERRUPTED_CODE)
     if done >= total or not any(codes):  # the total, or every worker reached --timeout
-        end.say(study_summary(session.study, total)).say_link(session.link)
+        end.say(study_summary(session.study, total, session.bands)).say_link(session.link)
         if (error := nothing_completed(session)) is not None:
             return end.say(error, "err").with_code(1)
         return end

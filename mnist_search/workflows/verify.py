@@ -193,6 +193,9 @@ class VerifyRequest(RunRequest):
     recipe_from: str | None = None
     jobs: int = Field(1, gt=0)
     resume: bool = False  # reuse the seed runs an earlier verify of the same protocol finished
+    budget: int | None = Field(
+        None, gt=0
+    )  # registered under this budget; None: the study's (a front's: one of its)
     experiment_name: str = names.EXPERIMENTS["verify"]
 
 
@@ -277,7 +280,7 @@ def _run_verify(request: VerifyRequest, hooks: VerifyHooks) -> VerifyReport:
     data = load_mnist(request.data_dir, val_size=0, limit_train=request.limit_train)
     tracking = target.open(request.experiment_name, DESCRIPTION)
     record = StudyRecord.of(study)
-    budget = record.budget or 0
+    budget = request.budget or record.budget or 0
     experiment_file = str(request.recipe_from or record.experiment_file or "")
     started = time.perf_counter()
     parent = tracking.client.create_run(
