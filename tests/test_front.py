@@ -145,7 +145,7 @@ def test_a_front_searches_two_objectives_trains_nothing_over_budget_and_verifies
 ):
     (tmp_path / "front.yaml").write_text(TINY_FRONT)
     args = ["front", "--experiment", "front.yaml", "--max-params", "4000", "--budgets", "2000", "--trials", "6",
-            "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu", "--jobs", "1", "--quiet"]  # fmt: skip
+            "--limit-train", "1000", "--data-dir", str(data_dir), "--device", "cpu", "--jobs", "1", "--quiet", "--verify"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     study = load_study(None, None)
@@ -172,7 +172,9 @@ def test_a_front_searches_two_objectives_trains_nothing_over_budget_and_verifies
         if not rows:
             assert f"< {budget:,}: no completed trial under this budget to verify" in result.stdout
             continue
-        line = next(x for x in result.stdout.splitlines() if x.startswith(f"< {budget:,}: verified trial "))
+        claims = [x for x in result.stdout.splitlines() if x.startswith(f"< {budget:,}: verified trial ")]
+        assert claims, result.stdout
+        line = claims[0]
         assert line.startswith(f"< {budget:,}: verified trial {rows[0].trial}: {rows[0].params:,} params")
         assert f"mnist-search-b{budget} version" in line and "(not @champion)" in line
         assert (store / "models" / "front-b4000" / f"budget-{budget // 1000}k" / "model.pt2").exists()
@@ -183,6 +185,9 @@ def test_a_front_searches_two_objectives_trains_nothing_over_budget_and_verifies
     assert [
         int(n.replace(",", "")) for n in re.findall(r"^\| < ([\d,]+) \|", front, re.MULTILINE)
     ] == verified
+    # A smoke verify says so and claims no goal (< 2,000 has one: every seed >= 99.00 %).
+    assert front.count("(Adam, 1,000 images, 2 epochs, 3 seeds (not the full protocol))") == len(verified)
+    assert "| **yes** |" not in front and "| no |" not in front
     assert (store / "models" / "front-b4000" / "frontier.png").stat().st_size > 10_000
     # The parent holds each budget's best; the same study refuses to run as a one-budget study.
     (parent,) = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
@@ -73,7 +75,12 @@ def importances(study: optuna.Study) -> Figure | None:
         trained = trained_study(study)
         if len(trained.trials) < 3:
             return None
-        scores = optuna.importance.get_param_importances(trained, target=lambda t: t.values[0])
+        # Optuna's default evaluator (PED-ANOVA) reads a study's direction, but ranks a `target`
+        # as to be minimised: a front's validation score (its first objective) goes in negated.
+        target = None if len(trained.directions) == 1 else (lambda t: -t.values[0])
+        with warnings.catch_warnings():  # its note that a target is minimised: negated above
+            warnings.simplefilter("ignore", UserWarning)
+            scores = optuna.importance.get_param_importances(trained, target=target)
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -69,6 +69,7 @@ class Point:
     ema: float | None = None  # the recipe's (Recipe.ema): measured on averaged weights
     swa_from: int | None = None  # the recipe's (Recipe.swa_from): on their mean from this epoch
     optimizer: str = "sgd"  # the recipe's (Recipe.optimizer)
+    smoke: str | None = None  # verified on less than the full protocol: what it trained on
 
     @property
     def mean(self) -> float:
@@ -88,7 +89,7 @@ class Point:
 
     @property
     def goal_met(self) -> bool | None:
-        if self.goal is None:
+        if self.goal is None or self.smoke is not None:  # a smoke verify claims no goal
             return None
         per_seed, mean = self.goal
         return self.worst >= per_seed and (mean is None or self.mean >= mean)
@@ -168,6 +169,7 @@ def _from_json(folder: Path) -> Point:
         command=record["command"],
         spec=best["spec"],
         search=record.get("search") or {},
+        smoke=None if (record.get("protocol") or {}).get("full", True) else record["protocol"]["text"],
     )
 
 
@@ -222,6 +224,7 @@ def _recipe_tag(p: Point) -> str:
         + ([] if p.optimizer == "sgd" else [_optimizer_name(p)])
         + ([] if p.teacher is None else ["distilled"])
         + ([] if p.ema is None and p.swa_from is None else ["averaged"])
+        + ([] if p.smoke is None else [p.smoke])
     )
     return f" ({', '.join(tags)})" if tags else ""
 

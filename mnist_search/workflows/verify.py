@@ -575,6 +575,12 @@ def verify_record(report: VerifyReport, command: str) -> dict:
         "device": report.device,
         "wall_seconds": round(report.wall_seconds, 1),
         "command": command,
+        # What its runs trained on; `full`: the protocol a claim rests on (older records: absent).
+        "protocol": (
+            {"text": str(report.protocol), "full": report.protocol.full}
+            if report.protocol is not None
+            else None
+        ),
         "exported": {"trial": report.best.trial, "seed": best_seed(report.best).seed},
         "search": report.search,
         "candidates": [
