@@ -210,7 +210,7 @@ def front(
     ctx: typer.Context,
     max_params: opt.MaxParams = DEFAULT_BUDGET,
     budgets: opt.Budgets = "1000,2000,3000,5000",
-    experiment: opt.Experiment = None,
+    experiment: opt.FrontExperiment = None,
     trials: opt.Trials = FRONT_TRIALS,
     timeout: opt.Timeout = None,
     epochs: opt.TrialEpochs = None,

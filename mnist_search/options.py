@@ -74,6 +74,14 @@ Experiment = Annotated[
         show_default=False,
     ),
 ]
+FrontExperiment = Annotated[
+    str | None,
+    typer.Option(
+        help="Search experiment: a YAML path or a shipped name. Default: front (both families, every size "
+        "up to 8,000 parameters, started from today's verified front).",
+        show_default=False,
+    ),
+]
 Trials = Annotated[
     int,
     typer.Option(
