@@ -204,9 +204,10 @@ class StudyTracker:
     def answers(self) -> list[tuple[int, list]]:
         """(budget, its leaderboard) for each budget the study answers: its one budget, or a front's
         every budget (the trials under it, whatever their band)."""
+        rows = leaderboard(self.study)  # one read of the study, after every trial
         if self.bands is None:
-            return [(self.budget, leaderboard(self.study))]
-        return [(b, leaderboard(self.study, under=b)) for b in self.bands.budgets]
+            return [(self.budget, rows)]
+        return [(b, [r for r in rows if r.params is not None and r.params < b]) for b in self.bands.budgets]
 
     def promote_best(self, rows, budget: int) -> None:
         """The first-ranked completed trial (`leaderboard.rank_key`) registered under `budget`, `@best`."""
